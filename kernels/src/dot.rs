@@ -1,0 +1,242 @@
+//! Dot products of an f32 activation row with a weight row in its checkpoint dtype.
+//!
+//! Weights are widened to f32 in registers (bf16: shift into the high half; f16: F16C), never
+//! copied. AVX2+FMA is chosen at run time; other machines take the portable path, which keeps eight
+//! partial sums so the compiler can vectorise it.
+
+use crate::WeightData;
+use half::{bf16, f16};
+
+/// `x · w` over `x.len()` elements.
+#[inline]
+pub fn dot(x: &[f32], w: WeightData) -> f32 {
+    debug_assert_eq!(x.len(), w.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); lengths match.
+        return unsafe {
+            match w {
+                WeightData::F32(w) => avx2::dot_f32(x, w),
+                WeightData::BF16(w) => avx2::dot_bf16(x, w),
+                WeightData::F16(w) => avx2::dot_f16(x, w),
+            }
+        };
+    }
+    match w {
+        WeightData::F32(w) => portable_dot(x, w, |v| v),
+        WeightData::BF16(w) => portable_dot(x, w, |v| v.to_f32()),
+        WeightData::F16(w) => portable_dot(x, w, |v| v.to_f32()),
+    }
+}
+
+/// Four dot products of one activation row with four weight rows of the same dtype; the row of
+/// `x` is loaded once for all four.
+#[inline]
+pub fn dot4(x: &[f32], w: [WeightData; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked; all four rows come from one matrix, so they share a dtype and
+        // have x.len() elements.
+        unsafe {
+            match (w[0], w[1], w[2], w[3]) {
+                (
+                    WeightData::F32(a),
+                    WeightData::F32(b),
+                    WeightData::F32(c),
+                    WeightData::F32(d),
+                ) => {
+                    return avx2::dot4_f32(x, [a, b, c, d]);
+                }
+                (
+                    WeightData::BF16(a),
+                    WeightData::BF16(b),
+                    WeightData::BF16(c),
+                    WeightData::BF16(d),
+                ) => return avx2::dot4_bf16(x, [a, b, c, d]),
+                (
+                    WeightData::F16(a),
+                    WeightData::F16(b),
+                    WeightData::F16(c),
+                    WeightData::F16(d),
+                ) => {
+                    return avx2::dot4_f16(x, [a, b, c, d]);
+                }
+                _ => {}
+            }
+        }
+    }
+    [dot(x, w[0]), dot(x, w[1]), dot(x, w[2]), dot(x, w[3])]
+}
+
+/// `y += a · x` over f32 rows.
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yv, xv) in y.iter_mut().zip(x) {
+        *yv += a * xv;
+    }
+}
+
+#[inline]
+fn portable_dot<T: Copy>(x: &[f32], w: &[T], cvt: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += x[c * 8 + l] * cvt(w[c * 8 + l]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..x.len() {
+        s += x[i] * cvt(w[i]);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    macro_rules! dot_impl {
+        ($name:ident, $name4:ident, $t:ty, $load:ident, $cvt:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name(x: &[f32], w: &[$t]) -> f32 {
+                let n = x.len();
+                let (xp, wp) = (x.as_ptr(), w.as_ptr());
+                let mut a0 = _mm256_setzero_ps();
+                let mut a1 = _mm256_setzero_ps();
+                let mut i = 0;
+                while i + 16 <= n {
+                    a0 = _mm256_fmadd_ps(load_f32(xp.add(i)), $load(wp.add(i)), a0);
+                    a1 = _mm256_fmadd_ps(load_f32(xp.add(i + 8)), $load(wp.add(i + 8)), a1);
+                    i += 16;
+                }
+                if i + 8 <= n {
+                    a0 = _mm256_fmadd_ps(load_f32(xp.add(i)), $load(wp.add(i)), a0);
+                    i += 8;
+                }
+                let mut s = hsum(_mm256_add_ps(a0, a1));
+                while i < n {
+                    s += x[i] * $cvt(w[i]);
+                    i += 1;
+                }
+                s
+            }
+
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name4(x: &[f32], w: [&[$t]; 4]) -> [f32; 4] {
+                let n = x.len();
+                let xp = x.as_ptr();
+                let (p0, p1, p2, p3) = (w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr());
+                let mut a0 = _mm256_setzero_ps();
+                let mut a1 = _mm256_setzero_ps();
+                let mut a2 = _mm256_setzero_ps();
+                let mut a3 = _mm256_setzero_ps();
+                let mut i = 0;
+                while i + 8 <= n {
+                    let xv = load_f32(xp.add(i));
+                    a0 = _mm256_fmadd_ps(xv, $load(p0.add(i)), a0);
+                    a1 = _mm256_fmadd_ps(xv, $load(p1.add(i)), a1);
+                    a2 = _mm256_fmadd_ps(xv, $load(p2.add(i)), a2);
+                    a3 = _mm256_fmadd_ps(xv, $load(p3.add(i)), a3);
+                    i += 8;
+                }
+                let mut s = [hsum(a0), hsum(a1), hsum(a2), hsum(a3)];
+                while i < n {
+                    for r in 0..4 {
+                        s[r] += x[i] * $cvt(w[r][i]);
+                    }
+                    i += 1;
+                }
+                s
+            }
+        };
+    }
+
+    dot_impl!(dot_f32, dot4_f32, f32, load_f32, |v: f32| v);
+    dot_impl!(dot_bf16, dot4_bf16, bf16, load_bf16, |v: bf16| v.to_f32());
+    dot_impl!(dot_f16, dot4_f16, f16, load_f16, |v: f16| v.to_f32());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0)
+                    - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_f64_for_every_dtype_and_length() {
+        for n in [1, 7, 8, 15, 16, 17, 33, 100, 1024] {
+            let x = data(n, 1);
+            let w = data(n, 2);
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let cases: [(WeightData, Vec<f64>); 3] = [
+                (WeightData::F32(&w), w.iter().map(|&v| v as f64).collect()),
+                (
+                    WeightData::BF16(&wb),
+                    wb.iter().map(|v| v.to_f64()).collect(),
+                ),
+                (
+                    WeightData::F16(&wh),
+                    wh.iter().map(|v| v.to_f64()).collect(),
+                ),
+            ];
+            for (wd, wf) in cases {
+                let want: f64 = x.iter().zip(&wf).map(|(a, b)| *a as f64 * b).sum();
+                let got = dot(&x, wd) as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "n={n} {:?}: {got} vs {want}",
+                    wd.dtype()
+                );
+                let quad = dot4(&x, [wd; 4]);
+                for q in quad {
+                    assert!((q as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+use super::{ExpertLoad, RouterTopK};
+use crate::{check_len, KernelError};
+
+fn check(
+    p: &RouterTopK,
+    logits: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    load: &ExpertLoad,
+) -> Result<usize, KernelError> {
+    if p.top_k == 0 || p.top_k > p.n_experts || load.n_experts != p.n_experts {
+        return Err(KernelError::Invalid {
+            op: "router_topk",
+            message: format!(
+                "top_k {} with {} experts (counters for {})",
+                p.top_k, p.n_experts, load.n_experts
+            ),
+        });
+    }
+    if logits.len() % p.n_experts != 0 {
+        return Err(KernelError::Invalid {
+            op: "router_topk",
+            message: format!(
+                "logits has {} elements, not a multiple of {}",
+                logits.len(),
+                p.n_experts
+            ),
+        });
+    }
+    let n = logits.len() / p.n_experts;
+    check_len("router_topk", "expert_ids", ids.len(), n * p.top_k)?;
+    check_len("router_topk", "weights", weights.len(), n * p.top_k)?;
+    Ok(n)
+}
+
+/// Routes every token; the counters of `load` grow by this batch.
+pub fn run(
+    p: &RouterTopK,
+    logits: &[f32],
+    expert_ids: &mut [u32],
+    weights: &mut [f32],
+    load: &mut ExpertLoad,
+) -> Result<(), KernelError> {
+    let n = check(p, logits, expert_ids, weights, load)?;
+    let (e, k) = (p.n_experts, p.top_k);
+    let mut probs = vec![0f32; e];
+    let mut order: Vec<usize> = (0..e).collect();
+    for t in 0..n {
+        let row = &logits[t * e..(t + 1) * e];
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut z = 0f32;
+        for (pr, &l) in probs.iter_mut().zip(row) {
+            *pr = (l - m).exp();
+            z += *pr;
+        }
+        let mut entropy = 0f64;
+        for (i, pr) in probs.iter_mut().enumerate() {
+            *pr /= z;
+            load.prob_mass[i] += *pr as f64;
+            if *pr > 0.0 {
+                entropy -= (*pr as f64) * (*pr as f64).ln();
+            }
+        }
+        load.entropy_sum += entropy;
+        // Selection by repeated max keeps ties on the lower id and costs O(k·E), E being small.
+        order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
+        for j in 0..k {
+            let mut best = j;
+            for c in j + 1..e {
+                if probs[order[c]] > probs[order[best]]
+                    || (probs[order[c]] == probs[order[best]] && order[c] < order[best])
+                {
+                    best = c;
+                }
+            }
+            order.swap(j, best);
+        }
+        let top_sum: f32 = order[..k].iter().map(|&i| probs[i]).sum();
+        for j in 0..k {
+            let ex = order[j];
+            expert_ids[t * k + j] = ex as u32;
+            weights[t * k + j] = probs[ex] / top_sum;
+            load.expert_tokens[ex] += 1;
+            for &other in &order[j + 1..k] {
+                load.coselect[ex * e + other] += 1;
+                load.coselect[other * e + ex] += 1;
+            }
+        }
+        load.tokens += 1;
+    }
+    Ok(())
+}
+
+/// The routing is a few dozen flops per token; the fused pass is already the plain loop.
+pub use run as reference;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_renormalises_and_counts() {
+        let p = RouterTopK {
+            n_experts: 4,
+            top_k: 2,
+        };
+        // Token 0 prefers 2 then 0; token 1 prefers 3 then 2; token 2 has a tie between 1 and 3.
+        let logits = [1.0, -1.0, 2.0, 0.0, 0.0, 0.0, 1.0, 3.0, 0.0, 1.0, -2.0, 1.0];
+        let mut ids = [0u32; 6];
+        let mut w = [0f32; 6];
+        let mut load = ExpertLoad::new(4);
+        run(&p, &logits, &mut ids, &mut w, &mut load).unwrap();
+        assert_eq!(ids, [2, 0, 3, 2, 1, 3]);
+        let want0 = 1.0 / (1.0 + (-1.0f32).exp());
+        assert!((w[0] - want0).abs() < 1e-6 && (w[0] + w[1] - 1.0).abs() < 1e-6);
+        assert_eq!(load.expert_tokens, vec![1, 1, 2, 2]);
+        assert_eq!(load.tokens, 3);
+        assert_eq!(load.coselect[2 * 4], 1);
+        assert_eq!(load.coselect[3 * 4 + 2], 1);
+        assert_eq!(load.coselect[3 * 4 + 1], 1);
+        assert_eq!(load.coselect.iter().sum::<u64>(), 6);
+        let mass: f64 = load.prob_mass.iter().sum();
+        assert!((mass - 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_above_n_experts_is_an_error() {
+        let p = RouterTopK {
+            n_experts: 2,
+            top_k: 3,
+        };
+        let mut load = ExpertLoad::new(2);
+        assert!(run(&p, &[0.0; 2], &mut [0; 3], &mut [0.0; 3], &mut load).is_err());
+    }
+}
