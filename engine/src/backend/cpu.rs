@@ -1,0 +1,220 @@
+//! `CpuBackend`: rayon + SIMD kernels from `moe-kernels`; weights stay in the mmap.
+
+use super::{AttnItem, Backend, ExpertWeights, Routing};
+use crate::error::{Error, Result};
+use crate::weights::WeightTensor;
+use moe_kernels::attention::{AttnSeq, Attention};
+use moe_kernels::expert_ffn::ExpertMats;
+use moe_kernels::permute::Dispatch;
+use moe_kernels::rms_norm::RmsNorm;
+use moe_kernels::rope::Rope;
+use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
+use moe_kernels::{attention, combine, embedding, expert_ffn, linear, permute, rms_norm, rope, router_topk};
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+/// Contiguous f32 rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuAct {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Per layer `[n_tokens, kv_width]` keys and values.
+#[derive(Clone, Debug)]
+pub struct CpuKv {
+    kv_width: usize,
+    len: usize,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl CpuKv {
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * 4).sum()
+    }
+}
+
+fn shape_err(what: &str, a: usize, b: usize) -> Error {
+    Error::Kernel(moe_kernels::KernelError::Invalid {
+        op: "cpu",
+        message: format!("{what}: {a} vs {b}"),
+    })
+}
+
+impl Backend for CpuBackend {
+    type Act = CpuAct;
+    type Weight = WeightTensor;
+    type Kv = CpuKv;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn weight(&self, t: WeightTensor) -> Result<WeightTensor> {
+        Ok(t)
+    }
+
+    fn weight_bytes(&self, w: &WeightTensor) -> usize {
+        w.bytes()
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> CpuAct {
+        CpuAct {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
+    }
+
+    fn to_host(&self, a: &CpuAct) -> Result<Vec<f32>> {
+        Ok(a.data.clone())
+    }
+
+    fn rows(&self, a: &CpuAct) -> usize {
+        a.rows
+    }
+
+    fn embed(&self, table: &WeightTensor, ids: &[u32], out: &mut CpuAct) -> Result<()> {
+        Ok(embedding::run(&table.mat(), ids, &mut out.data)?)
+    }
+
+    fn rms_norm(&self, x: &CpuAct, w: &WeightTensor, eps: f32, out: &mut CpuAct) -> Result<()> {
+        let p = RmsNorm { hidden: x.cols, eps };
+        Ok(rms_norm::cpu::run(&p, &x.data, &w.data(), &mut out.data)?)
+    }
+
+    fn linear(&self, x: &CpuAct, w: &WeightTensor, out: &mut CpuAct) -> Result<()> {
+        Ok(linear::cpu::run(&x.data, x.rows, &w.mat(), &mut out.data)?)
+    }
+
+    fn rope(&self, x: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {
+        Ok(rope::cpu::run(r, &mut x.data, positions)?)
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        p: &Attention,
+        q: &CpuAct,
+        k: &CpuAct,
+        v: &CpuAct,
+        seqs: &mut [AttnItem<'_, CpuKv>],
+        out: &mut CpuAct,
+    ) -> Result<()> {
+        let w = k.cols;
+        for s in seqs.iter_mut() {
+            if s.kv.kv_width != w {
+                return Err(shape_err("kv width", s.kv.kv_width, w));
+            }
+            let (kc, vc) = &mut s.kv.layers[layer];
+            kc.extend_from_slice(&k.data[s.row * w..(s.row + s.n_new) * w]);
+            vc.extend_from_slice(&v.data[s.row * w..(s.row + s.n_new) * w]);
+        }
+        let views: Vec<AttnSeq> = seqs
+            .iter()
+            .map(|s| AttnSeq {
+                q_row: s.row,
+                n_new: s.n_new,
+                k: &s.kv.layers[layer].0,
+                v: &s.kv.layers[layer].1,
+            })
+            .collect();
+        attention::cpu::run(p, &q.data, &views, &mut out.data)?;
+        if layer + 1 == seqs.first().map_or(0, |s| s.kv.layers.len()) {
+            for s in seqs.iter_mut() {
+                s.kv.len += s.n_new;
+            }
+        }
+        Ok(())
+    }
+
+    fn router_topk(&self, logits: &CpuAct, p: &RouterTopK, load: &mut ExpertLoad) -> Result<Routing> {
+        let n = logits.rows * p.top_k;
+        let mut r = Routing {
+            top_k: p.top_k,
+            expert_ids: vec![0; n],
+            weights: vec![0.0; n],
+        };
+        router_topk::cpu::run(p, &logits.data, &mut r.expert_ids, &mut r.weights, load)?;
+        Ok(r)
+    }
+
+    fn permute(&self, routing: &Routing, n_experts: usize) -> Result<Dispatch> {
+        Ok(permute::run(&routing.expert_ids, n_experts, routing.top_k)?)
+    }
+
+    fn expert_ffn(
+        &self,
+        x: &CpuAct,
+        dispatch: &Dispatch,
+        experts: &[ExpertWeights<WeightTensor>],
+        out: &mut CpuAct,
+    ) -> Result<()> {
+        let mats: Vec<ExpertMats> = experts
+            .iter()
+            .map(|e| ExpertMats {
+                w1: e.w1.mat(),
+                w3: e.w3.mat(),
+                w2: e.w2.mat(),
+            })
+            .collect();
+        Ok(expert_ffn::cpu::run(&x.data, x.cols, dispatch, &mats, &mut out.data)?)
+    }
+
+    fn combine(&self, expert_out: &CpuAct, dispatch: &Dispatch, routing: &Routing, residual: &mut CpuAct) -> Result<()> {
+        Ok(combine::run(&expert_out.data, residual.cols, dispatch, &routing.weights, &mut residual.data)?)
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {
+        if x.data.len() != y.data.len() {
+            return Err(shape_err("add", x.data.len(), y.data.len()));
+        }
+        for (a, b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize]) -> Result<CpuAct> {
+        let mut data = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            if r >= x.rows {
+                return Err(shape_err("gather row", r, x.rows));
+            }
+            data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        Ok(CpuAct {
+            data,
+            rows: rows.len(),
+            cols: x.cols,
+        })
+    }
+
+    fn new_kv(&self, n_layers: usize, kv_width: usize) -> CpuKv {
+        CpuKv {
+            kv_width,
+            len: 0,
+            layers: vec![(Vec::new(), Vec::new()); n_layers],
+        }
+    }
+
+    fn kv_len(&self, kv: &CpuKv) -> usize {
+        kv.len
+    }
+
+    fn kv_truncate(&self, kv: &mut CpuKv, len: usize) {
+        if len < kv.len {
+            for (k, v) in &mut kv.layers {
+                k.truncate(len * kv.kv_width);
+                v.truncate(len * kv.kv_width);
+            }
+            kv.len = len;
+        }
+    }
+
+    fn kv_fork(&self, kv: &CpuKv) -> CpuKv {
+        kv.clone()
+    }
+}

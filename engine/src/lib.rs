@@ -1,0 +1,24 @@
+//! moe: a sparse mixture-of-experts inference engine.
+//!
+//! ```text
+//! tokens → embedding → [ rms_norm → attention(+KV cache) → +residual
+//!                        → rms_norm → router → dispatch → experts → combine → +residual ] × L
+//!        → final rms_norm → lm_head → logits → sampler → tokens
+//!                                               ↘ logprobs / scores
+//! router ─→ load-balance statistics (always on; per layer × expert)
+//! ```
+//!
+//! [`Engine`] is the entry point: load a model (directory, `models.toml` preset or the embedded
+//! default), generate for a batch of requests, score prompts, read and reset the statistics.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod models;
+pub mod stats;
+pub mod trace;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub use stats::{LoadBalanceStats, StatsReport};

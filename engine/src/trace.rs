@@ -1,0 +1,42 @@
+//! Named taps of intermediates. Keys match the golden files' names: `embeddings`,
+//! `layer.{l}.router_logits`, `layer.{l}.topk_experts`, `layer.{l}.topk_weights`,
+//! `layer.{l}.hidden_out`, `hidden_states`, `logits` (rows of the whole batch, sequences in order).
+
+use std::collections::BTreeMap;
+
+pub trait Trace {
+    /// False skips the copies taps need.
+    fn enabled(&self) -> bool;
+    fn record(&mut self, key: &str, cols: usize, data: &[f32]);
+}
+
+/// Records nothing.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn record(&mut self, _: &str, _: usize, _: &[f32]) {}
+}
+
+/// Keeps every tap in memory: `key → (cols, data)`.
+#[derive(Default, Debug)]
+pub struct Recorder {
+    pub taps: BTreeMap<String, (usize, Vec<f32>)>,
+}
+
+impl Trace for Recorder {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn record(&mut self, key: &str, cols: usize, data: &[f32]) {
+        self.taps.insert(key.to_string(), (cols, data.to_vec()));
+    }
+}
+
+impl Recorder {
+    pub fn get(&self, key: &str) -> Option<&[f32]> {
+        self.taps.get(key).map(|(_, d)| d.as_slice())
+    }
+}

@@ -1,0 +1,366 @@
+//! `Weights`: a checkpoint's safetensors shards, memory-mapped and read in place.
+//!
+//! Opening a checkpoint parses and checks every header (data inside the file, no two tensors
+//! overlapping, sizes matching dtype × shape) before anything is computed; [`Weights::expect`] is
+//! the only way to a tensor, so a missing tensor, a wrong shape or an unsupported dtype fails in
+//! one place with an error that names the file and the tensor. Nothing is copied to the heap.
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use moe_kernels::{Mat, WeightDType, WeightData};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes of one shard: a read-only mmap, or data compiled into the binary.
+pub enum Storage {
+    Mmap(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mmap(m) => m,
+            Storage::Static(s) => s,
+        }
+    }
+}
+
+/// One tensor's place in its shard.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    /// The dtype string of the header (`F32`, `BF16`, `I64`, ...).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the shard.
+    pub start: usize,
+    pub end: usize,
+}
+
+struct Shard {
+    path: PathBuf,
+    storage: Storage,
+}
+
+/// A tensor the model holds: its shard stays alive as long as the tensor does.
+#[derive(Clone)]
+pub struct WeightTensor {
+    shard: Arc<Shard>,
+    dtype: WeightDType,
+    start: usize,
+    len: usize,
+    pub shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for WeightTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightTensor({:?} {:?} in {})", self.dtype, self.shape, self.shard.path.display())
+    }
+}
+
+impl WeightTensor {
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+
+    /// The elements, in place.
+    pub fn data(&self) -> WeightData<'_> {
+        let bytes = &self.shard.storage.bytes()[self.start..self.start + self.len * self.dtype.size()];
+        // The casts cannot fail: alignment and length were checked when the tensor was taken.
+        match self.dtype {
+            WeightDType::F32 => WeightData::F32(bytemuck::cast_slice::<u8, f32>(bytes)),
+            WeightDType::BF16 => WeightData::BF16(bytemuck::cast_slice::<u8, bf16>(bytes)),
+            WeightDType::F16 => WeightData::F16(bytemuck::cast_slice::<u8, f16>(bytes)),
+        }
+    }
+
+    /// As a matrix `[shape[0], product of the rest]` (a vector is `[1, n]`).
+    pub fn mat(&self) -> Mat<'_> {
+        let (rows, cols) = match self.shape.as_slice() {
+            [n] => (1, *n),
+            [r, rest @ ..] => (*r, rest.iter().product()),
+            [] => (1, 1),
+        };
+        Mat::new(self.data(), rows, cols)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size()
+    }
+}
+
+pub struct Weights {
+    shards: Vec<Arc<Shard>>,
+    /// name → (shard index, info)
+    tensors: HashMap<String, (usize, TensorInfo)>,
+}
+
+const HEADER_LIMIT: u64 = 100 << 20;
+
+fn bad(file: &Path, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        file: file.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+        _ => return None,
+    })
+}
+
+/// Parses and checks one shard's header against the shard's length.
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>> {
+    if bytes.len() < 8 {
+        return Err(bad(path, format!("file is {} bytes, too short for a header length (truncated?)", bytes.len())));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if n > HEADER_LIMIT || 8 + n > bytes.len() as u64 {
+        return Err(bad(
+            path,
+            format!("header length {n} runs past the end of the {}-byte file (truncated?)", bytes.len()),
+        ));
+    }
+    let data_start = 8 + n as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| bad(path, format!("header is not a JSON object: {e}")))?;
+    let data_len = bytes.len() - data_start;
+    let mut out = BTreeMap::new();
+    for (name, v) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry = |m: String| bad(path, format!("tensor `{name}`: {m}"));
+        let dtype = v
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| entry("no dtype".into()))?
+            .to_string();
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| entry("no shape".into()))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<_>>()
+            .ok_or_else(|| entry("shape is not a list of sizes".into()))?;
+        let offs: Vec<u64> = v
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect())
+            .filter(|o: &Vec<u64>| o.len() == 2)
+            .ok_or_else(|| entry("data_offsets is not [begin, end]".into()))?;
+        let (b, e) = (offs[0], offs[1]);
+        if b > e || e > data_len as u64 {
+            return Err(entry(format!(
+                "data_offsets [{b}, {e}] lie outside the {data_len} bytes of data in the file (truncated?)"
+            )));
+        }
+        let size = dtype_size(&dtype).ok_or_else(|| entry(format!("unknown dtype {dtype}")))?;
+        let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elems.and_then(|n| n.checked_mul(size)) != Some((e - b) as usize) {
+            return Err(entry(format!(
+                "{} bytes of data for dtype {dtype} and shape {shape:?}",
+                e - b
+            )));
+        }
+        out.insert(
+            name,
+            TensorInfo {
+                dtype,
+                shape,
+                start: data_start + b as usize,
+                end: data_start + e as usize,
+            },
+        );
+    }
+    let mut ranges: Vec<(&String, &TensorInfo)> = out.iter().filter(|(_, t)| t.end > t.start).collect();
+    ranges.sort_by_key(|(_, t)| t.start);
+    for w in ranges.windows(2) {
+        if w[1].1.start < w[0].1.end {
+            return Err(bad(path, format!("tensors `{}` and `{}` overlap in the file", w[0].0, w[1].0)));
+        }
+    }
+    Ok(out)
+}
+
+impl Weights {
+    /// The shards of a HuggingFace model directory: those listed by
+    /// `model.safetensors.index.json`, else `model.safetensors`, else every `*.safetensors`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Json {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            v.sort();
+            v
+        };
+        if files.is_empty() {
+            return Err(bad(dir, "no *.safetensors files in the model directory"));
+        }
+        let mut shards = Vec::new();
+        for path in files {
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the map is read-only. A checkpoint rewritten while it is mapped may change
+            // under us (as with every mmap-based loader); we only promise not to write to it.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            shards.push((path, Storage::Mmap(mmap)));
+        }
+        let w = Self::from_storages(shards)?;
+        if index.exists() {
+            w.check_index(&index)?;
+        }
+        Ok(w)
+    }
+
+    /// Shards held in memory for the life of the process (the embedded model).
+    pub fn from_static(files: &[(&str, &'static [u8])]) -> Result<Self> {
+        Self::from_storages(
+            files
+                .iter()
+                .map(|(name, bytes)| (PathBuf::from(name), Storage::Static(bytes)))
+                .collect(),
+        )
+    }
+
+    fn from_storages(files: Vec<(PathBuf, Storage)>) -> Result<Self> {
+        let mut shards = Vec::new();
+        let mut tensors = HashMap::new();
+        for (i, (path, storage)) in files.into_iter().enumerate() {
+            let infos = parse_header(&path, storage.bytes())?;
+            for (name, info) in infos {
+                if let Some((other, _)) = tensors.get(&name) {
+                    let other: &Arc<Shard> = &shards[*other];
+                    return Err(bad(&path, format!("tensor `{name}` is also in {}", other.path.display())));
+                }
+                tensors.insert(name, (i, info));
+            }
+            shards.push(Arc::new(Shard { path, storage }));
+        }
+        Ok(Weights { shards, tensors })
+    }
+
+    fn check_index(&self, index: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: index.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) {
+            for (name, file) in map {
+                match self.tensors.get(name) {
+                    None => {
+                        return Err(Error::MissingTensor {
+                            name: name.clone(),
+                            searched: format!("{} (listed by {})", file.as_str().unwrap_or("?"), index.display()),
+                        })
+                    }
+                    Some((s, _)) => {
+                        let actual = &self.shards[*s].path;
+                        if actual.file_name().and_then(|f| f.to_str()) != file.as_str() {
+                            return Err(bad(
+                                actual,
+                                format!("tensor `{name}` is here, but the index puts it in {file}"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name).map(|(_, i)| i)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    /// Total bytes of tensor data over all shards.
+    pub fn data_bytes(&self) -> usize {
+        self.tensors.values().map(|(_, t)| t.end - t.start).sum()
+    }
+
+    fn searched(&self) -> String {
+        self.shards
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The tensor `name` with exactly `shape`, in a supported dtype (F32, BF16, F16).
+    pub fn expect(&self, name: &str, shape: &[usize]) -> Result<WeightTensor> {
+        let (si, info) = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.into(),
+            searched: self.searched(),
+        })?;
+        let shard = &self.shards[*si];
+        if info.shape != shape {
+            return Err(Error::ShapeMismatch {
+                file: shard.path.clone(),
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let dtype = match info.dtype.as_str() {
+            "F32" => WeightDType::F32,
+            "BF16" => WeightDType::BF16,
+            "F16" => WeightDType::F16,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    file: shard.path.clone(),
+                    name: name.into(),
+                    found: other.into(),
+                })
+            }
+        };
+        let ptr = shard.storage.bytes()[info.start..].as_ptr() as usize;
+        if ptr % dtype.size() != 0 {
+            return Err(Error::BadTensorData {
+                file: shard.path.clone(),
+                name: name.into(),
+                message: format!("data at byte {} is not aligned to its {}-byte elements", info.start, dtype.size()),
+            });
+        }
+        Ok(WeightTensor {
+            shard: shard.clone(),
+            dtype,
+            start: info.start,
+            len: (info.end - info.start) / dtype.size(),
+            shape: shape.to_vec(),
+        })
+    }
+}
