@@ -42,7 +42,9 @@ fn real_rows(g: &Golden, case: &str) -> (Vec<Vec<u32>>, Vec<usize>) {
 
 /// Rows `flat` of a `[.., cols]` golden tensor.
 fn pick(v: &[f32], cols: usize, flat: &[usize]) -> Vec<f32> {
-    flat.iter().flat_map(|&i| v[i * cols..(i + 1) * cols].iter().copied()).collect()
+    flat.iter()
+        .flat_map(|&i| v[i * cols..(i + 1) * cols].iter().copied())
+        .collect()
 }
 
 fn run(m: &Mixtral<CpuBackend>, seqs: &[Vec<u32>]) -> (Vec<Vec<f32>>, Recorder) {
@@ -50,7 +52,11 @@ fn run(m: &Mixtral<CpuBackend>, seqs: &[Vec<u32>]) -> (Vec<Vec<f32>>, Recorder) 
     let mut steps: Vec<SeqStep<_>> = seqs
         .iter()
         .zip(kvs.iter_mut())
-        .map(|(s, kv)| SeqStep { tokens: s, kv, all_logits: true })
+        .map(|(s, kv)| SeqStep {
+            tokens: s,
+            kv,
+            all_logits: true,
+        })
         .collect();
     let mut rec = Recorder::default();
     let logits = m.forward(&mut steps, &mut rec).unwrap();
@@ -66,8 +72,16 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
     if g.has(&key("logits")) {
         let got_logits: Vec<f32> = logits.concat();
         let want = g.get(&key("logits"));
-        let c = assert_close(&format!("{name} {case} {prefix}logits"), &got_logits, &pick(&want.f, cfg.vocab_size, &flat), tol);
-        eprintln!("{name} {case} {prefix}logits: max |diff| {:.3e}, rel L2 {:.3e}", c.max_abs, c.rel_l2);
+        let c = assert_close(
+            &format!("{name} {case} {prefix}logits"),
+            &got_logits,
+            &pick(&want.f, cfg.vocab_size, &flat),
+            tol,
+        );
+        eprintln!(
+            "{name} {case} {prefix}logits: max |diff| {:.3e}, rel L2 {:.3e}",
+            c.max_abs, c.rel_l2
+        );
     }
     let want = g.get(&key("hidden_states"));
     let c = assert_close(
@@ -76,7 +90,10 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
         &pick(&want.f, cfg.hidden_size, &flat),
         tol,
     );
-    eprintln!("{name} {case} {prefix}hidden: max |diff| {:.3e}, rel L2 {:.3e}", c.max_abs, c.rel_l2);
+    eprintln!(
+        "{name} {case} {prefix}hidden: max |diff| {:.3e}, rel L2 {:.3e}",
+        c.max_abs, c.rel_l2
+    );
     let rl = g.get(&key("router_logits"));
     let per_layer = rl.shape[1] * rl.shape[2];
     for l in 0..cfg.num_hidden_layers {
@@ -95,7 +112,11 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
             assert_close(
                 &format!("{name} {case} layer {l} output"),
                 rec.get(&format!("layer.{l}.hidden_out")).unwrap(),
-                &pick(&lo.f[l * per_layer..(l + 1) * per_layer], cfg.hidden_size, &flat),
+                &pick(
+                    &lo.f[l * per_layer..(l + 1) * per_layer],
+                    cfg.hidden_size,
+                    &flat,
+                ),
                 tol,
             );
         }
@@ -107,9 +128,17 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
     for l in 0..cfg.num_hidden_layers {
         let want: Vec<f32> = flat
             .iter()
-            .flat_map(|&i| te.i[l * per_layer + i * k..l * per_layer + (i + 1) * k].iter().map(|&e| e as f32))
+            .flat_map(|&i| {
+                te.i[l * per_layer + i * k..l * per_layer + (i + 1) * k]
+                    .iter()
+                    .map(|&e| e as f32)
+            })
             .collect();
-        assert_eq!(rec.get(&format!("layer.{l}.topk_experts")).unwrap(), &want[..], "{name} {case} layer {l} experts");
+        assert_eq!(
+            rec.get(&format!("layer.{l}.topk_experts")).unwrap(),
+            &want[..],
+            "{name} {case} layer {l} experts"
+        );
     }
     // Expert counts over the real tokens, and the aux loss.
     let counts = g.get(&key("expert_counts"));
@@ -119,11 +148,18 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
             .iter()
             .map(|&c| c as u64)
             .collect();
-        assert_eq!(stats.layers[l].expert_tokens, want, "{name} {case} layer {l} expert counts");
+        assert_eq!(
+            stats.layers[l].expert_tokens, want,
+            "{name} {case} layer {l} expert counts"
+        );
     }
     let report = stats.report();
     let aux = g.get(&key("aux_loss")).f[0] as f64;
-    let aux_tol = if prefix.is_empty() && name.contains("bf16") { 1e-2 } else { 1e-5 };
+    let aux_tol = if prefix.is_empty() && name.contains("bf16") {
+        1e-2
+    } else {
+        1e-5
+    };
     assert!(
         (report.aux_loss - aux).abs() <= aux_tol * aux.abs(),
         "{name} {case} aux loss {} vs {aux}",
@@ -132,7 +168,10 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
 }
 
 // f32 checkpoints: the suggested 1e-4 absolute, tightened to 2e-5 abs + 1e-5 relative.
-const F32_TOL: Tol = Tol { abs: 2e-5, rel: 1e-5 };
+const F32_TOL: Tol = Tol {
+    abs: 2e-5,
+    rel: 1e-5,
+};
 
 #[test]
 fn tiny_f32_matches_transformers() {
@@ -164,7 +203,10 @@ fn tiny_bf16_matches_transformers_f32_reference() {
 #[test]
 fn tiny_bf16_matches_transformers_bf16_within_rounding() {
     let g = Golden::load("mixtral-tiny-bf16");
-    let tol = Tol { abs: 0.1, rel: 2e-2 };
+    let tol = Tol {
+        abs: 0.1,
+        rel: 2e-2,
+    };
     for case in ["p0", "p1"] {
         check_case("mixtral-tiny-bf16", case, &g, tol, "");
     }

@@ -12,13 +12,24 @@
 //! default), generate for a batch of requests, score prompts, read and reset the statistics.
 
 pub mod backend;
+
 pub mod config;
+#[cfg(feature = "embedded-model")]
+pub mod embedded;
+
 pub mod error;
+
 pub mod models;
+pub mod presets;
+
 pub mod stats;
+
 pub mod trace;
 pub mod weights;
 
+pub use backend::{Backend, CpuBackend};
 pub use config::ModelConfig;
+
 pub use error::{Error, Result};
+
 pub use stats::{LoadBalanceStats, StatsReport};

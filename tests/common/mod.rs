@@ -6,11 +6,15 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
 }
 
 /// A golden tensor, widened: floats to f32, ints to i64.
@@ -34,23 +38,44 @@ impl Golden {
     }
 
     pub fn has(&self, key: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes).unwrap().tensor(key).is_ok()
+        SafeTensors::deserialize(&self.bytes)
+            .unwrap()
+            .tensor(key)
+            .is_ok()
     }
 
     pub fn get(&self, key: &str) -> GTensor {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("golden key {key} missing"));
+        let t = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("golden key {key} missing"));
         let data = t.data();
         let (f, i) = match t.dtype() {
-            Dtype::F32 => (data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), vec![]),
-            Dtype::BF16 => (
-                data.chunks(2).map(|c| bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+            Dtype::F32 => (
+                data.chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
                 vec![],
             ),
-            Dtype::I64 => (vec![], data.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            Dtype::BF16 => (
+                data.chunks(2)
+                    .map(|c| bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+                    .collect(),
+                vec![],
+            ),
+            Dtype::I64 => (
+                vec![],
+                data.chunks(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
             d => panic!("unexpected golden dtype {d:?}"),
         };
-        GTensor { shape: t.shape().to_vec(), f, i }
+        GTensor {
+            shape: t.shape().to_vec(),
+            f,
+            i,
+        }
     }
 }
 
@@ -69,7 +94,13 @@ pub struct Closeness {
 
 /// Every element within `abs + rel·|want|`; on failure names the worst element (index, got, want).
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Closeness {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0usize, 0f32);
     let mut max_abs = 0f32;
     let (mut num, mut den) = (0f64, 0f64);
@@ -97,4 +128,73 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Closenes
         );
     }
     Closeness { max_abs, rel_l2 }
+}
+
+/// A tensor to write into a hand-made safetensors file.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+    /// Overrides the computed `[begin, end]` (to make broken headers).
+    pub offsets: Option<[u64; 2]>,
+}
+
+/// Writes a safetensors file by hand, so tests can break it in any way.
+pub fn write_safetensors(path: &std::path::Path, tensors: &[RawTensor]) {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut data = Vec::new();
+    for t in tensors {
+        let begin = data.len() as u64;
+        data.extend_from_slice(&t.data);
+        let offs = t.offsets.unwrap_or([begin, data.len() as u64]);
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": offs}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while (h.len() + 8) % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Every tensor of a fixture's checkpoint as `RawTensor`s (f32/bf16 data kept as bytes).
+pub fn read_raw_tensors(model: &str) -> Vec<RawTensor> {
+    let bytes = std::fs::read(fixture(model).join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<RawTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| RawTensor {
+            name,
+            dtype: format!("{:?}", t.dtype()),
+            shape: t.shape().to_vec(),
+            data: t.data().to_vec(),
+            offsets: None,
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// A fresh temporary directory holding a fixture's config and tokenizer files (no weights).
+pub fn scratch_model_dir(model: &str, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moe-test-{}-{tag}-{model}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture(model).join(f), dir.join(f)).unwrap();
+    }
+    dir
 }

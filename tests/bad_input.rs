@@ -1,0 +1,209 @@
+//! Broken checkpoints, configs and inputs: each is a named error, never a panic.
+
+use moe::backend::CpuBackend;
+use moe::models::mixtral::{Mixtral, SeqStep};
+use moe::trace::NoTrace;
+use moe::weights::Weights;
+use moe::{Error, ModelConfig};
+use moe_tests::{fixture, read_raw_tensors, scratch_model_dir, write_safetensors, RawTensor};
+use std::path::Path;
+
+const MODEL: &str = "mixtral-tiny-f32";
+
+fn load_dir(dir: &Path) -> Result<Mixtral<CpuBackend>, Error> {
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let w = Weights::open_dir(dir)?;
+    Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {})
+}
+
+fn write_with(tag: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> std::path::PathBuf {
+    let dir = scratch_model_dir(MODEL, tag);
+    let mut t = read_raw_tensors(MODEL);
+    edit(&mut t);
+    write_safetensors(&dir.join("model.safetensors"), &t);
+    dir
+}
+
+fn err_text(r: Result<Mixtral<CpuBackend>, Error>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn truncated_file_names_the_file_and_a_tensor() {
+    let dir = scratch_model_dir(MODEL, "trunc");
+    let bytes = std::fs::read(fixture(MODEL).join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_text(load_dir(&dir));
+    assert!(
+        e.contains("model.safetensors") && e.contains("outside") && e.contains("truncated"),
+        "{e}"
+    );
+    std::fs::write(dir.join("model.safetensors"), &bytes[..4]).unwrap();
+    let e = err_text(load_dir(&dir));
+    assert!(e.contains("too short"), "{e}");
+    std::fs::write(dir.join("model.safetensors"), &bytes[..100]).unwrap();
+    let e = err_text(load_dir(&dir));
+    assert!(
+        e.contains("header length") && e.contains("past the end"),
+        "{e}"
+    );
+}
+
+#[test]
+fn offsets_past_the_end_are_named() {
+    let dir = write_with("past", |t| {
+        let n = t[0].data.len() as u64;
+        t[0].offsets = Some([1 << 40, (1 << 40) + n]);
+    });
+    let e = err_text(load_dir(&dir));
+    assert!(e.contains("data_offsets") && e.contains("outside"), "{e}");
+}
+
+#[test]
+fn overlapping_tensors_are_named() {
+    let dir = write_with("overlap", |t| {
+        let n = t[1].data.len() as u64;
+        t[1].offsets = Some([0, n]);
+    });
+    let e = err_text(load_dir(&dir));
+    assert!(e.contains("overlap"), "{e}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = write_with("missing", |t| {
+        t.retain(|x| x.name != "model.layers.1.block_sparse_moe.experts.3.w2.weight")
+    });
+    let e = err_text(load_dir(&dir));
+    assert!(
+        e.contains("`model.layers.1.block_sparse_moe.experts.3.w2.weight` is missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_expected_and_found() {
+    let dir = write_with("shape", |t| {
+        let x = t
+            .iter_mut()
+            .find(|x| x.name == "model.layers.0.self_attn.k_proj.weight")
+            .unwrap();
+        x.shape = vec![64, 32];
+    });
+    let e = err_text(load_dir(&dir));
+    assert!(
+        e.contains("model.layers.0.self_attn.k_proj.weight")
+            && e.contains("[32, 64]")
+            && e.contains("[64, 32]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let dir = write_with("dtype", |t| {
+        let x = t
+            .iter_mut()
+            .find(|x| x.name == "model.norm.weight")
+            .unwrap();
+        x.dtype = "I32".into();
+    });
+    let e = err_text(load_dir(&dir));
+    assert!(
+        e.contains("model.norm.weight") && e.contains("I32") && e.contains("not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn size_not_matching_dtype_and_shape_is_named() {
+    let dir = write_with("size", |t| {
+        let x = t
+            .iter_mut()
+            .find(|x| x.name == "model.norm.weight")
+            .unwrap();
+        x.dtype = "F64".into();
+    });
+    let e = err_text(load_dir(&dir));
+    assert!(
+        e.contains("model.norm.weight") && e.contains("bytes of data for dtype F64"),
+        "{e}"
+    );
+}
+
+#[test]
+fn inconsistent_configs_are_rejected() {
+    let text = std::fs::read_to_string(fixture(MODEL).join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["num_experts_per_tok"] = 9.into();
+    let e = ModelConfig::from_json(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("num_experts_per_tok (9) is larger than num_local_experts (8)"),
+        "{e}"
+    );
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["num_key_value_heads"] = 3.into();
+    let e = ModelConfig::from_json(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("num_attention_heads (4) is not a multiple of num_key_value_heads (3)"),
+        "{e}"
+    );
+    let e = ModelConfig::from_json("{ not json")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a valid config.json"), "{e}");
+}
+
+#[test]
+fn prompt_past_the_context_and_empty_prompt_are_errors() {
+    let m = load_dir(&fixture(MODEL)).unwrap();
+    let long = vec![5u32; m.cfg.max_position_embeddings + 1];
+    let mut kv = m.new_kv();
+    let e = m
+        .forward(
+            &mut [SeqStep {
+                tokens: &long,
+                kv: &mut kv,
+                all_logits: false,
+            }],
+            &mut NoTrace,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ContextOverflow { len: 513, max: 512 }),
+        "{e}"
+    );
+    let e = m
+        .forward(
+            &mut [SeqStep {
+                tokens: &[],
+                kv: &mut kv,
+                all_logits: false,
+            }],
+            &mut NoTrace,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::EmptyPrompt), "{e}");
+    let e = m
+        .forward(
+            &mut [SeqStep {
+                tokens: &[32000],
+                kv: &mut kv,
+                all_logits: false,
+            }],
+            &mut NoTrace,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("token id 32000 is outside the vocabulary"),
+        "{e}"
+    );
+}
