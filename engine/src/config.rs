@@ -80,8 +80,8 @@ impl ModelConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("not a valid config.json: {e}")))?;
+        let raw: RawConfig = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("not a valid config.json: {e}")))?;
         let architecture = raw
             .architectures
             .and_then(|a| a.into_iter().next())
@@ -95,9 +95,15 @@ impl ModelConfig {
             .and_then(|r| r.rope_theta)
             .or(raw.rope_theta)
             .unwrap_or(1e6);
-        if let Some(t) = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.as_deref()) {
+        if let Some(t) = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
+        {
             if t != "default" {
-                return Err(Error::Config(format!("rope_type `{t}` is not supported (only `default`)")));
+                return Err(Error::Config(format!(
+                    "rope_type `{t}` is not supported (only `default`)"
+                )));
             }
         }
         if let Some(s) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
@@ -139,7 +145,10 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(Error::Config(m));
         if !matches!(self.architecture.as_str(), "MixtralForCausalLM" | "mixtral") {
-            return fail(format!("architecture `{}` is not supported (MixtralForCausalLM)", self.architecture));
+            return fail(format!(
+                "architecture `{}` is not supported (MixtralForCausalLM)",
+                self.architecture
+            ));
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -170,10 +179,16 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return fail(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
+            return fail(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         if self.hidden_act != "silu" {
-            return fail(format!("hidden_act `{}` is not supported (silu)", self.hidden_act));
+            return fail(format!(
+                "hidden_act `{}` is not supported (silu)",
+                self.hidden_act
+            ));
         }
         if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
             return fail("rms_norm_eps and rope_theta must be positive".into());
@@ -197,15 +212,21 @@ impl ModelConfig {
     pub fn active_params(&self) -> usize {
         let (h, f) = (self.hidden_size, self.intermediate_size);
         let attn = h * self.q_width() * 2 + h * self.kv_width() * 2;
-        let per_layer = attn + h * self.num_local_experts + self.num_experts_per_tok * 3 * h * f + 2 * h;
+        let per_layer =
+            attn + h * self.num_local_experts + self.num_experts_per_tok * 3 * h * f + 2 * h;
         self.num_hidden_layers * per_layer + h + self.vocab_size * h + h
     }
 
     pub fn total_params(&self) -> usize {
         let (h, f) = (self.hidden_size, self.intermediate_size);
         let attn = h * self.q_width() * 2 + h * self.kv_width() * 2;
-        let per_layer = attn + h * self.num_local_experts + self.num_local_experts * 3 * h * f + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        let per_layer =
+            attn + h * self.num_local_experts + self.num_local_experts * 3 * h * f + 2 * h;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
         self.num_hidden_layers * per_layer + self.vocab_size * h + h + head
     }
 }
@@ -227,20 +248,39 @@ mod tests {
     #[test]
     fn both_config_styles_parse() {
         let c = ModelConfig::from_json(BASE).unwrap();
-        assert_eq!((c.head_dim, c.rope_theta, c.eos_token_ids.clone()), (4, 1e4, vec![2]));
-        let t5 = with("rope_parameters", r#"{"rope_theta": 5.0, "rope_type": "default"}"#);
-        let c = ModelConfig::from_json(&with("head_dim", "null").replace("10000.0", "1.0")).unwrap();
+        assert_eq!(
+            (c.head_dim, c.rope_theta, c.eos_token_ids.clone()),
+            (4, 1e4, vec![2])
+        );
+        let t5 = with(
+            "rope_parameters",
+            r#"{"rope_theta": 5.0, "rope_type": "default"}"#,
+        );
+        let c =
+            ModelConfig::from_json(&with("head_dim", "null").replace("10000.0", "1.0")).unwrap();
         assert_eq!(c.head_dim, 4);
         assert_eq!(ModelConfig::from_json(&t5).unwrap().rope_theta, 5.0);
     }
 
     #[test]
     fn inconsistent_configs_are_named() {
-        let e = ModelConfig::from_json(&with("num_experts_per_tok", "5")).unwrap_err().to_string();
-        assert!(e.contains("num_experts_per_tok (5) is larger than num_local_experts (4)"), "{e}");
-        let e = ModelConfig::from_json(&with("num_key_value_heads", "3")).unwrap_err().to_string();
-        assert!(e.contains("not a multiple of num_key_value_heads (3)"), "{e}");
-        let e = ModelConfig::from_json(&with("hidden_size", "null")).unwrap_err().to_string();
+        let e = ModelConfig::from_json(&with("num_experts_per_tok", "5"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("num_experts_per_tok (5) is larger than num_local_experts (4)"),
+            "{e}"
+        );
+        let e = ModelConfig::from_json(&with("num_key_value_heads", "3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a multiple of num_key_value_heads (3)"),
+            "{e}"
+        );
+        let e = ModelConfig::from_json(&with("hidden_size", "null"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`hidden_size` is missing"), "{e}");
     }
 }

@@ -44,7 +44,10 @@ pub enum Error {
     #[error("chat template: {0}")]
     ChatTemplate(String),
     #[error("invalid sampling parameter `{param}`: {message}")]
-    InvalidSampling { param: &'static str, message: String },
+    InvalidSampling {
+        param: &'static str,
+        message: String,
+    },
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary (size {vocab})")]

@@ -12,24 +12,28 @@
 //! default), generate for a batch of requests, score prompts, read and reset the statistics.
 
 pub mod backend;
-
+pub mod bench;
 pub mod config;
 #[cfg(feature = "embedded-model")]
 pub mod embedded;
-
+pub mod engine;
 pub mod error;
-
+pub mod generate;
 pub mod models;
 pub mod presets;
-
+pub mod sampling;
 pub mod stats;
-
+pub mod tokenizer;
 pub mod trace;
 pub mod weights;
 
 pub use backend::{Backend, CpuBackend};
 pub use config::ModelConfig;
-
+pub use engine::{Engine, LoadOptions, ModelInfo, ModelSource};
 pub use error::{Error, Result};
-
+pub use generate::{
+    Completion, FinishReason, GenerateRequest, Prompt, PromptTokenLogprob, TokenLogprob,
+};
+pub use sampling::SamplingParams;
 pub use stats::{LoadBalanceStats, StatsReport};
+pub use tokenizer::{ChatMessage, Tokenizer};

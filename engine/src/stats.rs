@@ -55,7 +55,12 @@ fn aux(n_experts: usize, tokens: u64, counts: &[u64], mass: &[f64]) -> f64 {
         return 0.0;
     }
     let t = tokens as f64;
-    n_experts as f64 * counts.iter().zip(mass).map(|(&c, &m)| (c as f64 / t) * (m / t)).sum::<f64>()
+    n_experts as f64
+        * counts
+            .iter()
+            .zip(mass)
+            .map(|(&c, &m)| (c as f64 / t) * (m / t))
+            .sum::<f64>()
 }
 
 impl LoadBalanceStats {
@@ -88,7 +93,8 @@ impl LoadBalanceStats {
                 let t = l.tokens.max(1) as f64;
                 let counts: Vec<f64> = l.expert_tokens.iter().map(|&c| c as f64).collect();
                 let mean = counts.iter().sum::<f64>() / n_experts.max(1) as f64;
-                let var = counts.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / n_experts.max(1) as f64;
+                let var = counts.iter().map(|c| (c - mean).powi(2)).sum::<f64>()
+                    / n_experts.max(1) as f64;
                 let max = counts.iter().cloned().fold(0.0, f64::max);
                 LayerReport {
                     layer: i,
@@ -101,7 +107,11 @@ impl LoadBalanceStats {
                     load_cv: if mean > 0.0 { var.sqrt() / mean } else { 0.0 },
                     max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
                     mean_entropy: l.entropy_sum / t,
-                    coselect: l.coselect.chunks(n_experts.max(1)).map(|r| r.to_vec()).collect(),
+                    coselect: l
+                        .coselect
+                        .chunks(n_experts.max(1))
+                        .map(|r| r.to_vec())
+                        .collect(),
                 }
             })
             .collect();
@@ -113,7 +123,12 @@ impl LoadBalanceStats {
             n_layers: self.layers.len(),
             n_experts,
             top_k: self.top_k,
-            aux_loss: aux(n_experts, pooled.tokens, &pooled.expert_tokens, &pooled.prob_mass),
+            aux_loss: aux(
+                n_experts,
+                pooled.tokens,
+                &pooled.expert_tokens,
+                &pooled.prob_mass,
+            ),
             layers,
         }
     }

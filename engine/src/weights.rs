@@ -55,7 +55,13 @@ pub struct WeightTensor {
 
 impl std::fmt::Debug for WeightTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WeightTensor({:?} {:?} in {})", self.dtype, self.shape, self.shard.path.display())
+        write!(
+            f,
+            "WeightTensor({:?} {:?} in {})",
+            self.dtype,
+            self.shape,
+            self.shard.path.display()
+        )
     }
 }
 
@@ -66,7 +72,8 @@ impl WeightTensor {
 
     /// The elements, in place.
     pub fn data(&self) -> WeightData<'_> {
-        let bytes = &self.shard.storage.bytes()[self.start..self.start + self.len * self.dtype.size()];
+        let bytes =
+            &self.shard.storage.bytes()[self.start..self.start + self.len * self.dtype.size()];
         // The casts cannot fail: alignment and length were checked when the tensor was taken.
         match self.dtype {
             WeightDType::F32 => WeightData::F32(bytemuck::cast_slice::<u8, f32>(bytes)),
@@ -118,18 +125,28 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 /// Parses and checks one shard's header against the shard's length.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>> {
     if bytes.len() < 8 {
-        return Err(bad(path, format!("file is {} bytes, too short for a header length (truncated?)", bytes.len())));
+        return Err(bad(
+            path,
+            format!(
+                "file is {} bytes, too short for a header length (truncated?)",
+                bytes.len()
+            ),
+        ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if n > HEADER_LIMIT || 8 + n > bytes.len() as u64 {
         return Err(bad(
             path,
-            format!("header length {n} runs past the end of the {}-byte file (truncated?)", bytes.len()),
+            format!(
+                "header length {n} runs past the end of the {}-byte file (truncated?)",
+                bytes.len()
+            ),
         ));
     }
     let data_start = 8 + n as usize;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..data_start])
-        .map_err(|e| bad(path, format!("header is not a JSON object: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..data_start])
+            .map_err(|e| bad(path, format!("header is not a JSON object: {e}")))?;
     let data_len = bytes.len() - data_start;
     let mut out = BTreeMap::new();
     for (name, v) in header {
@@ -180,11 +197,15 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor
             },
         );
     }
-    let mut ranges: Vec<(&String, &TensorInfo)> = out.iter().filter(|(_, t)| t.end > t.start).collect();
+    let mut ranges: Vec<(&String, &TensorInfo)> =
+        out.iter().filter(|(_, t)| t.end > t.start).collect();
     ranges.sort_by_key(|(_, t)| t.start);
     for w in ranges.windows(2) {
         if w[1].1.start < w[0].1.end {
-            return Err(bad(path, format!("tensors `{}` and `{}` overlap in the file", w[0].0, w[1].0)));
+            return Err(bad(
+                path,
+                format!("tensors `{}` and `{}` overlap in the file", w[0].0, w[1].0),
+            ));
         }
     }
     Ok(out)
@@ -201,10 +222,13 @@ impl Weights {
                 path: index.clone(),
                 message: e.to_string(),
             })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Json {
-                path: index.clone(),
-                message: "no `weight_map` object".into(),
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Json {
+                    path: index.clone(),
+                    message: "no `weight_map` object".into(),
+                })?;
             let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
             names.sort();
             names.dedup();
@@ -256,7 +280,10 @@ impl Weights {
             for (name, info) in infos {
                 if let Some((other, _)) = tensors.get(&name) {
                     let other: &Arc<Shard> = &shards[*other];
-                    return Err(bad(&path, format!("tensor `{name}` is also in {}", other.path.display())));
+                    return Err(bad(
+                        &path,
+                        format!("tensor `{name}` is also in {}", other.path.display()),
+                    ));
                 }
                 tensors.insert(name, (i, info));
             }
@@ -277,7 +304,11 @@ impl Weights {
                     None => {
                         return Err(Error::MissingTensor {
                             name: name.clone(),
-                            searched: format!("{} (listed by {})", file.as_str().unwrap_or("?"), index.display()),
+                            searched: format!(
+                                "{} (listed by {})",
+                                file.as_str().unwrap_or("?"),
+                                index.display()
+                            ),
                         })
                     }
                     Some((s, _)) => {
@@ -352,7 +383,11 @@ impl Weights {
             return Err(Error::BadTensorData {
                 file: shard.path.clone(),
                 name: name.into(),
-                message: format!("data at byte {} is not aligned to its {}-byte elements", info.start, dtype.size()),
+                message: format!(
+                    "data at byte {} is not aligned to its {}-byte elements",
+                    info.start,
+                    dtype.size()
+                ),
             });
         }
         Ok(WeightTensor {

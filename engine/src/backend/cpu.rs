@@ -3,13 +3,15 @@
 use super::{AttnItem, Backend, ExpertWeights, Routing};
 use crate::error::{Error, Result};
 use crate::weights::WeightTensor;
-use moe_kernels::attention::{AttnSeq, Attention};
+use moe_kernels::attention::{Attention, AttnSeq};
 use moe_kernels::expert_ffn::ExpertMats;
 use moe_kernels::permute::Dispatch;
 use moe_kernels::rms_norm::RmsNorm;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
-use moe_kernels::{attention, combine, embedding, expert_ffn, linear, permute, rms_norm, rope, router_topk};
+use moe_kernels::{
+    attention, combine, embedding, expert_ffn, linear, permute, rms_norm, rope, router_topk,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend;
@@ -32,7 +34,10 @@ pub struct CpuKv {
 
 impl CpuKv {
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * 4).sum()
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.capacity() + v.capacity()) * 4)
+            .sum()
     }
 }
 
@@ -81,7 +86,10 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &CpuAct, w: &WeightTensor, eps: f32, out: &mut CpuAct) -> Result<()> {
-        let p = RmsNorm { hidden: x.cols, eps };
+        let p = RmsNorm {
+            hidden: x.cols,
+            eps,
+        };
         Ok(rms_norm::cpu::run(&p, &x.data, &w.data(), &mut out.data)?)
     }
 
@@ -130,7 +138,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn router_topk(&self, logits: &CpuAct, p: &RouterTopK, load: &mut ExpertLoad) -> Result<Routing> {
+    fn router_topk(
+        &self,
+        logits: &CpuAct,
+        p: &RouterTopK,
+        load: &mut ExpertLoad,
+    ) -> Result<Routing> {
         let n = logits.rows * p.top_k;
         let mut r = Routing {
             top_k: p.top_k,
@@ -160,11 +173,29 @@ impl Backend for CpuBackend {
                 w2: e.w2.mat(),
             })
             .collect();
-        Ok(expert_ffn::cpu::run(&x.data, x.cols, dispatch, &mats, &mut out.data)?)
+        Ok(expert_ffn::cpu::run(
+            &x.data,
+            x.cols,
+            dispatch,
+            &mats,
+            &mut out.data,
+        )?)
     }
 
-    fn combine(&self, expert_out: &CpuAct, dispatch: &Dispatch, routing: &Routing, residual: &mut CpuAct) -> Result<()> {
-        Ok(combine::run(&expert_out.data, residual.cols, dispatch, &routing.weights, &mut residual.data)?)
+    fn combine(
+        &self,
+        expert_out: &CpuAct,
+        dispatch: &Dispatch,
+        routing: &Routing,
+        residual: &mut CpuAct,
+    ) -> Result<()> {
+        Ok(combine::run(
+            &expert_out.data,
+            residual.cols,
+            dispatch,
+            &routing.weights,
+            &mut residual.data,
+        )?)
     }
 
     fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {

@@ -60,7 +60,13 @@ pub trait Backend: Send + Sync + 'static {
     /// `out[t] = table[ids[t]]`
     fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Act) -> Result<()>;
     /// RMSNorm of every row of `x` into `out`.
-    fn rms_norm(&self, x: &Self::Act, w: &Self::Weight, eps: f32, out: &mut Self::Act) -> Result<()>;
+    fn rms_norm(
+        &self,
+        x: &Self::Act,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Act,
+    ) -> Result<()>;
     /// `out = x · Wᵀ`
     fn linear(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) -> Result<()>;
     /// Rotates every head of every row in place; `positions[row]`.
@@ -77,7 +83,12 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Self::Act,
     ) -> Result<()>;
     /// Softmax, top-k, renormalisation and the load counters of one layer.
-    fn router_topk(&self, logits: &Self::Act, p: &RouterTopK, load: &mut ExpertLoad) -> Result<Routing>;
+    fn router_topk(
+        &self,
+        logits: &Self::Act,
+        p: &RouterTopK,
+        load: &mut ExpertLoad,
+    ) -> Result<Routing>;
     /// Groups routed rows by expert.
     fn permute(&self, routing: &Routing, n_experts: usize) -> Result<Dispatch>;
     /// Every expert's SwiGLU over its rows: `out` `[n_tokens · top_k, hidden]` in sorted order.
@@ -89,7 +100,13 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Self::Act,
     ) -> Result<()>;
     /// `residual[t] += Σ_j weight[t, j] · expert_out[row(t, j)]`
-    fn combine(&self, expert_out: &Self::Act, dispatch: &Dispatch, routing: &Routing, residual: &mut Self::Act) -> Result<()>;
+    fn combine(
+        &self,
+        expert_out: &Self::Act,
+        dispatch: &Dispatch,
+        routing: &Routing,
+        residual: &mut Self::Act,
+    ) -> Result<()>;
     /// `x += y`
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     /// Rows `rows` of `x`, in that order.

@@ -1,1 +1,315 @@
-fn main() {}
+//! `moe`: generate, score, inspect expert load and benchmark Mixtral-style MoE models.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use moe::bench::{run_bench, BenchOptions};
+use moe::engine::{Engine, LoadOptions, ModelSource};
+use moe::generate::{GenerateRequest, Prompt};
+use moe::sampling::SamplingParams;
+use moe::tokenizer::ChatMessage;
+use moe::CpuBackend;
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+
+#[derive(Parser)]
+#[command(
+    name = "moe",
+    version,
+    about = "Sparse mixture-of-experts inference engine"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArg {
+    /// Model directory or models.toml preset (default: the embedded student model).
+    #[arg(long)]
+    model: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct PromptArg {
+    /// Prompt text.
+    #[arg(long, conflicts_with = "token_ids")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation.
+    Generate {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        prompt: PromptArg,
+        /// Render the prompt as a user message with the chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Per generated token, the logprobs of this many alternatives.
+        #[arg(long, default_value_t = 0)]
+        top_logprobs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logprob of every prompt token and the top-k next tokens at each position.
+    Logprobs {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        prompt: PromptArg,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a prompt and print the load-balance statistics.
+    Stats {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        prompt: PromptArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure load time, prefill and decode speed, peak memory and the bandwidth floor.
+    Bench {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Prompt lengths to prefill.
+        #[arg(long, value_delimiter = ',', default_value = "128,512")]
+        prefill: Vec<usize>,
+        /// Tokens to decode per measurement.
+        #[arg(long, default_value_t = 64)]
+        decode: usize,
+        /// Batch sizes for decode.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load(model: &ModelArg) -> Result<Engine<CpuBackend>> {
+    let source = ModelSource::parse(model.model.as_deref());
+    let show = std::io::stderr().is_terminal();
+    let mut last = 0usize;
+    let mut progress = |done: usize, total: usize| {
+        let pct = done * 100 / total.max(1);
+        if show && total > 64 && pct != last {
+            last = pct;
+            let bar = "#".repeat(pct / 4);
+            eprint!("\rchecking weights [{bar:<25}] {done}/{total}");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let opts = LoadOptions {
+        progress: Some(&mut progress),
+    };
+    Engine::load_with(&source, CpuBackend, opts)
+        .with_context(|| format!("loading model {source:?}"))
+}
+
+fn prompt_of(p: &PromptArg, chat: bool) -> Result<Prompt> {
+    Ok(match (&p.prompt, &p.token_ids) {
+        (Some(text), None) if chat => Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: text.clone(),
+        }]),
+        (Some(text), None) => Prompt::Text(text.clone()),
+        (None, Some(ids)) if !chat => Prompt::Tokens(ids.clone()),
+        (None, Some(_)) => bail!("--chat needs --prompt text, not --token-ids"),
+        _ => bail!("give --prompt TEXT or --token-ids 1,2,3"),
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            top_logprobs,
+            json,
+        } => {
+            let prompt = prompt_of(&prompt, chat)?;
+            let params = SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                min_p,
+                repetition_penalty,
+                seed,
+                stop,
+                max_tokens,
+                logprobs: top_logprobs > 0,
+                top_logprobs,
+                ..SamplingParams::default()
+            };
+            params.validate(usize::MAX)?;
+            let engine = load(&model)?;
+            let req = GenerateRequest::new(prompt, params);
+            if json {
+                let c = engine.generate(&[req])?.pop().expect("one completion");
+                let mut v = json!({
+                    "model": engine.info.name,
+                    "prompt_ids": c.prompt_ids,
+                    "token_ids": c.token_ids,
+                    "text": c.text,
+                    "finish_reason": c.finish_reason.as_str(),
+                    "stop": c.stop,
+                });
+                if let Some(lp) = c.logprobs {
+                    v["logprobs"] = serde_json::to_value(lp)?;
+                }
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let c = engine.generate_stream(&[req], &mut |ev| {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(ev.text.as_bytes());
+                    let _ = o.flush();
+                })?;
+                writeln!(out)?;
+                if c[0].finish_reason == moe::generate::FinishReason::Length {
+                    eprintln!("[stopped at max tokens]");
+                }
+            }
+        }
+        Command::Logprobs {
+            model,
+            prompt,
+            top_k,
+            json,
+        } => {
+            let prompt = prompt_of(&prompt, false)?;
+            let engine = load(&model)?;
+            let lps = engine.prompt_logprobs(&prompt, top_k)?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "tokens": lps }))?
+                )?;
+            } else {
+                for t in &lps {
+                    let piece = engine.tokenizer.id_to_token(t.token_id).unwrap_or_default();
+                    let lp = t
+                        .logprob
+                        .map_or("      -".to_string(), |l| format!("{l:>9.4}"));
+                    let next: Vec<String> = t
+                        .top_logprobs
+                        .iter()
+                        .map(|x| {
+                            format!(
+                                "{}:{:.3}",
+                                engine.tokenizer.id_to_token(x.token_id).unwrap_or_default(),
+                                x.logprob
+                            )
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "{:>4} {:>6} {:<14} {lp}   next: {}",
+                        t.position,
+                        t.token_id,
+                        piece,
+                        next.join(" ")
+                    )?;
+                }
+            }
+        }
+        Command::Stats {
+            model,
+            prompt,
+            json,
+        } => {
+            let prompt = prompt_of(&prompt, false)?;
+            let engine = load(&model)?;
+            engine.prompt_logprobs(&prompt, 0)?;
+            let report = engine.stats();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.table())?;
+            }
+        }
+        Command::Bench {
+            model,
+            prefill,
+            decode,
+            batch,
+            repeats,
+            json,
+        } => {
+            let engine = load(&model)?;
+            let opts = BenchOptions {
+                prefill_lens: prefill,
+                decode_tokens: decode,
+                batch_sizes: batch,
+                repeats: repeats.max(1),
+            };
+            let report = run_bench(&engine, &opts)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.table())?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -51,9 +51,18 @@ pub struct SeqStep<'a, K> {
 impl<B: Backend> Mixtral<B> {
     /// Takes every tensor the config implies, checking names, shapes and dtypes; `progress(done,
     /// total)` is called as tensors are checked.
-    pub fn load(cfg: ModelConfig, weights: &Weights, backend: B, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    pub fn load(
+        cfg: ModelConfig,
+        weights: &Weights,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         cfg.validate()?;
-        let (h, f, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_local_experts);
+        let (h, f, e) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_local_experts,
+        );
         let total = 3 + cfg.num_hidden_layers * (7 + 3 * e);
         let mut done = 0;
         let mut take = |name: String, shape: &[usize]| -> Result<B::Weight> {
@@ -99,7 +108,9 @@ impl<B: Backend> Mixtral<B> {
                 weight_bytes += backend.weight_bytes(w);
             }
             for x in &l.experts {
-                weight_bytes += backend.weight_bytes(&x.w1) + backend.weight_bytes(&x.w3) + backend.weight_bytes(&x.w2);
+                weight_bytes += backend.weight_bytes(&x.w1)
+                    + backend.weight_bytes(&x.w3)
+                    + backend.weight_bytes(&x.w2);
             }
         }
         Ok(Mixtral {
@@ -115,7 +126,11 @@ impl<B: Backend> Mixtral<B> {
                 n_experts: e,
                 top_k: cfg.num_experts_per_tok,
             },
-            stats: Mutex::new(LoadBalanceStats::new(cfg.num_hidden_layers, e, cfg.num_experts_per_tok)),
+            stats: Mutex::new(LoadBalanceStats::new(
+                cfg.num_hidden_layers,
+                e,
+                cfg.num_experts_per_tok,
+            )),
             cfg,
             backend,
             embed,
@@ -132,7 +147,8 @@ impl<B: Backend> Mixtral<B> {
     }
 
     pub fn new_kv(&self) -> B::Kv {
-        self.backend.new_kv(self.cfg.num_hidden_layers, self.cfg.kv_width())
+        self.backend
+            .new_kv(self.cfg.num_hidden_layers, self.cfg.kv_width())
     }
 
     /// A copy of the statistics accumulated so far.
@@ -146,7 +162,11 @@ impl<B: Backend> Mixtral<B> {
 
     /// Runs the new tokens of every sequence as one batch and returns each sequence's logits
     /// (`[rows, vocab]` flattened: every new token, or the last one).
-    pub fn forward(&self, seqs: &mut [SeqStep<'_, B::Kv>], trace: &mut dyn Trace) -> Result<Vec<Vec<f32>>> {
+    pub fn forward(
+        &self,
+        seqs: &mut [SeqStep<'_, B::Kv>],
+        trace: &mut dyn Trace,
+    ) -> Result<Vec<Vec<f32>>> {
         let b = &self.backend;
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
@@ -208,7 +228,11 @@ impl<B: Backend> Mixtral<B> {
             let mut items: Vec<AttnItem<B::Kv>> = seqs
                 .iter_mut()
                 .zip(&rows)
-                .map(|(s, &(row, n_new))| AttnItem { row, n_new, kv: &mut *s.kv })
+                .map(|(s, &(row, n_new))| AttnItem {
+                    row,
+                    n_new,
+                    kv: &mut *s.kv,
+                })
                 .collect();
             b.attention(l, &self.attn, &q, &k, &v, &mut items, &mut attn_out)?;
             b.linear(&attn_out, &layer.o, &mut proj)?;
@@ -217,12 +241,21 @@ impl<B: Backend> Mixtral<B> {
             // Sparse MoE block: router → dispatch → experts → combine (+ residual).
             b.rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, &mut normed)?;
             b.linear(&normed, &layer.gate, &mut router_logits)?;
-            tap(trace, &format!("layer.{l}.router_logits"), &router_logits, cfg.num_local_experts)?;
+            tap(
+                trace,
+                &format!("layer.{l}.router_logits"),
+                &router_logits,
+                cfg.num_local_experts,
+            )?;
             let routing = b.router_topk(&router_logits, &self.router, &mut stats.layers[l])?;
             if trace.enabled() {
                 let ids: Vec<f32> = routing.expert_ids.iter().map(|&e| e as f32).collect();
                 trace.record(&format!("layer.{l}.topk_experts"), routing.top_k, &ids);
-                trace.record(&format!("layer.{l}.topk_weights"), routing.top_k, &routing.weights);
+                trace.record(
+                    &format!("layer.{l}.topk_weights"),
+                    routing.top_k,
+                    &routing.weights,
+                );
             }
             let dispatch = b.permute(&routing, cfg.num_local_experts)?;
             b.expert_ffn(&normed, &dispatch, &layer.experts, &mut expert_out)?;
@@ -240,12 +273,20 @@ impl<B: Backend> Mixtral<B> {
                 wanted.push(row + len - 1);
             }
         }
-        let picked = if wanted.len() == n { x } else { b.gather_rows(&x, &wanted)? };
+        let picked = if wanted.len() == n {
+            x
+        } else {
+            b.gather_rows(&x, &wanted)?
+        };
         let mut hidden = b.zeros(wanted.len(), h);
         b.rms_norm(&picked, &self.norm, cfg.rms_norm_eps, &mut hidden)?;
         tap(trace, "hidden_states", &hidden, h)?;
         let mut logits = b.zeros(wanted.len(), cfg.vocab_size);
-        b.linear(&hidden, self.lm_head.as_ref().unwrap_or(&self.embed), &mut logits)?;
+        b.linear(
+            &hidden,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            &mut logits,
+        )?;
         let logits = b.to_host(&logits)?;
         if trace.enabled() {
             trace.record("logits", cfg.vocab_size, &logits);
@@ -255,7 +296,11 @@ impl<B: Backend> Mixtral<B> {
         let mut out = Vec::with_capacity(seqs.len());
         let mut at = 0;
         for (s, &(_, len)) in seqs.iter().zip(&rows) {
-            let taken = if s.all_logits || trace.enabled() { len } else { 1 };
+            let taken = if s.all_logits || trace.enabled() {
+                len
+            } else {
+                1
+            };
             let keep = if s.all_logits { taken } else { 1 };
             let first = at + taken - keep;
             out.push(logits[first * v..(first + keep) * v].to_vec());

@@ -14,7 +14,9 @@ impl ModelFamily {
     pub fn from_config(cfg: &ModelConfig) -> Result<Self> {
         match cfg.architecture.as_str() {
             "MixtralForCausalLM" | "mixtral" => Ok(ModelFamily::Mixtral),
-            other => Err(Error::Config(format!("architecture `{other}` is not supported"))),
+            other => Err(Error::Config(format!(
+                "architecture `{other}` is not supported"
+            ))),
         }
     }
 }

@@ -1,0 +1,280 @@
+//! `moe bench`: load time, prefill and decode throughput, peak memory, and decode speed as a
+//! fraction of this machine's memory-bandwidth floor (bytes of weights one token must read ÷
+//! measured read bandwidth), all measured in one run. Medians of `repeats`.
+
+use crate::backend::Backend;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::models::mixtral::SeqStep;
+use crate::trace::NoTrace;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub prefill_lens: Vec<usize>,
+    pub decode_tokens: usize,
+    pub batch_sizes: Vec<usize>,
+    pub repeats: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrefillResult {
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecodeResult {
+    pub batch: usize,
+    pub steps: usize,
+    /// Generated tokens per second over the whole batch.
+    pub tokens_per_s: f64,
+    pub ms_per_step: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub backend: String,
+    pub threads: usize,
+    pub cpu: String,
+    pub weight_dtype: String,
+    pub total_params: usize,
+    pub active_params_per_token: usize,
+    pub weight_bytes: usize,
+    pub load_seconds: f64,
+    /// Measured read bandwidth, GB/s (10⁹ bytes).
+    pub read_bandwidth_gbs: f64,
+    /// Bytes of weights one decode token reads (attention, router, top-k experts, lm_head).
+    pub active_bytes_per_token: usize,
+    /// Decode tokens/s the bandwidth allows at batch 1.
+    pub decode_floor_tokens_per_s: f64,
+    pub prefill: Vec<PrefillResult>,
+    pub decode: Vec<DecodeResult>,
+    /// Batch-1 decode ÷ floor.
+    pub decode_fraction_of_floor: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub repeats: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident set size of this process (`VmHWM`), on Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Read bandwidth of all rayon threads summing a 512 MiB buffer, GB/s, median of `repeats`.
+pub fn measure_read_bandwidth(repeats: usize) -> f64 {
+    let n = 128 << 20; // f32 elements
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i & 7) as f32).collect();
+    let chunk = n / (rayon::current_num_threads() * 8).max(1);
+    let mut speeds = vec![];
+    for _ in 0..repeats.max(1) + 1 {
+        let t = Instant::now();
+        let s: f32 = buf
+            .par_chunks(chunk)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for w in c.chunks_exact(16) {
+                    for i in 0..16 {
+                        acc[i] += w[i];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(s);
+        speeds.push((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    speeds.remove(0);
+    median(speeds)
+}
+
+/// Deterministic pseudo-random ids in `[3, vocab)`.
+fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            3 + (s % (vocab as u64 - 3)) as u32
+        })
+        .collect()
+}
+
+pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<BenchReport> {
+    let m = &engine.model;
+    let cfg = &m.cfg;
+    let ctx = engine.info.context_length;
+    let bytes_per_param = engine.info.weight_bytes as f64 / cfg.total_params() as f64;
+    let active_bytes = (cfg.active_params() as f64 * bytes_per_param) as usize;
+    let bandwidth = measure_read_bandwidth(o.repeats);
+    let floor = bandwidth * 1e9 / active_bytes as f64;
+
+    let mut prefill = vec![];
+    for &len in &o.prefill_lens {
+        let len = len.min(ctx);
+        let prompt = ids(len, cfg.vocab_size, len as u64);
+        let mut times = vec![];
+        for _ in 0..o.repeats {
+            let mut kv = m.new_kv();
+            let t = Instant::now();
+            m.forward(
+                &mut [SeqStep {
+                    tokens: &prompt,
+                    kv: &mut kv,
+                    all_logits: false,
+                }],
+                &mut NoTrace,
+            )?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let s = median(times);
+        prefill.push(PrefillResult {
+            tokens: len,
+            tokens_per_s: len as f64 / s,
+            seconds: s,
+        });
+    }
+
+    let mut decode = vec![];
+    let prompt_len = 16.min(ctx / 2);
+    let steps = o
+        .decode_tokens
+        .min(ctx.saturating_sub(prompt_len + 1))
+        .max(1);
+    for &batch in &o.batch_sizes {
+        let mut times = vec![];
+        for r in 0..o.repeats {
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|b| ids(prompt_len, cfg.vocab_size, (r * 1000 + b) as u64))
+                .collect();
+            let mut kvs: Vec<B::Kv> = (0..batch).map(|_| m.new_kv()).collect();
+            let mut steps_in: Vec<SeqStep<B::Kv>> = prompts
+                .iter()
+                .zip(kvs.iter_mut())
+                .map(|(p, kv)| SeqStep {
+                    tokens: p,
+                    kv,
+                    all_logits: false,
+                })
+                .collect();
+            let mut logits = m.forward(&mut steps_in, &mut NoTrace)?;
+            let t = Instant::now();
+            for _ in 0..steps {
+                let next: Vec<[u32; 1]> = logits
+                    .iter()
+                    .map(|l| {
+                        [l.iter()
+                            .enumerate()
+                            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+                            .0 as u32]
+                    })
+                    .collect();
+                let mut st: Vec<SeqStep<B::Kv>> = next
+                    .iter()
+                    .zip(kvs.iter_mut())
+                    .map(|(tok, kv)| SeqStep {
+                        tokens: tok,
+                        kv,
+                        all_logits: false,
+                    })
+                    .collect();
+                logits = m.forward(&mut st, &mut NoTrace)?;
+            }
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let s = median(times);
+        decode.push(DecodeResult {
+            batch,
+            steps,
+            tokens_per_s: (batch * steps) as f64 / s,
+            ms_per_step: s * 1e3 / steps as f64,
+        });
+    }
+    let b1 = decode
+        .iter()
+        .find(|d| d.batch == 1)
+        .map(|d| d.tokens_per_s / floor);
+    Ok(BenchReport {
+        model: engine.info.name.clone(),
+        backend: m.backend.name().to_string(),
+        threads: rayon::current_num_threads(),
+        cpu: cpu_name(),
+        weight_dtype: format!("{:.1} bytes/param", bytes_per_param),
+        total_params: cfg.total_params(),
+        active_params_per_token: cfg.active_params(),
+        weight_bytes: engine.info.weight_bytes,
+        load_seconds: engine.info.load_time.as_secs_f64(),
+        read_bandwidth_gbs: bandwidth,
+        active_bytes_per_token: active_bytes,
+        decode_floor_tokens_per_s: floor,
+        prefill,
+        decode,
+        decode_fraction_of_floor: b1,
+        peak_rss_bytes: peak_rss_bytes(),
+        repeats: o.repeats,
+    })
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "model {} ({} params, {} active/token, {}) on {} × {} threads\n",
+            self.model,
+            self.total_params,
+            self.active_params_per_token,
+            self.weight_dtype,
+            self.cpu,
+            self.threads
+        );
+        s += &format!(
+            "load {:.3} s   read bandwidth {:.1} GB/s   peak RSS {:.1} MiB\n",
+            self.load_seconds,
+            self.read_bandwidth_gbs,
+            self.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0
+        );
+        for p in &self.prefill {
+            s += &format!(
+                "prefill {:>5} tokens: {:>9.1} tok/s\n",
+                p.tokens, p.tokens_per_s
+            );
+        }
+        for d in &self.decode {
+            s += &format!(
+                "decode batch {:>3}: {:>9.1} tok/s ({:.2} ms/step)\n",
+                d.batch, d.tokens_per_s, d.ms_per_step
+            );
+        }
+        s += &format!(
+            "decode floor {:.1} tok/s ({} bytes/token); batch-1 decode at {:.0}% of it\n",
+            self.decode_floor_tokens_per_s,
+            self.active_bytes_per_token,
+            self.decode_fraction_of_floor.unwrap_or(0.0) * 100.0
+        );
+        s
+    }
+}

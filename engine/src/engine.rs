@@ -1,0 +1,195 @@
+//! `Engine`: a loaded model with its tokenizer, ready to generate and score.
+
+use crate::backend::{Backend, CpuBackend};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::models::mixtral::Mixtral;
+use crate::models::ModelFamily;
+use crate::presets::{Preset, Presets};
+use crate::stats::StatsReport;
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where a model comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSource {
+    /// The student compiled into the library.
+    Embedded,
+    /// A HuggingFace model directory.
+    Dir(PathBuf),
+    /// A name in `models.toml`.
+    Preset(String),
+}
+
+impl ModelSource {
+    /// `None` → the embedded default; an existing directory → that directory; else a preset name.
+    pub fn parse(arg: Option<&str>) -> Self {
+        match arg {
+            None | Some("") => ModelSource::Embedded,
+            Some(s) if Path::new(s).is_dir() => ModelSource::Dir(PathBuf::from(s)),
+            Some(s) => ModelSource::Preset(s.to_string()),
+        }
+    }
+}
+
+/// Options for loading.
+#[derive(Default)]
+pub struct LoadOptions<'a> {
+    /// Called as tensors are checked: `(done, total)`.
+    pub progress: Option<&'a mut dyn FnMut(usize, usize)>,
+}
+
+/// What was loaded and how long it took.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub name: String,
+    pub source: String,
+    pub load_time: Duration,
+    pub weight_bytes: usize,
+    /// Longest sequence (prompt + generated) this engine accepts.
+    pub context_length: usize,
+}
+
+pub struct Engine<B: Backend = CpuBackend> {
+    pub model: Mixtral<B>,
+    pub tokenizer: Tokenizer,
+    pub info: ModelInfo,
+    pub preset: Option<Preset>,
+    /// Token ids that end a generation (config and tokenizer eos).
+    pub eos_ids: Vec<u32>,
+}
+
+impl Engine<CpuBackend> {
+    /// Loads onto the CPU backend.
+    pub fn load(source: &ModelSource) -> Result<Self> {
+        Self::load_with(source, CpuBackend, LoadOptions::default())
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn load_with(source: &ModelSource, backend: B, mut opts: LoadOptions<'_>) -> Result<Self> {
+        let t0 = Instant::now();
+        let mut no_progress = |_: usize, _: usize| {};
+        let progress: &mut dyn FnMut(usize, usize) = match opts.progress.as_mut() {
+            Some(p) => *p,
+            None => &mut no_progress,
+        };
+        let (name, src, cfg, weights, mut tokenizer, preset) = match source {
+            ModelSource::Embedded => {
+                #[cfg(feature = "embedded-model")]
+                {
+                    use crate::embedded;
+                    let cfg = ModelConfig::from_json(embedded::CONFIG_JSON)?;
+                    let w = Weights::from_static(&embedded::shards())?;
+                    let tok = Tokenizer::from_bytes(
+                        embedded::TOKENIZER_JSON,
+                        Some(embedded::TOKENIZER_CONFIG_JSON),
+                    )?;
+                    (
+                        embedded::NAME.to_string(),
+                        "embedded".to_string(),
+                        cfg,
+                        w,
+                        tok,
+                        None,
+                    )
+                }
+                #[cfg(not(feature = "embedded-model"))]
+                return Err(Error::Preset {
+                    name: "embedded".into(),
+                    message:
+                        "this build has no embedded model (feature `embedded-model`); pass --model"
+                            .into(),
+                });
+            }
+            ModelSource::Dir(dir) => {
+                let (cfg, w, tok) = open_dir(dir)?;
+                (dir_name(dir), dir.display().to_string(), cfg, w, tok, None)
+            }
+            ModelSource::Preset(name) => {
+                let presets = Presets::discover()?;
+                let p = presets.get(name)?.clone();
+                let (cfg, w, tok) = open_dir(&p.path).map_err(|e| Error::Preset {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })?;
+                (
+                    name.clone(),
+                    p.path.display().to_string(),
+                    cfg,
+                    w,
+                    tok,
+                    Some(p),
+                )
+            }
+        };
+        if let Some(t) = preset.as_ref().and_then(|p| p.chat_template.clone()) {
+            tokenizer = tokenizer.with_chat_template(t);
+        }
+        let context_length = preset
+            .as_ref()
+            .and_then(|p| p.context_length)
+            .map_or(cfg.max_position_embeddings, |c| {
+                c.min(cfg.max_position_embeddings)
+            });
+        ModelFamily::from_config(&cfg)?;
+        let mut eos_ids = cfg.eos_token_ids.clone();
+        if let Some(e) = tokenizer.eos_id() {
+            if !eos_ids.contains(&e) {
+                eos_ids.push(e);
+            }
+        }
+        let model = Mixtral::load(cfg, &weights, backend, progress)?;
+        let info = ModelInfo {
+            name,
+            source: src,
+            load_time: t0.elapsed(),
+            weight_bytes: model.weight_bytes(),
+            context_length,
+        };
+        Ok(Engine {
+            model,
+            tokenizer,
+            info,
+            preset,
+            eos_ids,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+
+    /// The load-balance statistics accumulated since load or the last reset.
+    pub fn stats(&self) -> StatsReport {
+        self.model.stats().report()
+    }
+
+    pub fn reset_stats(&self) {
+        self.model.reset_stats()
+    }
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .as_deref()
+        .and_then(|d| d.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
+    if !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+        ));
+    }
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open_dir(dir)?;
+    let tok = Tokenizer::from_dir(dir)?;
+    Ok((cfg, weights, tok))
+}
