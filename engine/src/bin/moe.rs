@@ -56,15 +56,15 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
         /// 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         top_k: usize,
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         min_p: f32,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         repetition_penalty: f32,
         #[arg(long)]
         seed: Option<u64>,

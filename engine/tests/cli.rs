@@ -1,0 +1,178 @@
+//! The `moe` binary: JSON shapes documented in the README, and errors as a message and exit 1.
+
+use std::process::{Command, Output};
+
+fn moe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(args)
+        .output()
+        .expect("run moe")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = moe(args);
+    assert!(
+        out.status.success(),
+        "moe {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = moe(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "moe {args:?} should exit 1; stderr: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "moe {args:?}: stderr {err:?} should mention {needle:?}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn generate_json_on_the_embedded_model() {
+    let v = json(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is 24 plus 17?",
+        "--json",
+    ]);
+    assert_eq!(v["text"], "41");
+    assert_eq!(v["finish_reason"], "stop");
+    assert_eq!(v["token_ids"].as_array().unwrap().last().unwrap(), 2);
+    assert_eq!(v["prompt_ids"][0], 1);
+    let v = json(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is 24 plus 17?",
+        "--max-tokens",
+        "3",
+        "--top-logprobs",
+        "25",
+        "--json",
+    ]);
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(v["finish_reason"], "length");
+    let lps = v["logprobs"].as_array().unwrap();
+    assert_eq!(lps.len(), 3);
+    assert_eq!(lps[0]["top_logprobs"].as_array().unwrap().len(), 25);
+    assert_eq!(lps[0]["token_id"], lps[0]["top_logprobs"][0]["token_id"]);
+}
+
+#[test]
+fn logprobs_json_shape() {
+    let v = json(&[
+        "logprobs",
+        "--model",
+        &fixture("mixtral-tiny-f32"),
+        "--prompt",
+        "Hello world",
+        "--top-k",
+        "4",
+        "--json",
+    ]);
+    let toks = v["tokens"].as_array().unwrap();
+    assert_eq!(toks.len(), 3);
+    assert!(toks[0]["logprob"].is_null());
+    assert_eq!(toks[1]["token_id"], 22557);
+    assert!(toks[1]["logprob"].as_f64().unwrap() < 0.0);
+    for (i, t) in toks.iter().enumerate() {
+        assert_eq!(t["position"], i);
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 4);
+        assert!(top[0]["logprob"].as_f64() >= top[3]["logprob"].as_f64());
+    }
+}
+
+#[test]
+fn stats_json_shape_and_table() {
+    let v = json(&[
+        "stats",
+        "--prompt",
+        "Mixtral routes tokens to experts.",
+        "--json",
+    ]);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let counts: Vec<u64> = serde_json::from_value(layers[0]["expert_tokens"].clone()).unwrap();
+    assert_eq!(counts.len(), 4);
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        2 * layers[0]["tokens"].as_u64().unwrap()
+    );
+    assert!(v["aux_loss"].as_f64().unwrap() >= 1.0);
+    let out = moe(&["stats", "--prompt", "Hi"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("aux_loss"));
+}
+
+#[test]
+fn bad_input_exits_1_with_a_named_problem() {
+    fails_with(
+        &["generate", "--prompt", "x", "--temperature", "-1"],
+        "temperature",
+    );
+    fails_with(&["generate", "--prompt", "x", "--top-p", "0"], "top_p");
+    fails_with(&["generate", "--prompt", "x", "--top-p", "1.5"], "top_p");
+    fails_with(
+        &["generate", "--prompt", "x", "--model", "no-such-model"],
+        "no-such-model",
+    );
+    let long: Vec<String> = (0..600).map(|_| "5".to_string()).collect();
+    fails_with(
+        &["generate", "--token-ids", &long.join(",")],
+        "exceeds the model's context of 512",
+    );
+    fails_with(
+        &["generate", "--token-ids", "1,99999"],
+        "outside the vocabulary",
+    );
+    fails_with(&["generate"], "--prompt");
+    fails_with(
+        &["generate", "--prompt", "x", "--threads", "0"],
+        "--threads",
+    );
+    fails_with(
+        &[
+            "generate",
+            "--chat",
+            "--model",
+            &fixture("mixtral-tiny-f32"),
+            "--prompt",
+            "x",
+        ],
+        "no chat_template",
+    );
+}
+
+#[test]
+fn broken_checkpoint_exits_1_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("moe-cli-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(format!("{}/{f}", fixture("mixtral-tiny-f32")), dir.join(f)).unwrap();
+    }
+    let bytes =
+        std::fs::read(format!("{}/model.safetensors", fixture("mixtral-tiny-f32"))).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() - 1000]).unwrap();
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "model.safetensors",
+    );
+}
