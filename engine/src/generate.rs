@@ -11,7 +11,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::models::mixtral::SeqStep;
 use crate::sampling::{log_softmax_into, top_k_entries, Sampler, SamplingParams, StopMatcher};
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, IncrementalDecoder};
 use crate::trace::NoTrace;
 use serde::{Deserialize, Serialize};
 
@@ -125,18 +125,136 @@ fn tops(logprobs: &[f32], k: usize) -> Vec<TopLogprob> {
         .collect()
 }
 
-struct Active<K> {
-    index: usize,
-    kv: K,
-    context: Vec<u32>,
-    n_prompt: usize,
+/// One request's generation state: its cache, tokens, sampler, stop matcher and detokenizer.
+/// The caller runs [`Sequence::next_input`] through the model and hands the logits back to
+/// [`Sequence::accept`], which picks the next token; `Engine::generate_stream` and the server's
+/// scheduler drive it the same way.
+pub struct Sequence<'t, K> {
+    pub kv: K,
+    /// Prompt followed by the generated ids.
+    pub context: Vec<u32>,
+    pub n_prompt: usize,
+    /// Tokens this sequence may still generate: `max_tokens`, capped by the context.
     max_new: usize,
+    params: SamplingParams,
     sampler: Sampler,
     stops: StopMatcher,
-    decoded: String,
-    finish: Option<FinishReason>,
-    stop: Option<String>,
-    logits: Vec<f32>,
+    decoder: IncrementalDecoder<'t>,
+    /// Text released so far.
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    want_prompt_logprobs: Option<usize>,
+    pub prompt_logprobs: Option<Vec<PromptTokenLogprob>>,
+    pub finish: Option<FinishReason>,
+    pub stop: Option<String>,
+    prefilled: bool,
+    scratch: Vec<f32>,
+}
+
+/// What one accepted step produced.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub token_id: u32,
+    pub text: String,
+    pub logprob: Option<TokenLogprob>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl<'t, K> Sequence<'t, K> {
+    /// Tokens to run next: the whole prompt first, then the last sampled token.
+    pub fn next_input(&self) -> &[u32] {
+        if self.prefilled {
+            &self.context[self.context.len() - 1..]
+        } else {
+            &self.context
+        }
+    }
+
+    /// Whether the next forward must return logits for every input token.
+    pub fn wants_all_logits(&self) -> bool {
+        !self.prefilled && self.want_prompt_logprobs.is_some()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Takes the logits of the last forward (`[rows, vocab]` as asked by
+    /// [`Sequence::wants_all_logits`]) and samples the next token.
+    pub fn accept(&mut self, logits: &[f32], vocab: usize, eos_ids: &[u32]) -> Result<Step> {
+        let last = &logits[logits.len() - vocab..];
+        if !self.prefilled {
+            if let Some(k) = self.want_prompt_logprobs {
+                self.prompt_logprobs = Some(prompt_logprobs_from(&self.context, logits, vocab, k));
+            }
+            self.prefilled = true;
+        }
+        let p = &self.params;
+        let tok = self.sampler.sample(last, &self.context, self.n_prompt);
+        self.context.push(tok);
+        let logprob = if p.logprobs || p.top_logprobs > 0 {
+            self.scratch.resize(vocab, 0.0);
+            log_softmax_into(last, &mut self.scratch);
+            let e = TokenLogprob {
+                token_id: tok,
+                logprob: self.scratch[tok as usize],
+                top_logprobs: tops(&self.scratch, p.top_logprobs),
+            };
+            self.logprobs.push(e.clone());
+            Some(e)
+        } else {
+            None
+        };
+        let mut released = String::new();
+        if (!p.ignore_eos && eos_ids.contains(&tok)) || p.stop_token_ids.contains(&tok) {
+            self.finish = Some(FinishReason::Stop);
+        } else {
+            let step = self.stops.push(&self.decoder.push(tok)?);
+            released = step.emit;
+            if step.stopped {
+                self.finish = Some(FinishReason::Stop);
+                self.stop = step.matched;
+            }
+        }
+        if self.finish.is_none() && self.context.len() - self.n_prompt >= self.max_new {
+            self.finish = Some(FinishReason::Length);
+        }
+        if self.finish.is_some() && self.stop.is_none() {
+            // Ending without a stop string: release what the decoder and matcher hold back.
+            let step = self.stops.push(&self.decoder.flush()?);
+            released += &step.emit;
+            if step.stopped {
+                self.stop = step.matched;
+            } else {
+                released += &self.stops.flush();
+            }
+        }
+        self.text += &released;
+        Ok(Step {
+            token_id: tok,
+            text: released,
+            logprob,
+            finish_reason: self.finish,
+        })
+    }
+
+    /// The finished (or abandoned) generation; an unfinished one reports `length`.
+    pub fn into_completion(self) -> Completion {
+        let with_logprobs = self.params.logprobs || self.params.top_logprobs > 0;
+        Completion {
+            prompt_ids: self.context[..self.n_prompt].to_vec(),
+            token_ids: self.context[self.n_prompt..].to_vec(),
+            text: self.text,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            stop: self.stop,
+            logprobs: with_logprobs.then_some(self.logprobs),
+            prompt_logprobs: self.prompt_logprobs,
+        }
+    }
 }
 
 impl<B: Backend> Engine<B> {
@@ -163,172 +281,111 @@ impl<B: Backend> Engine<B> {
         Ok(ids)
     }
 
+    /// Checks a request and sets up its generation; nothing runs yet.
+    pub fn start_sequence(&self, request: &GenerateRequest) -> Result<Sequence<'_, B::Kv>> {
+        let ctx = self.info.context_length;
+        request.params.validate(self.model.cfg.vocab_size)?;
+        let ids = self.prompt_ids(&request.prompt)?;
+        if ids.len() >= ctx {
+            return Err(Error::ContextOverflow {
+                len: ids.len() + 1,
+                max: ctx,
+            });
+        }
+        Ok(Sequence {
+            kv: self.model.new_kv(),
+            max_new: request.params.max_tokens.min(ctx - ids.len()),
+            decoder: self.tokenizer.incremental_decoder(&ids),
+            n_prompt: ids.len(),
+            context: ids,
+            params: request.params.clone(),
+            sampler: Sampler::new(&request.params),
+            stops: StopMatcher::new(&request.params.stop),
+            text: String::new(),
+            logprobs: vec![],
+            want_prompt_logprobs: request.prompt_logprobs,
+            prompt_logprobs: None,
+            finish: None,
+            stop: None,
+            prefilled: false,
+            scratch: vec![],
+        })
+    }
+
+    /// Runs one forward over these sequences (prefills and decode steps mixed) and advances each
+    /// by one token.
+    pub fn step(&self, seqs: &mut [&mut Sequence<'_, B::Kv>]) -> Result<Vec<Step>> {
+        let mut inputs: Vec<SeqStep<B::Kv>> = seqs
+            .iter_mut()
+            .map(|s| {
+                let all_logits = s.wants_all_logits();
+                let Sequence {
+                    kv,
+                    context,
+                    prefilled,
+                    ..
+                } = &mut **s;
+                let tokens: &[u32] = if *prefilled {
+                    &context[context.len() - 1..]
+                } else {
+                    context
+                };
+                SeqStep {
+                    tokens,
+                    kv,
+                    all_logits,
+                }
+            })
+            .collect();
+        let logits = self.model.forward(&mut inputs, &mut NoTrace)?;
+        let vocab = self.model.cfg.vocab_size;
+        seqs.iter_mut()
+            .zip(logits)
+            .map(|(s, l)| s.accept(&l, vocab, &self.eos_ids))
+            .collect()
+    }
+
     /// Generates for every request; see [`Engine::generate_stream`].
     pub fn generate(&self, requests: &[GenerateRequest]) -> Result<Vec<Completion>> {
         self.generate_stream(requests, &mut |_| {})
     }
 
-    /// Generates for every request as one batch, calling `on_token` for every token of every
-    /// request as it is produced. Every request is checked before any work starts.
+    /// Generates for every request as one batch (prefilled together, then decoded together),
+    /// calling `on_token` for every token as it is produced. Every request is checked before any
+    /// work starts.
     pub fn generate_stream(
         &self,
         requests: &[GenerateRequest],
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<Vec<Completion>> {
-        let vocab = self.model.cfg.vocab_size;
-        let ctx = self.info.context_length;
-        let mut prompts = Vec::with_capacity(requests.len());
-        for r in requests {
-            r.params.validate(vocab)?;
-            let ids = self.prompt_ids(&r.prompt)?;
-            if ids.len() >= ctx {
-                return Err(Error::ContextOverflow {
-                    len: ids.len() + 1,
-                    max: ctx,
-                });
-            }
-            prompts.push(ids);
-        }
-        let mut results: Vec<Option<Completion>> = vec![None; requests.len()];
-        let mut active: Vec<Active<B::Kv>> = Vec::with_capacity(requests.len());
-        let mut logprob_lists: Vec<Vec<TokenLogprob>> = vec![vec![]; requests.len()];
-        let mut prompt_lps: Vec<Option<Vec<PromptTokenLogprob>>> = vec![None; requests.len()];
-
-        // Prefill every prompt in one batch.
-        for (i, (r, ids)) in requests.iter().zip(&prompts).enumerate() {
-            active.push(Active {
-                index: i,
-                kv: self.model.new_kv(),
-                context: ids.clone(),
-                n_prompt: ids.len(),
-                max_new: r.params.max_tokens.min(ctx - ids.len()),
-                sampler: Sampler::new(&r.params),
-                stops: StopMatcher::new(&r.params.stop),
-                decoded: String::new(),
-                finish: None,
-                stop: None,
-                logits: vec![],
-            });
-        }
-        {
-            let mut steps: Vec<SeqStep<B::Kv>> = active
-                .iter_mut()
-                .zip(requests)
-                .map(|(a, r)| SeqStep {
-                    tokens: &a.context,
-                    kv: &mut a.kv,
-                    all_logits: r.prompt_logprobs.is_some(),
-                })
-                .collect();
-            let out = self.model.forward(&mut steps, &mut NoTrace)?;
-            for ((a, r), logits) in active.iter_mut().zip(requests).zip(out) {
-                if let Some(k) = r.prompt_logprobs {
-                    prompt_lps[a.index] = Some(prompt_logprobs_from(&a.context, &logits, vocab, k));
-                    a.logits = logits[logits.len() - vocab..].to_vec();
-                } else {
-                    a.logits = logits;
-                }
-            }
-        }
-
-        let mut decoders: Vec<_> = prompts
+        let mut seqs: Vec<Sequence<B::Kv>> = requests
             .iter()
-            .map(|p| self.tokenizer.incremental_decoder(p))
-            .collect();
-        let mut scratch = vec![0f32; vocab];
-        while !active.is_empty() {
-            for a in active.iter_mut() {
-                let r = &requests[a.index];
-                let p = &r.params;
-                let tok = a.sampler.sample(&a.logits, &a.context, a.n_prompt);
-                a.context.push(tok);
-                let lp = if p.logprobs || p.top_logprobs > 0 {
-                    log_softmax_into(&a.logits, &mut scratch);
-                    let e = TokenLogprob {
-                        token_id: tok,
-                        logprob: scratch[tok as usize],
-                        top_logprobs: tops(&scratch, p.top_logprobs),
-                    };
-                    logprob_lists[a.index].push(e);
-                    logprob_lists[a.index].last()
-                } else {
-                    None
-                };
-                let n_new = a.context.len() - a.n_prompt;
-                let mut released = String::new();
-                if (!p.ignore_eos && self.eos_ids.contains(&tok)) || p.stop_token_ids.contains(&tok)
-                {
-                    a.finish = Some(FinishReason::Stop);
-                } else {
-                    let step = a.stops.push(&decoders[a.index].push(tok)?);
-                    released = step.emit;
-                    if step.stopped {
-                        a.finish = Some(FinishReason::Stop);
-                        a.stop = step.matched;
-                    }
-                }
-                if a.finish.is_none() && n_new >= a.max_new {
-                    a.finish = Some(FinishReason::Length);
-                }
-                if a.finish.is_some() && a.stop.is_none() {
-                    // Ending without a stop string: release what the decoder and matcher hold back.
-                    let step = a.stops.push(&decoders[a.index].flush()?);
-                    released += &step.emit;
-                    if step.stopped {
-                        a.stop = step.matched;
-                    } else {
-                        released += &a.stops.flush();
-                    }
-                }
-                a.decoded += &released;
-                on_token(&TokenEvent {
-                    request: a.index,
-                    token_id: tok,
-                    text: &released,
-                    logprob: lp,
-                    finish_reason: a.finish,
-                });
-            }
-            // Finished requests leave the batch.
-            let mut still = Vec::with_capacity(active.len());
-            for a in active.drain(..) {
-                if let Some(reason) = a.finish {
-                    let r = &requests[a.index];
-                    results[a.index] = Some(Completion {
-                        prompt_ids: a.context[..a.n_prompt].to_vec(),
-                        token_ids: a.context[a.n_prompt..].to_vec(),
-                        text: a.decoded,
-                        finish_reason: reason,
-                        stop: a.stop,
-                        logprobs: (r.params.logprobs || r.params.top_logprobs > 0)
-                            .then(|| std::mem::take(&mut logprob_lists[a.index])),
-                        prompt_logprobs: prompt_lps[a.index].take(),
-                    });
-                } else {
-                    still.push(a);
-                }
-            }
-            active = still;
+            .map(|r| self.start_sequence(r))
+            .collect::<Result<_>>()?;
+        loop {
+            let mut active: Vec<(usize, &mut Sequence<B::Kv>)> = seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, s)| !s.is_finished())
+                .collect();
             if active.is_empty() {
                 break;
             }
-            let mut steps: Vec<SeqStep<B::Kv>> = active
-                .iter_mut()
-                .map(|a| SeqStep {
-                    tokens: &a.context[a.context.len() - 1..],
-                    kv: &mut a.kv,
-                    all_logits: false,
-                })
-                .collect();
-            let out = self.model.forward(&mut steps, &mut NoTrace)?;
-            for (a, logits) in active.iter_mut().zip(out) {
-                a.logits = logits;
+            let index: Vec<usize> = active.iter().map(|(i, _)| *i).collect();
+            let mut refs: Vec<&mut Sequence<B::Kv>> =
+                active.iter_mut().map(|(_, s)| &mut **s).collect();
+            let steps = self.step(&mut refs)?;
+            for (i, st) in index.into_iter().zip(&steps) {
+                on_token(&TokenEvent {
+                    request: i,
+                    token_id: st.token_id,
+                    text: &st.text,
+                    logprob: st.logprob.as_ref(),
+                    finish_reason: st.finish_reason,
+                });
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|c| c.expect("every request finishes"))
-            .collect())
+        Ok(seqs.into_iter().map(Sequence::into_completion).collect())
     }
 
     /// Each prompt token's logprob given its prefix and the `top_k` most likely next tokens after

@@ -22,6 +22,8 @@ pub mod generate;
 pub mod models;
 pub mod presets;
 pub mod sampling;
+pub mod scheduler;
+pub mod server;
 pub mod stats;
 pub mod tokenizer;
 pub mod trace;

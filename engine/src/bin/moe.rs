@@ -97,6 +97,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve {
+        /// Model directory or preset (repeatable; default: the embedded student).
+        #[arg(long)]
+        model: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (printed on start).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Largest running batch per model.
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        /// KV cache budget per model, bytes (suffixes K, M, G).
+        #[arg(long, default_value = "1G")]
+        kv_memory: String,
+        /// max_tokens of a request that gives none.
+        #[arg(long, default_value_t = 256)]
+        default_max_tokens: usize,
+    },
     /// Measure load time, prefill and decode speed, peak memory and the bandwidth floor.
     Bench {
         #[command(flatten)]
@@ -151,6 +171,24 @@ fn prompt_of(p: &PromptArg, chat: bool) -> Result<Prompt> {
         (None, Some(_)) => bail!("--chat needs --prompt text, not --token-ids"),
         _ => bail!("give --prompt TEXT or --token-ids 1,2,3"),
     })
+}
+
+/// `1073741824`, `512M`, `1G`, `64K`.
+fn parse_bytes(s: &str) -> Result<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1usize << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("--kv-memory {s:?} is not a size"))?;
+    if n <= 0.0 {
+        bail!("--kv-memory must be positive");
+    }
+    Ok((n * mult as f64) as usize)
 }
 
 fn main() {
@@ -287,6 +325,50 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 write!(out, "{}", report.table())?;
             }
+        }
+        Command::Serve {
+            model,
+            host,
+            port,
+            max_batch,
+            kv_memory,
+            default_max_tokens,
+        } => {
+            let kv_memory = parse_bytes(&kv_memory)?;
+            let names: Vec<Option<String>> = if model.is_empty() {
+                vec![None]
+            } else {
+                model.into_iter().map(Some).collect()
+            };
+            let mut engines = vec![];
+            for m in names {
+                let engine = load(&ModelArg { model: m })?;
+                let name = engine.info.name.clone();
+                if engines.iter().any(|(n, _)| *n == name) {
+                    bail!("two models are named `{name}`");
+                }
+                engines.push((name, engine));
+            }
+            let config = moe::server::ServerConfig {
+                host,
+                port,
+                max_batch,
+                kv_memory,
+                default_max_tokens,
+                ..Default::default()
+            };
+            let names: Vec<String> = engines.iter().map(|(n, _)| n.clone()).collect();
+            let handle = moe::server::start(engines, config).context("starting the server")?;
+            writeln!(
+                out,
+                "listening on {} (models: {})",
+                handle.url(),
+                names.join(", ")
+            )?;
+            out.flush()?;
+            drop(out);
+            handle.wait();
+            return Ok(());
         }
         Command::Bench {
             model,

@@ -1,0 +1,229 @@
+//! Continuous batching: one engine thread per model runs a loop that admits waiting sequences
+//! when the batch and the KV budget allow, runs one forward over every running sequence
+//! (prefills and decode steps mixed), and sends each new token to its requester. Sequences join
+//! and leave at token boundaries; a requester that has gone away frees its slot at the next step.
+//!
+//! The KV budget is counted in blocks of [`KV_BLOCK`] tokens: a sequence reserves the blocks for
+//! its prompt plus its `max_tokens` when admitted, so a running sequence never runs out; when the
+//! budget is spent, new sequences wait in the queue.
+
+use crate::backend::Backend;
+use crate::engine::Engine;
+use crate::generate::{Completion, GenerateRequest, Sequence, Step};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Tokens per KV block.
+pub const KV_BLOCK: usize = 16;
+
+/// What the scheduler tells a requester.
+#[derive(Debug)]
+pub enum SeqEvent {
+    Token {
+        choice: usize,
+        step: Step,
+    },
+    Done {
+        choice: usize,
+        completion: Box<Completion>,
+    },
+    Error {
+        choice: usize,
+        message: String,
+    },
+}
+
+/// One sequence to run; `choice` tags its events (a request with `n` > 1 submits `n`).
+pub struct Submission {
+    pub choice: usize,
+    pub request: GenerateRequest,
+    pub events: UnboundedSender<SeqEvent>,
+    pub submitted: Instant,
+}
+
+/// Live figures the scheduler publishes.
+#[derive(Default, Debug)]
+pub struct SchedulerGauges {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+}
+
+pub trait SchedulerObserver: Send + Sync {
+    /// The first token of a sequence after `ttft_s` seconds in the system.
+    fn first_token(&self, ttft_s: f64);
+    /// A later token `itl_s` seconds after the previous one.
+    fn next_token(&self, itl_s: f64);
+    fn finished(&self, prompt_tokens: usize, generated: usize);
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    pub max_batch: usize,
+    /// KV memory budget in bytes.
+    pub kv_bytes: usize,
+}
+
+struct Running<'t, K> {
+    seq: Sequence<'t, K>,
+    choice: usize,
+    events: UnboundedSender<SeqEvent>,
+    blocks: usize,
+    submitted: Instant,
+    last_token: Option<Instant>,
+}
+
+/// Bytes of KV cache one token needs in this model.
+pub fn kv_bytes_per_token<B: Backend>(engine: &Engine<B>) -> usize {
+    let c = engine.config();
+    c.num_hidden_layers * c.kv_width() * 2 * std::mem::size_of::<f32>()
+}
+
+/// Runs until every sender of `rx` is gone.
+pub fn run<B: Backend>(
+    engine: Arc<Engine<B>>,
+    cfg: SchedulerConfig,
+    rx: Receiver<Submission>,
+    gauges: Arc<SchedulerGauges>,
+    observer: Arc<dyn SchedulerObserver>,
+) {
+    let engine: &Engine<B> = &engine;
+    let per_block = kv_bytes_per_token(engine) * KV_BLOCK;
+    let total_blocks = (cfg.kv_bytes / per_block.max(1)).max(1);
+    gauges
+        .kv_blocks_total
+        .store(total_blocks, Ordering::Relaxed);
+    let mut used_blocks = 0usize;
+    let mut waiting: VecDeque<Submission> = VecDeque::new();
+    let mut running: Vec<Running<B::Kv>> = Vec::new();
+    let blocks_for = |s: &Submission| -> usize {
+        // An upper bound before tokenising: the engine caps prompt + max_tokens at the context.
+        engine
+            .info
+            .context_length
+            .min(s.request.params.max_tokens + prompt_len_hint(engine, s))
+            .div_ceil(KV_BLOCK)
+    };
+    loop {
+        // Wait for work when idle; otherwise take whatever has arrived.
+        if running.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(s) => waiting.push_back(s),
+                Err(_) => return,
+            }
+        }
+        while let Ok(s) = rx.try_recv() {
+            waiting.push_back(s);
+        }
+        // Requesters that left free their place in the queue and their slot in the batch.
+        waiting.retain(|s| !s.events.is_closed());
+        running.retain(|r| {
+            let gone = r.events.is_closed();
+            if gone {
+                used_blocks -= r.blocks;
+            }
+            !gone
+        });
+        // Admission, in arrival order.
+        while running.len() < cfg.max_batch {
+            let Some(front) = waiting.front() else { break };
+            let need = blocks_for(front).min(total_blocks);
+            if used_blocks + need > total_blocks {
+                break;
+            }
+            let s = waiting.pop_front().expect("front exists");
+            match engine.start_sequence(&s.request) {
+                Ok(seq) => {
+                    used_blocks += need;
+                    running.push(Running {
+                        seq,
+                        choice: s.choice,
+                        events: s.events,
+                        blocks: need,
+                        submitted: s.submitted,
+                        last_token: None,
+                    });
+                }
+                Err(e) => {
+                    let _ = s.events.send(SeqEvent::Error {
+                        choice: s.choice,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        gauges.waiting.store(waiting.len(), Ordering::Relaxed);
+        gauges.running.store(running.len(), Ordering::Relaxed);
+        gauges.kv_blocks_used.store(used_blocks, Ordering::Relaxed);
+        if running.is_empty() {
+            continue;
+        }
+        let mut refs: Vec<&mut Sequence<B::Kv>> = running.iter_mut().map(|r| &mut r.seq).collect();
+        match engine.step(&mut refs) {
+            Ok(steps) => {
+                let now = Instant::now();
+                for (r, step) in running.iter_mut().zip(steps) {
+                    match r.last_token {
+                        None => observer.first_token(now.duration_since(r.submitted).as_secs_f64()),
+                        Some(t) => observer.next_token(now.duration_since(t).as_secs_f64()),
+                    }
+                    r.last_token = Some(now);
+                    let _ = r.events.send(SeqEvent::Token {
+                        choice: r.choice,
+                        step,
+                    });
+                }
+            }
+            Err(e) => {
+                // A failed step ends the sequences in it; the engine keeps serving.
+                for r in running.drain(..) {
+                    let _ = r.events.send(SeqEvent::Error {
+                        choice: r.choice,
+                        message: e.to_string(),
+                    });
+                }
+                used_blocks = 0;
+                continue;
+            }
+        }
+        let mut still = Vec::with_capacity(running.len());
+        for r in running.drain(..) {
+            if r.seq.is_finished() {
+                used_blocks -= r.blocks;
+                let c = r.seq.into_completion();
+                observer.finished(c.prompt_ids.len(), c.token_ids.len());
+                let _ = r.events.send(SeqEvent::Done {
+                    choice: r.choice,
+                    completion: Box::new(c),
+                });
+            } else {
+                still.push(r);
+            }
+        }
+        running = still;
+        gauges.running.store(running.len(), Ordering::Relaxed);
+        gauges.kv_blocks_used.store(used_blocks, Ordering::Relaxed);
+    }
+}
+
+/// The prompt's length in tokens for budgeting: exact for token prompts, a bound from the text
+/// length otherwise (a token covers at least one byte, plus template and special tokens).
+fn prompt_len_hint<B: Backend>(engine: &Engine<B>, s: &Submission) -> usize {
+    use crate::generate::Prompt;
+    match &s.request.prompt {
+        Prompt::Tokens(t) => t.len(),
+        Prompt::Text(t) => t.len() + 2,
+        Prompt::Chat(m) => {
+            m.iter().map(|m| m.content.len() + 16).sum::<usize>()
+                + engine.info.context_length.min(64)
+        }
+    }
+}
+
+/// Sends submissions to a scheduler thread.
+pub type SubmitSender = Sender<Submission>;

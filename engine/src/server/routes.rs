@@ -1,0 +1,619 @@
+//! HTTP handlers: parse and check, submit to the model's scheduler, relay its events.
+
+use super::types::*;
+use super::{AppState, Served};
+use crate::generate::{Completion, GenerateRequest, Prompt};
+use crate::scheduler::{SeqEvent, Submission};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    // Bodies up to 16× the limit are read in full so the client hears the 413 before the
+    // connection closes; larger ones are cut off by the transport.
+    let limit = state.config.max_body.saturating_mul(16);
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/stats/experts", get(expert_stats))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(self.body())).into_response()
+    }
+}
+
+fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    max_body: usize,
+) -> Result<T, ApiError> {
+    let too_large = |n: String| ApiError {
+        status: 413,
+        message: format!("the request body is {n}; the limit is {max_body} bytes"),
+        kind: "invalid_request_error",
+        param: None,
+    };
+    let body = body.map_err(|e| match e.status().as_u16() {
+        413 => too_large("too large".into()),
+        s => ApiError {
+            status: s,
+            message: format!("could not read the request body: {}", e.body_text()),
+            kind: "invalid_request_error",
+            param: None,
+        },
+    })?;
+    if body.len() > max_body {
+        return Err(too_large(format!("{} bytes", body.len())));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}"), None))
+}
+
+fn finish_request(state: &AppState, endpoint: &str, r: Result<Response, ApiError>) -> Response {
+    let resp = r.unwrap_or_else(|e| e.into_response());
+    state.requests.count(endpoint, resp.status().as_u16());
+    resp
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn request_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{prefix}-{:x}{:06x}",
+        now_secs(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Text of one token as OpenAI clients show it: SentencePiece's `▁` as a space, byte pieces as
+/// their character.
+fn piece(m: &Served, id: u32) -> String {
+    let t = m.engine.tokenizer.id_to_token(id).unwrap_or_default();
+    if let Some(hex) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+        if let Ok(b) = u8::from_str_radix(hex, 16) {
+            return if b.is_ascii() {
+                (b as char).to_string()
+            } else {
+                t
+            };
+        }
+    }
+    t.replace('\u{2581}', " ")
+}
+
+/// One prompt's sequences, submitted together.
+struct Job {
+    prompt_ids: Vec<u32>,
+    rx: UnboundedReceiver<SeqEvent>,
+    n: usize,
+}
+
+fn submit(
+    m: &Served,
+    prompt_ids: Vec<u32>,
+    params: &crate::SamplingParams,
+    n: usize,
+    prompt_logprobs: Option<usize>,
+) -> Result<Job, ApiError> {
+    let (tx, rx) = unbounded_channel();
+    let sender = m.submit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for choice in 0..n {
+        let mut p = params.clone();
+        // Choices of one seeded request differ from each other and stay reproducible.
+        p.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
+        let mut request = GenerateRequest::new(Prompt::Tokens(prompt_ids.clone()), p);
+        request.prompt_logprobs = prompt_logprobs;
+        sender
+            .send(Submission {
+                choice,
+                request,
+                events: tx.clone(),
+                submitted: Instant::now(),
+            })
+            .map_err(|_| ApiError::internal("the engine thread has stopped"))?;
+    }
+    Ok(Job { prompt_ids, rx, n })
+}
+
+/// Waits for every choice of a job to finish.
+async fn collect(job: &mut Job) -> Result<Vec<Completion>, ApiError> {
+    let mut done: Vec<Option<Completion>> = vec![None; job.n];
+    let mut left = job.n;
+    while left > 0 {
+        match job.rx.recv().await {
+            Some(SeqEvent::Done { choice, completion }) => {
+                done[choice] = Some(*completion);
+                left -= 1;
+            }
+            Some(SeqEvent::Error { message, .. }) => return Err(ApiError::bad(message, None)),
+            Some(SeqEvent::Token { .. }) => {}
+            None => return Err(ApiError::internal("the engine dropped the request")),
+        }
+    }
+    Ok(done
+        .into_iter()
+        .map(|c| c.expect("every choice finished"))
+        .collect())
+}
+
+fn check_budget(
+    m: &Served,
+    prompt_len: usize,
+    max_tokens: usize,
+    explicit: bool,
+) -> Result<usize, ApiError> {
+    let ctx = m.engine.info.context_length;
+    if prompt_len >= ctx {
+        return Err(ApiError::bad(
+            format!("the prompt has {prompt_len} tokens; this model's context is {ctx} tokens"),
+            Some("messages"),
+        ));
+    }
+    if prompt_len + max_tokens > ctx {
+        if explicit {
+            return Err(ApiError::bad(
+                format!(
+                    "max_tokens {max_tokens} plus the prompt's {prompt_len} tokens exceed this model's context of {ctx} tokens"
+                ),
+                Some("max_tokens"),
+            ));
+        }
+        return Ok(ctx - prompt_len);
+    }
+    Ok(max_tokens)
+}
+
+async fn chat(State(state): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = chat_inner(&state, body).await;
+    finish_request(&state, "chat", r)
+}
+
+async fn chat_inner(
+    state: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(body, state.config.max_body)?;
+    let m = state.model(req.common.model.as_deref())?;
+    let messages = req
+        .messages
+        .as_ref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad(
+                "`messages` is required and must not be empty",
+                Some("messages"),
+            )
+        })?;
+    let msgs: Vec<_> = messages
+        .iter()
+        .map(|x| x.to_chat())
+        .collect::<Result<_, _>>()?;
+    let vocab = m.engine.config().vocab_size;
+    let mut params = req
+        .common
+        .sampling(state.config.default_max_tokens, vocab)?;
+    let top = req.top_logprobs.unwrap_or(0);
+    if top < 0 || top as usize > vocab {
+        return Err(ApiError::bad(
+            format!("top_logprobs must be between 0 and {vocab}"),
+            Some("top_logprobs"),
+        ));
+    }
+    if top > 0 && !req.logprobs {
+        return Err(ApiError::bad(
+            "top_logprobs needs logprobs: true",
+            Some("top_logprobs"),
+        ));
+    }
+    params.logprobs = req.logprobs;
+    params.top_logprobs = top as usize;
+    let n = req.common.n()?;
+    let ids = m.engine.prompt_ids(&Prompt::Chat(msgs))?;
+    let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
+    params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
+    let job = submit(m, ids, &params, n, None)?;
+    let id = request_id("chatcmpl");
+    let model = m.name.clone();
+    let include_usage = req
+        .common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if req.common.stream {
+        return Ok(stream(
+            state.clone(),
+            model,
+            id,
+            job,
+            Kind::Chat,
+            include_usage,
+            req.logprobs,
+            false,
+        ));
+    }
+    let mut job = job;
+    let done = collect(&mut job).await?;
+    let choices: Vec<Value> = done
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": if req.logprobs { chat_logprobs(c.logprobs.as_deref().unwrap_or(&[]), &|t| piece(m, t)) } else { Value::Null },
+                "finish_reason": c.finish_reason.as_str(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": now_secs(), "model": model,
+        "choices": choices, "usage": usage_of(&done), "system_fingerprint": null,
+    }))
+    .into_response())
+}
+
+async fn completions(State(state): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = completions_inner(&state, body).await;
+    finish_request(&state, "completions", r)
+}
+
+async fn completions_inner(
+    state: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(body, state.config.max_body)?;
+    let m = state.model(req.common.model.as_deref())?;
+    let prompts: Vec<Prompt> = match req.prompt.clone() {
+        None => return Err(ApiError::bad("`prompt` is required", Some("prompt"))),
+        Some(PromptField::Text(t)) => vec![Prompt::Text(t)],
+        Some(PromptField::Tokens(t)) => vec![Prompt::Tokens(t)],
+        Some(PromptField::Texts(v)) if !v.is_empty() => v.into_iter().map(Prompt::Text).collect(),
+        Some(PromptField::TokenLists(v)) if !v.is_empty() => {
+            v.into_iter().map(Prompt::Tokens).collect()
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "`prompt` must not be an empty list",
+                Some("prompt"),
+            ))
+        }
+    };
+    let vocab = m.engine.config().vocab_size;
+    let mut params = req
+        .common
+        .sampling(state.config.default_max_tokens, vocab)?;
+    let lp = req.logprobs.unwrap_or(-1);
+    if lp > vocab as i64 || lp < -1 {
+        return Err(ApiError::bad(
+            format!("logprobs must be between 0 and {vocab}"),
+            Some("logprobs"),
+        ));
+    }
+    let want_logprobs = lp >= 0;
+    params.logprobs = want_logprobs;
+    params.top_logprobs = lp.max(0) as usize;
+    let n = req.common.n()?;
+    let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
+    let mut jobs = vec![];
+    for p in &prompts {
+        let ids = m.engine.prompt_ids(p)?;
+        let mut params = params.clone();
+        params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
+        let prompt_lp = (req.echo && want_logprobs).then_some(params.top_logprobs);
+        jobs.push(submit(m, ids, &params, n, prompt_lp)?);
+    }
+    let id = request_id("cmpl");
+    let model = m.name.clone();
+    let include_usage = req
+        .common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    if req.common.stream {
+        if jobs.len() != 1 {
+            return Err(ApiError::bad(
+                "streaming takes a single prompt",
+                Some("prompt"),
+            ));
+        }
+        let job = jobs.pop().expect("one job");
+        return Ok(stream(
+            state.clone(),
+            model,
+            id,
+            job,
+            Kind::Completion,
+            include_usage,
+            want_logprobs,
+            req.echo,
+        ));
+    }
+    let mut choices = vec![];
+    let mut all = vec![];
+    for (pi, job) in jobs.iter_mut().enumerate() {
+        let done = collect(job).await?;
+        let prompt_text = if req.echo {
+            m.engine
+                .tokenizer
+                .decode(&job.prompt_ids, true)
+                .map_err(ApiError::from)?
+        } else {
+            String::new()
+        };
+        for (i, c) in done.iter().enumerate() {
+            let logprobs = if want_logprobs {
+                let prompt = if req.echo {
+                    c.prompt_logprobs.as_deref()
+                } else {
+                    None
+                };
+                completion_logprobs(prompt, c.logprobs.as_deref().unwrap_or(&[]), &|t| {
+                    piece(m, t)
+                })
+            } else {
+                Value::Null
+            };
+            choices.push(json!({
+                "index": pi * n + i,
+                "text": format!("{prompt_text}{}", c.text),
+                "logprobs": logprobs,
+                "finish_reason": c.finish_reason.as_str(),
+            }));
+        }
+        all.extend(done);
+    }
+    let mut usage = usage_of(&all);
+    usage.prompt_tokens = jobs.iter().map(|j| j.prompt_ids.len()).sum();
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": now_secs(), "model": model,
+        "choices": choices, "usage": usage, "system_fingerprint": null,
+    }))
+    .into_response())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+struct StreamState {
+    app: Arc<AppState>,
+    model: String,
+    id: String,
+    job: Job,
+    kind: Kind,
+    include_usage: bool,
+    logprobs: bool,
+    echo: bool,
+    queue: VecDeque<Event>,
+    finished: usize,
+    completion_tokens: usize,
+    started: bool,
+    ended: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, choices: Value) -> Event {
+        let object = if self.kind == Kind::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let mut v = json!({"id": self.id, "object": object, "created": now_secs(), "model": self.model, "choices": choices});
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        Event::default().data(v.to_string())
+    }
+
+    fn served(&self) -> &Served {
+        self.app
+            .models
+            .iter()
+            .find(|m| m.name == self.model)
+            .expect("model served")
+    }
+
+    /// Turns one scheduler event into zero or more SSE events.
+    fn on_event(&mut self, ev: SeqEvent) {
+        if !self.started {
+            self.started = true;
+            for c in 0..self.job.n {
+                let first = match self.kind {
+                    Kind::Chat => {
+                        json!([{"index": c, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])
+                    }
+                    Kind::Completion if self.echo => {
+                        let text = self
+                            .served()
+                            .engine
+                            .tokenizer
+                            .decode(&self.job.prompt_ids, true)
+                            .unwrap_or_default();
+                        json!([{"index": c, "text": text, "logprobs": null, "finish_reason": null}])
+                    }
+                    Kind::Completion => continue,
+                };
+                let e = self.chunk(first);
+                self.queue.push_back(e);
+            }
+        }
+        match ev {
+            SeqEvent::Token { choice, step } => {
+                self.completion_tokens += 1;
+                let m = self.served();
+                let lp = match (&step.logprob, self.logprobs, self.kind) {
+                    (Some(l), true, Kind::Chat) => {
+                        chat_logprobs(std::slice::from_ref(l), &|t| piece(m, t))
+                    }
+                    (Some(l), true, Kind::Completion) => {
+                        completion_logprobs(None, std::slice::from_ref(l), &|t| piece(m, t))
+                    }
+                    _ => Value::Null,
+                };
+                let finish = finish_str(step.finish_reason);
+                let choices = match self.kind {
+                    Kind::Chat => {
+                        let delta = if step.text.is_empty() {
+                            json!({})
+                        } else {
+                            json!({"content": step.text})
+                        };
+                        json!([{"index": choice, "delta": delta, "logprobs": lp, "finish_reason": finish}])
+                    }
+                    Kind::Completion => {
+                        json!([{"index": choice, "text": step.text, "logprobs": lp, "finish_reason": finish}])
+                    }
+                };
+                let e = self.chunk(choices);
+                self.queue.push_back(e);
+            }
+            SeqEvent::Done { .. } => self.finished += 1,
+            SeqEvent::Error { message, .. } => {
+                self.queue.push_back(
+                    Event::default().data(ApiError::bad(message, None).body().to_string()),
+                );
+                self.finished = self.job.n;
+            }
+        }
+        if self.finished == self.job.n && !self.ended {
+            self.ended = true;
+            if self.include_usage {
+                let p = self.job.prompt_ids.len();
+                let usage = json!({"prompt_tokens": p, "completion_tokens": self.completion_tokens, "total_tokens": p + self.completion_tokens});
+                let object = if self.kind == Kind::Chat {
+                    "chat.completion.chunk"
+                } else {
+                    "text_completion"
+                };
+                let v = json!({"id": self.id, "object": object, "created": now_secs(), "model": self.model, "choices": [], "usage": usage});
+                self.queue.push_back(Event::default().data(v.to_string()));
+            }
+            self.queue.push_back(Event::default().data("[DONE]"));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stream(
+    app: Arc<AppState>,
+    model: String,
+    id: String,
+    job: Job,
+    kind: Kind,
+    include_usage: bool,
+    logprobs: bool,
+    echo: bool,
+) -> Response {
+    let st = StreamState {
+        app,
+        model,
+        id,
+        job,
+        kind,
+        include_usage,
+        logprobs,
+        echo,
+        queue: VecDeque::new(),
+        finished: 0,
+        completion_tokens: 0,
+        started: false,
+        ended: false,
+    };
+    let s = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.queue.pop_front() {
+                return Some((Ok::<Event, Infallible>(e), st));
+            }
+            if st.ended {
+                return None;
+            }
+            match st.job.rx.recv().await {
+                Some(ev) => st.on_event(ev),
+                None => return None,
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn models(State(state): St) -> Response {
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .map(|m| {
+            json!({"id": m.name, "object": "model", "created": state.created, "owned_by": "moe",
+                   "max_model_len": m.engine.info.context_length})
+        })
+        .collect();
+    state.requests.count("models", 200);
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn health(State(state): St) -> Response {
+    state.requests.count("health", 200);
+    Json(json!({"status": "ok", "models": state.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>()})).into_response()
+}
+
+async fn metrics(State(state): St) -> Response {
+    state.requests.count("metrics", 200);
+    let models: Vec<_> = state
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                &*m.metrics,
+                m.engine.stats(),
+                m.kv_block_bytes,
+            )
+        })
+        .collect();
+    let body = super::metrics::render(&state.requests, &models);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The load-balance statistics of every served model, as `moe stats --json` prints them.
+async fn expert_stats(State(state): St) -> Response {
+    state.requests.count("stats", 200);
+    let v: serde_json::Map<String, Value> = state
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                serde_json::to_value(m.engine.stats()).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    Json(json!({"models": v})).into_response()
+}

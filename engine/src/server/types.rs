@@ -1,0 +1,343 @@
+//! OpenAI request and response bodies, and their checks.
+
+use crate::generate::{Completion, FinishReason, TokenLogprob};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::ChatMessage;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// An OpenAI-style error: HTTP status, message, type and the offending parameter.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: 404,
+            kind: "not_found_error",
+            ..Self::bad(message, param)
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 500,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": null}})
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error as E;
+        match &e {
+            E::InvalidSampling { param, .. } => ApiError::bad(e.to_string(), Some(param)),
+            E::ContextOverflow { .. } => ApiError {
+                kind: "invalid_request_error",
+                ..ApiError::bad(e.to_string(), Some("messages"))
+            },
+            E::EmptyPrompt | E::TokenOutOfRange { .. } => {
+                ApiError::bad(e.to_string(), Some("prompt"))
+            }
+            E::ChatTemplate(_) | E::Tokenizer(_) | E::InvalidRequest(_) => {
+                ApiError::bad(e.to_string(), None)
+            }
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `stop`: a string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Fields shared by both endpoints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommonParams {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub stop: Option<StopField>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Extension: return the experts chosen per layer for every generated token.
+    #[serde(default)]
+    pub return_experts: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InMessage {
+    pub role: String,
+    pub content: Option<MessageContent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Option<Vec<InMessage>>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<i64>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Option<PromptField>,
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// Largest `n` one request may ask for.
+pub const MAX_N: i64 = 16;
+
+impl CommonParams {
+    /// Sampling parameters with the OpenAI defaults (temperature 1, top_p 1); the bounds the
+    /// engine enforces are checked again there.
+    pub fn sampling(&self, default_max: usize, vocab: usize) -> Result<SamplingParams, ApiError> {
+        let max = self.max_completion_tokens.or(self.max_tokens);
+        let max_tokens = match max {
+            None => default_max,
+            Some(m) if m <= 0 => {
+                return Err(ApiError::bad(
+                    format!("max_tokens must be at least 1, got {m}"),
+                    Some("max_tokens"),
+                ))
+            }
+            Some(m) => m as usize,
+        };
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k < 0 => {
+                return Err(ApiError::bad(
+                    format!("top_k must be -1, 0 or positive, got {k}"),
+                    Some("top_k"),
+                ))
+            }
+            Some(k) => k as usize,
+        };
+        let mut logit_bias = vec![];
+        for (k, v) in self.logit_bias.iter().flatten() {
+            let id: u32 = k.parse().map_err(|_| {
+                ApiError::bad(
+                    format!("logit_bias key {k:?} is not a token id"),
+                    Some("logit_bias"),
+                )
+            })?;
+            logit_bias.push((id, *v));
+        }
+        logit_bias.sort_by_key(|(id, _)| *id);
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            top_k,
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            logit_bias,
+            seed: self.seed,
+            max_tokens,
+            stop: match &self.stop {
+                None => vec![],
+                Some(StopField::One(s)) => vec![s.clone()],
+                Some(StopField::Many(v)) => v.clone(),
+            },
+            ignore_eos: self.ignore_eos,
+            ..SamplingParams::default()
+        };
+        p.validate(vocab)?;
+        Ok(p)
+    }
+
+    pub fn n(&self) -> Result<usize, ApiError> {
+        match self.n.unwrap_or(1) {
+            n if (1..=MAX_N).contains(&n) => Ok(n as usize),
+            n => Err(ApiError::bad(
+                format!("n must be between 1 and {MAX_N}, got {n}"),
+                Some("n"),
+            )),
+        }
+    }
+}
+
+impl InMessage {
+    pub fn to_chat(&self) -> Result<ChatMessage, ApiError> {
+        let content = match &self.content {
+            None => String::new(),
+            Some(MessageContent::Text(s)) => s.clone(),
+            Some(MessageContent::Parts(parts)) => {
+                let mut s = String::new();
+                for p in parts {
+                    match (
+                        p.get("type").and_then(|t| t.as_str()),
+                        p.get("text").and_then(|t| t.as_str()),
+                    ) {
+                        (Some("text"), Some(t)) => s += t,
+                        _ => {
+                            return Err(ApiError::bad(
+                                "only text content parts are supported",
+                                Some("messages"),
+                            ))
+                        }
+                    }
+                }
+                s
+            }
+        };
+        Ok(ChatMessage {
+            role: self.role.clone(),
+            content,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+pub fn finish_str(f: Option<FinishReason>) -> Value {
+    f.map_or(Value::Null, |f| Value::String(f.as_str().into()))
+}
+
+/// Token text as OpenAI reports it: the decoded piece, and its UTF-8 bytes.
+pub fn token_entry(piece: &str, logprob: f32) -> Value {
+    json!({"token": piece, "logprob": logprob, "bytes": piece.as_bytes()})
+}
+
+/// Chat `logprobs.content` entries.
+pub fn chat_logprobs(lps: &[TokenLogprob], piece: &dyn Fn(u32) -> String) -> Value {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut e = token_entry(&piece(l.token_id), l.logprob);
+            e["top_logprobs"] = l
+                .top_logprobs
+                .iter()
+                .map(|t| token_entry(&piece(t.token_id), t.logprob))
+                .collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions `logprobs` (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`), the
+/// prompt's entries first when echoing.
+pub fn completion_logprobs(
+    prompt: Option<&[crate::generate::PromptTokenLogprob]>,
+    generated: &[TokenLogprob],
+    piece: &dyn Fn(u32) -> String,
+) -> Value {
+    let mut tokens = vec![];
+    let mut token_logprobs = vec![];
+    let mut top = vec![];
+    let mut offsets = vec![];
+    let mut offset = 0usize;
+    let mut push = |id: u32, lp: Option<f32>, alts: Value| {
+        let p = piece(id);
+        offsets.push(offset);
+        offset += p.len();
+        tokens.push(p);
+        token_logprobs.push(lp.map_or(Value::Null, |x| json!(x)));
+        top.push(alts);
+    };
+    if let Some(prompt) = prompt {
+        // The alternatives at position i are for the token after it: shift them by one.
+        let mut prev: Option<Value> = None;
+        for t in prompt {
+            push(t.token_id, t.logprob, prev.take().unwrap_or(Value::Null));
+            let m: serde_json::Map<String, Value> = t
+                .top_logprobs
+                .iter()
+                .map(|a| (piece(a.token_id), json!(a.logprob)))
+                .collect();
+            prev = Some(Value::Object(m));
+        }
+    }
+    for l in generated {
+        let m: serde_json::Map<String, Value> = l
+            .top_logprobs
+            .iter()
+            .map(|a| (piece(a.token_id), json!(a.logprob)))
+            .collect();
+        push(l.token_id, Some(l.logprob), Value::Object(m));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+pub fn usage_of(completions: &[Completion]) -> Usage {
+    let prompt_tokens = completions.first().map_or(0, |c| c.prompt_ids.len());
+    let completion_tokens = completions.iter().map(|c| c.token_ids.len()).sum();
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    }
+}

@@ -1,0 +1,329 @@
+//! `moe serve` over real HTTP (reqwest): both endpoints, streaming, logprobs, seeds, metrics and
+//! statistics; every kind of bad request answered 4xx with an OpenAI-style error while the server
+//! keeps serving; a client that disconnects mid-stream.
+
+use moe::engine::{Engine, ModelSource};
+use moe::server::{start, ServerConfig, ServerHandle};
+use moe_tests::fixture;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::OnceLock;
+
+fn server() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    static HANDLE: OnceLock<ServerHandle> = OnceLock::new();
+    URL.get_or_init(|| {
+        let student = Engine::load(&ModelSource::Embedded).unwrap();
+        let tiny = Engine::load(&ModelSource::Dir(fixture("mixtral-tiny-f32"))).unwrap();
+        let h = start(
+            vec![
+                ("moe-student-tiny".into(), student),
+                ("mixtral-tiny-f32".into(), tiny),
+            ],
+            ServerConfig {
+                port: 0,
+                max_batch: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let url = h.url();
+        let _ = HANDLE.set(h);
+        url
+    })
+}
+
+fn post(path: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}{path}", server()))
+        .json(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap())
+}
+
+fn chat(q: &str, extra: Value) -> Value {
+    let mut body =
+        json!({"model": "moe-student-tiny", "messages": [{"role": "user", "content": q}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["error"]["type"].as_str().is_some(), true);
+    if let Some(p) = param {
+        assert_eq!(body["error"]["param"], p, "{body}");
+    }
+}
+
+#[test]
+fn chat_answers_with_logprobs_and_usage() {
+    let (s, v) = post(
+        "/v1/chat/completions",
+        &chat(
+            "What is 24 plus 17?",
+            json!({"temperature": 0, "logprobs": true, "top_logprobs": 30}),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "41");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 4);
+    assert_eq!(content[1]["top_logprobs"].as_array().unwrap().len(), 30);
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    assert_eq!(
+        v["usage"]["total_tokens"],
+        v["usage"]["prompt_tokens"].as_u64().unwrap() + 4
+    );
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_n_gives_choices() {
+    let body = chat(
+        "What is 95 - 94?",
+        json!({"temperature": 1.0, "seed": 42, "max_tokens": 8, "n": 3}),
+    );
+    let (_, a) = post("/v1/chat/completions", &body);
+    let (_, b) = post("/v1/chat/completions", &body);
+    assert_eq!(a["choices"].as_array().unwrap().len(), 3);
+    for i in 0..3 {
+        assert_eq!(a["choices"][i]["message"], b["choices"][i]["message"]);
+        assert_eq!(a["choices"][i]["index"], i);
+    }
+}
+
+#[test]
+fn completions_with_echo_and_prompt_logprobs() {
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": "mixtral-tiny-f32", "prompt": "Hello world", "max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": true}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let toks = lp["tokens"].as_array().unwrap();
+    assert_eq!(toks.len(), 3 + 3);
+    assert!(lp["token_logprobs"][0].is_null());
+    assert!(lp["token_logprobs"][1].as_f64().unwrap() < 0.0);
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Hello world"));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+fn sse_lines(body: &Value) -> Vec<String> {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/chat/completions", server()))
+        .json(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    BufReader::new(r)
+        .lines()
+        .map(|l| l.unwrap())
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn streaming_matches_the_plain_answer() {
+    let q = "Sort the numbers 82, 4, 51, 25 in ascending order.";
+    let (_, plain) = post("/v1/chat/completions", &chat(q, json!({"temperature": 0})));
+    let lines = sse_lines(&chat(
+        q,
+        json!({"temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+    ));
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"]
+                .get(0)
+                .and_then(|ch| ch["delta"]["content"].as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        text,
+        plain["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(
+        usage["completion_tokens"],
+        plain["usage"]["completion_tokens"]
+    );
+    assert!(chunks.iter().any(|c| c["choices"]
+        .get(0)
+        .is_some_and(|ch| ch["finish_reason"] == "stop")));
+}
+
+#[test]
+fn models_health_metrics_and_expert_stats() {
+    let get = |p: &str| reqwest::blocking::get(format!("{}{p}", server())).unwrap();
+    let m: Value = get("/v1/models").json().unwrap();
+    let ids: Vec<&str> = m["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["moe-student-tiny", "mixtral-tiny-f32"]);
+    assert_eq!(get("/health").status().as_u16(), 200);
+    post(
+        "/v1/chat/completions",
+        &chat("What is 1 plus 1?", json!({"temperature": 0})),
+    );
+    let text = get("/metrics").text().unwrap();
+    for name in [
+        "moe_requests_total{",
+        "moe_time_to_first_token_seconds_bucket",
+        "moe_inter_token_latency_seconds_count",
+        "moe_expert_tokens_total{model=\"moe-student-tiny\",layer=\"1\",expert=\"3\"}",
+        "moe_kv_cache_usage_ratio",
+        "moe_queue_depth",
+        "moe_generation_tokens_total",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}");
+    }
+    let s: Value = get("/v1/stats/experts").json().unwrap();
+    let layers = s["models"]["moe-student-tiny"]["layers"]
+        .as_array()
+        .unwrap();
+    assert!(layers[0]["tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let raw = |body: Vec<u8>| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/chat/completions", server()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (s, v) = raw(b"{not json".to_vec());
+    assert_error(s, &v, 400, None);
+    let (s, v) = raw(vec![b' '; 10 << 20]);
+    assert_error(s, &v, 413, None);
+    let (s, v) = post(
+        "/v1/chat/completions",
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_error(s, &v, 404, Some("model"));
+    let (s, v) = post(
+        "/v1/chat/completions",
+        &json!({"model": "moe-student-tiny"}),
+    );
+    assert_error(s, &v, 400, Some("messages"));
+    for (extra, param) in [
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"max_tokens": -3}), "max_tokens"),
+        (json!({"max_tokens": 100000}), "max_tokens"),
+        (json!({"temperature": -0.5}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"top_p": 1.5}), "top_p"),
+        (json!({"n": 1000}), "n"),
+        (json!({"top_logprobs": 3}), "top_logprobs"),
+        (json!({"presence_penalty": 5}), "presence_penalty"),
+    ] {
+        let (s, v) = post("/v1/chat/completions", &chat("hi", extra.clone()));
+        assert_error(s, &v, 400, Some(param));
+    }
+    let long = "word ".repeat(2000);
+    let (s, v) = post("/v1/chat/completions", &chat(&long, json!({})));
+    assert_error(s, &v, 400, None);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("context"),
+        "{v}"
+    );
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": "moe-student-tiny", "prompt": [1, 99999]}),
+    );
+    assert_error(s, &v, 400, Some("prompt"));
+    // Still serving.
+    let (s, v) = post(
+        "/v1/chat/completions",
+        &chat("What is 24 plus 17?", json!({"temperature": 0})),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["choices"][0]["message"]["content"], "41");
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_its_slot() {
+    let addr = server().trim_start_matches("http://").to_string();
+    let generated = || -> u64 {
+        let text = reqwest::blocking::get(format!("{}/metrics", server()))
+            .unwrap()
+            .text()
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("moe_generation_tokens_total{model=\"moe-student-tiny\"}"))
+            .unwrap()
+            .to_string();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = generated();
+    let body = chat(
+        "What is 5 plus 5?",
+        json!({"stream": true, "max_tokens": 400, "ignore_eos": true, "temperature": 1.0}),
+    )
+    .to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    write!(sock, "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    drop(sock);
+    // The batch empties without waiting for the 400 tokens.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = reqwest::blocking::get(format!("{}/metrics", server()))
+            .unwrap()
+            .text()
+            .unwrap();
+        let running = text
+            .lines()
+            .find(|l| l.starts_with("moe_running_batch_size{model=\"moe-student-tiny\"}"))
+            .unwrap()
+            .to_string();
+        if running.ends_with(" 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot not freed: {running}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The abandoned sequence never finished: its 400 tokens were not all generated.
+    assert!(
+        generated() - before < 400,
+        "the abandoned sequence ran to the end"
+    );
+    let (s, _) = post(
+        "/v1/chat/completions",
+        &chat("What is 2 plus 2?", json!({"temperature": 0})),
+    );
+    assert_eq!(s, 200);
+}
