@@ -406,3 +406,47 @@ fn invalid_requests_are_named_errors() {
         "{long}"
     );
 }
+
+/// Scoring continuations with a shared prompt cache gives the same logprobs as scoring each
+/// prompt + continuation from scratch.
+#[test]
+fn continuation_scores_equal_prompt_logprobs_of_the_whole() {
+    let e = Engine::load(&ModelSource::Embedded).unwrap();
+    let prompt = e
+        .tokenizer
+        .encode("[INST] What is 24 plus 17? [/INST]", true)
+        .unwrap();
+    let conts = vec![
+        vec![28705, 28781, 28740, 2],
+        vec![28705, 28740, 28750],
+        vec![2],
+    ];
+    let scores = e.score_continuations(&prompt, &conts).unwrap();
+    for (c, s) in conts.iter().zip(&scores) {
+        let whole: Vec<u32> = prompt.iter().chain(c).copied().collect();
+        let lps = e.prompt_logprobs(&Prompt::Tokens(whole), 0).unwrap();
+        let want: Vec<f32> = lps[prompt.len()..]
+            .iter()
+            .map(|t| t.logprob.unwrap())
+            .collect();
+        assert_close(
+            "continuation logprobs",
+            &s.logprobs,
+            &want,
+            Tol {
+                abs: 1e-5,
+                rel: 1e-5,
+            },
+        );
+    }
+    assert!(
+        scores[0].total > scores[1].total,
+        "the right answer scores higher"
+    );
+    let (p, split) = e
+        .split_continuations("[INST] What is 24 plus 17? [/INST]", &[" 41".into()])
+        .unwrap();
+    assert_eq!(p, prompt);
+    assert_eq!(split[0], vec![28705, 28781, 28740]);
+    assert!(e.score_continuations(&prompt, &[vec![]]).is_err());
+}

@@ -418,6 +418,127 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// The log-likelihood of one continuation of a prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContinuationScore {
+    pub token_ids: Vec<u32>,
+    /// Per continuation token, its logprob given the prompt and the tokens before it.
+    pub logprobs: Vec<f32>,
+    /// Σ logprobs.
+    pub total: f64,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Scores several continuations of one prompt: the prompt is prefilled once and its KV cache
+    /// shared by every continuation.
+    pub fn score_continuations(
+        &self,
+        prompt_ids: &[u32],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<ContinuationScore>> {
+        let ctx = self.info.context_length;
+        self.prompt_ids(&Prompt::Tokens(prompt_ids.to_vec()))?;
+        for c in continuations {
+            if c.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "a continuation to score is empty".into(),
+                ));
+            }
+            if prompt_ids.len() + c.len() > ctx {
+                return Err(Error::ContextOverflow {
+                    len: prompt_ids.len() + c.len(),
+                    max: ctx,
+                });
+            }
+            self.prompt_ids(&Prompt::Tokens(c.clone()))?;
+        }
+        let vocab = self.model.cfg.vocab_size;
+        let mut kv = self.model.new_kv();
+        let last = self
+            .model
+            .forward(
+                &mut [SeqStep {
+                    tokens: prompt_ids,
+                    kv: &mut kv,
+                    all_logits: false,
+                }],
+                &mut NoTrace,
+            )?
+            .pop()
+            .expect("one sequence");
+        let mut kvs: Vec<B::Kv> = continuations
+            .iter()
+            .map(|_| self.model.backend.kv_fork(&kv))
+            .collect();
+        let mut steps: Vec<SeqStep<B::Kv>> = continuations
+            .iter()
+            .zip(kvs.iter_mut())
+            .map(|(c, kv)| SeqStep {
+                tokens: &c[..c.len() - 1],
+                kv,
+                all_logits: true,
+            })
+            .filter(|s| !s.tokens.is_empty())
+            .collect();
+        let mut rest = if steps.is_empty() {
+            vec![]
+        } else {
+            self.model.forward(&mut steps, &mut NoTrace)?
+        }
+        .into_iter();
+        let mut lp = vec![0f32; vocab];
+        let mut out = Vec::with_capacity(continuations.len());
+        for c in continuations {
+            // Row i predicts c[i]: the prompt's last row for c[0], then the continuation's own rows.
+            let more = if c.len() > 1 {
+                rest.next().expect("one output per longer continuation")
+            } else {
+                vec![]
+            };
+            let mut logprobs = Vec::with_capacity(c.len());
+            for (i, &tok) in c.iter().enumerate() {
+                let row = if i == 0 {
+                    &last[..]
+                } else {
+                    &more[(i - 1) * vocab..i * vocab]
+                };
+                log_softmax_into(row, &mut lp);
+                logprobs.push(lp[tok as usize]);
+            }
+            out.push(ContinuationScore {
+                token_ids: c.clone(),
+                total: logprobs.iter().map(|&x| x as f64).sum(),
+                logprobs,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Splits `prompt + continuation` texts into prompt ids and continuation ids the way they
+    /// tokenise together (so a token that spans the boundary belongs to the continuation).
+    pub fn split_continuations(
+        &self,
+        prompt: &str,
+        continuations: &[String],
+    ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let p = self.tokenizer.encode(prompt, true)?;
+        let mut common = p.len();
+        let mut wholes = vec![];
+        for c in continuations {
+            let w = self.tokenizer.encode(&format!("{prompt}{c}"), true)?;
+            common = common.min(p.iter().zip(&w).take_while(|(a, b)| a == b).count());
+            wholes.push(w);
+        }
+        // Keep at least one prompt token so every continuation has a row to be predicted from.
+        let common = common.max(1).min(p.len());
+        let conts = wholes
+            .into_iter()
+            .map(|w| w[common.min(w.len())..].to_vec())
+            .collect();
+        Ok((p[..common].to_vec(), conts))
+    }
+}
+
 /// `logits`: `[ids.len(), vocab]`.
 fn prompt_logprobs_from(
     ids: &[u32],

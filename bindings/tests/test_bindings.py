@@ -1,0 +1,162 @@
+"""The Python bindings against the transformers goldens, and their behaviour with seeds, bad input
+and threads."""
+
+import json
+import os
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+import moe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+def read_golden(name):
+    """Reads golden.safetensors with numpy alone: {key: array}."""
+    raw = open(os.path.join(FIXTURES, name, "golden.safetensors"), "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for key, t in header.items():
+        if key == "__metadata__":
+            continue
+        b, e = t["data_offsets"]
+        data = raw[8 + n + b : 8 + n + e]
+        if t["dtype"] == "F32":
+            a = np.frombuffer(data, dtype="<f4")
+        elif t["dtype"] == "BF16":
+            a = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        elif t["dtype"] == "I64":
+            a = np.frombuffer(data, dtype="<i8")
+        else:
+            continue
+        out[key] = a.reshape(t["shape"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def student():
+    return moe.Model()
+
+
+@pytest.mark.parametrize("name", ["mixtral-tiny-f32", "mixtral-small-f32"])
+def test_logits_equal_the_goldens(name):
+    model = moe.Model(os.path.join(FIXTURES, name))
+    g = read_golden(name)
+    ids = g["p0.input_ids"][0].tolist()
+    got = model.logits(ids)
+    assert got.dtype == np.float32 and got.shape == (len(ids), model.vocab_size)
+    want = g["p0.logits"][0]
+    # Every element within 2e-5 absolute + 1e-5 relative (the engine's f32 tolerance).
+    diff = np.abs(got - want)
+    assert np.all(diff <= 2e-5 + 1e-5 * np.abs(want)), f"worst {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        return
+    hf = AutoModelForCausalLM.from_pretrained(os.path.join(FIXTURES, name), dtype=torch.float32)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    assert np.all(np.abs(got - ref) <= 2e-5 + 1e-5 * np.abs(ref))
+
+
+def test_bf16_logits_match_the_f32_reference():
+    model = moe.Model(os.path.join(FIXTURES, "mixtral-tiny-bf16"))
+    g = read_golden("mixtral-tiny-bf16")
+    ids = g["p0.input_ids"][0].tolist()
+    want = g["p0.ref_f32.logits"][0]
+    assert np.all(np.abs(model.logits(ids) - want) <= 2e-5 + 1e-5 * np.abs(want))
+
+
+def test_prompt_logprobs_arrays(student):
+    text = "[INST] What is 24 plus 17? [/INST]"
+    p = student.prompt_logprobs(text, top_k=4)
+    ids = student.tokenizer.encode(text)
+    assert p.prompt_ids.tolist() == ids
+    assert p.token_ids.shape == (len(ids), 4) and p.logprobs.shape == (len(ids), 4)
+    assert np.isnan(p.prompt_logprobs[0])
+    logits = student.logits(ids).astype(np.float64)
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    want = logits[np.arange(len(ids) - 1), ids[1:]] - lse[:-1]
+    assert np.allclose(p.prompt_logprobs[1:], want, atol=1e-4)
+    assert np.all(np.diff(p.logprobs, axis=1) <= 0)
+
+
+def test_chat_generation_and_seeds(student):
+    out = student.chat([{"role": "user", "content": "What is 24 plus 17?"}], temperature=0)
+    assert out[0].text == "41" and out[0].finish_reason == "stop"
+    conv = [{"role": "user", "content": "What is 95 - 94?"}]
+    a = student.chat(conv, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True)
+    b = student.chat(conv, temperature=1.0, seed=3, max_tokens=8, ignore_eos=True)
+    assert a[0].token_ids == b[0].token_ids
+    many = student.chat([conv, [{"role": "user", "content": "Sort 4, 1, 3."}]], temperature=0, logprobs=True, top_logprobs=30)
+    assert len(many) == 2 and len(many[0].top_logprobs[0]) == 30
+    assert len(student.generate("[INST] hi [/INST]", n=3, seed=1, max_tokens=4)) == 3
+
+
+def test_score_prefers_the_right_answer(student):
+    s = student.score("[INST] What is 24 plus 17? [/INST]", [" 41", " 12"])
+    assert s[0] > s[1]
+
+
+def test_stats_and_reset(student):
+    student.reset_stats()
+    student.logits(student.tokenizer.encode("Mixtral routes tokens"))
+    s = student.stats()
+    assert s["layers"][0]["tokens"] == len(student.tokenizer.encode("Mixtral routes tokens"))
+    assert len(s["layers"][0]["expert_tokens"]) == 4 and "aux_loss" in s
+    student.reset_stats()
+    assert student.stats()["layers"][0]["tokens"] == 0
+
+
+def test_tokenizer(student):
+    t = student.tokenizer
+    assert t.encode("Hello world") == [1, 22557, 1526]
+    assert t.decode([1, 22557, 1526]) == "Hello world"
+    assert t.apply_chat_template([{"role": "user", "content": "a"}]) == "<s>[INST] a [/INST]"
+
+
+def test_bad_input_raises(student):
+    with pytest.raises(ValueError, match="temperature"):
+        student.generate("x", temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        student.generate("x", top_p=0.0)
+    with pytest.raises(ValueError, match="context"):
+        student.logits([5] * 600)
+    with pytest.raises(ValueError):
+        student.generate([])
+    with pytest.raises(ValueError, match="vocabulary"):
+        student.logits([1, 10**6])
+    with pytest.raises(ValueError, match="alternate"):
+        student.chat([{"role": "assistant", "content": "x"}])
+    with pytest.raises(ValueError):
+        moe.Model("/no/such/model")
+    with pytest.raises(RuntimeError):
+        broken = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"moe-broken-{os.getpid()}")
+        os.makedirs(broken, exist_ok=True)
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"]:
+            open(os.path.join(broken, f), "wb").write(open(os.path.join(FIXTURES, "mixtral-tiny-f32", f), "rb").read())
+        data = open(os.path.join(FIXTURES, "mixtral-tiny-f32", "model.safetensors"), "rb").read()
+        open(os.path.join(broken, "model.safetensors"), "wb").write(data[: len(data) // 2])
+        moe.Model(broken)
+
+
+def test_threaded_callers_get_their_own_answers(student):
+    questions = ["What is 24 plus 17?", "What is 95 - 94?", "What is the sum of 24 and 1?", "What is 2 times 3?"]
+    want = {q: student.chat([{"role": "user", "content": q}], temperature=0)[0].text for q in questions}
+    got = {}
+
+    def work(q):
+        got[q] = student.chat([{"role": "user", "content": q}], temperature=0)[0].text
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in questions * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
