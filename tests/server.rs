@@ -327,3 +327,34 @@ fn a_client_that_disconnects_mid_stream_frees_its_slot() {
     );
     assert_eq!(s, 200);
 }
+
+#[test]
+fn return_experts_lists_each_processed_token_per_layer() {
+    let (s, v) = post(
+        "/v1/chat/completions",
+        &chat(
+            "What is 24 plus 17?",
+            json!({"temperature": 0, "return_experts": true}),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    let experts = v["choices"][0]["experts"].as_array().unwrap();
+    let processed = v["usage"]["prompt_tokens"].as_u64().unwrap()
+        + v["usage"]["completion_tokens"].as_u64().unwrap()
+        - 1;
+    assert_eq!(experts.len() as u64, processed);
+    for token in experts {
+        let layers = token.as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        for l in layers {
+            let pair: Vec<u64> = serde_json::from_value(l.clone()).unwrap();
+            assert_eq!(pair.len(), 2);
+            assert!(pair[0] != pair[1] && pair.iter().all(|&e| e < 4));
+        }
+    }
+    let (_, plain) = post(
+        "/v1/chat/completions",
+        &chat("What is 24 plus 17?", json!({"temperature": 0})),
+    );
+    assert!(plain["choices"][0].get("experts").is_none());
+}

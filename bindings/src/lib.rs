@@ -38,7 +38,12 @@ pub struct Completion {
 #[pymethods]
 impl Completion {
     fn __repr__(&self) -> String {
-        format!("Completion(text={:?}, finish_reason={:?}, tokens={})", self.text, self.finish_reason, self.token_ids.len())
+        format!(
+            "Completion(text={:?}, finish_reason={:?}, tokens={})",
+            self.text,
+            self.finish_reason,
+            self.token_ids.len()
+        )
     }
 }
 
@@ -46,11 +51,20 @@ impl From<RsCompletion> for Completion {
     fn from(c: RsCompletion) -> Self {
         Completion {
             finish_reason: c.finish_reason.as_str().to_string(),
-            logprobs: c.logprobs.as_ref().map(|v| v.iter().map(|l| l.logprob).collect()),
-            top_logprobs: c
+            logprobs: c
                 .logprobs
                 .as_ref()
-                .map(|v| v.iter().map(|l| l.top_logprobs.iter().map(|t| (t.token_id, t.logprob)).collect()).collect()),
+                .map(|v| v.iter().map(|l| l.logprob).collect()),
+            top_logprobs: c.logprobs.as_ref().map(|v| {
+                v.iter()
+                    .map(|l| {
+                        l.top_logprobs
+                            .iter()
+                            .map(|t| (t.token_id, t.logprob))
+                            .collect()
+                    })
+                    .collect()
+            }),
             text: c.text,
             token_ids: c.token_ids,
             prompt_ids: c.prompt_ids,
@@ -73,10 +87,14 @@ pub struct Tokenizer {
 }
 
 fn messages(obj: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
-    let list = obj.cast::<PyList>().map_err(|_| PyValueError::new_err("messages must be a list of {\"role\", \"content\"} dicts"))?;
+    let list = obj.cast::<PyList>().map_err(|_| {
+        PyValueError::new_err("messages must be a list of {\"role\", \"content\"} dicts")
+    })?;
     list.iter()
         .map(|m| {
-            let d = m.cast::<PyDict>().map_err(|_| PyValueError::new_err("each message must be a dict"))?;
+            let d = m
+                .cast::<PyDict>()
+                .map_err(|_| PyValueError::new_err("each message must be a dict"))?;
             let get = |k: &str| -> PyResult<String> {
                 d.get_item(k)?
                     .ok_or_else(|| PyValueError::new_err(format!("a message lacks `{k}`")))?
@@ -106,19 +124,39 @@ impl Tokenizer {
     }
     #[pyo3(signature = (text, add_special_tokens = true))]
     fn encode(&self, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
-        self.engine.tokenizer.encode(text, add_special_tokens).map_err(to_py)
+        self.engine
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(to_py)
     }
     #[pyo3(signature = (ids, skip_special_tokens = true))]
     fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
-        self.engine.tokenizer.decode(&ids, skip_special_tokens).map_err(to_py)
+        self.engine
+            .tokenizer
+            .decode(&ids, skip_special_tokens)
+            .map_err(to_py)
     }
     #[pyo3(signature = (messages, add_generation_prompt = true))]
-    fn apply_chat_template(&self, messages: &Bound<'_, PyAny>, add_generation_prompt: bool) -> PyResult<String> {
-        self.engine.tokenizer.apply_chat_template(&self::messages(messages)?, add_generation_prompt).map_err(to_py)
+    fn apply_chat_template(
+        &self,
+        messages: &Bound<'_, PyAny>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
+        self.engine
+            .tokenizer
+            .apply_chat_template(&self::messages(messages)?, add_generation_prompt)
+            .map_err(to_py)
     }
     #[pyo3(signature = (messages, add_generation_prompt = true))]
-    fn encode_chat(&self, messages: &Bound<'_, PyAny>, add_generation_prompt: bool) -> PyResult<Vec<u32>> {
-        self.engine.tokenizer.encode_chat(&self::messages(messages)?, add_generation_prompt).map_err(to_py)
+    fn encode_chat(
+        &self,
+        messages: &Bound<'_, PyAny>,
+        add_generation_prompt: bool,
+    ) -> PyResult<Vec<u32>> {
+        self.engine
+            .tokenizer
+            .encode_chat(&self::messages(messages)?, add_generation_prompt)
+            .map_err(to_py)
     }
 }
 
@@ -132,7 +170,9 @@ fn prompts(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Prompt>> {
     if let Ok(s) = obj.cast::<PyString>() {
         return Ok(vec![Prompt::Text(s.extract::<String>()?)]);
     }
-    let list = obj.cast::<PyList>().map_err(|_| PyValueError::new_err("prompts must be a str, a list of token ids, or a list of those"))?;
+    let list = obj.cast::<PyList>().map_err(|_| {
+        PyValueError::new_err("prompts must be a str, a list of token ids, or a list of those")
+    })?;
     if list.is_empty() {
         return Err(PyValueError::new_err("prompts is an empty list"));
     }
@@ -144,7 +184,9 @@ fn prompts(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Prompt>> {
             if let Ok(s) = p.extract::<String>() {
                 Ok(Prompt::Text(s))
             } else {
-                Ok(Prompt::Tokens(p.extract::<Vec<u32>>().map_err(|_| PyValueError::new_err("a prompt must be a str or a list of token ids"))?))
+                Ok(Prompt::Tokens(p.extract::<Vec<u32>>().map_err(|_| {
+                    PyValueError::new_err("a prompt must be a str or a list of token ids")
+                })?))
             }
         })
         .collect()
@@ -185,7 +227,13 @@ fn sampling(
 }
 
 impl Model {
-    fn run(&self, py: Python<'_>, prompts: Vec<Prompt>, params: SamplingParams, n: usize) -> PyResult<Vec<Completion>> {
+    fn run(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<Prompt>,
+        params: SamplingParams,
+        n: usize,
+    ) -> PyResult<Vec<Completion>> {
         if n == 0 {
             return Err(PyValueError::new_err("n must be at least 1"));
         }
@@ -213,7 +261,12 @@ impl Model {
             if t == 0 {
                 return Err(PyValueError::new_err("threads must be at least 1"));
             }
-            if rayon::ThreadPoolBuilder::new().num_threads(t).build_global().is_err() && rayon::current_num_threads() != t {
+            if rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build_global()
+                .is_err()
+                && rayon::current_num_threads() != t
+            {
                 return Err(PyRuntimeError::new_err(format!(
                     "the engine's thread pool already runs {} threads in this process",
                     rayon::current_num_threads()
@@ -222,7 +275,9 @@ impl Model {
         }
         let source = ModelSource::parse(model.as_deref());
         let engine = py.detach(move || Engine::load(&source)).map_err(to_py)?;
-        Ok(Model { engine: Arc::new(engine) })
+        Ok(Model {
+            engine: Arc::new(engine),
+        })
     }
 
     #[getter]
@@ -239,7 +294,9 @@ impl Model {
     }
     #[getter]
     fn tokenizer(&self) -> Tokenizer {
-        Tokenizer { engine: self.engine.clone() }
+        Tokenizer {
+            engine: self.engine.clone(),
+        }
     }
 
     #[pyo3(signature = (prompts, *, max_tokens = 64, temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0.0,
@@ -265,7 +322,21 @@ impl Model {
         top_logprobs: usize,
         ignore_eos: bool,
     ) -> PyResult<Vec<Completion>> {
-        let p = sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty, seed, stop, logprobs, top_logprobs, ignore_eos);
+        let p = sampling(
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop,
+            logprobs,
+            top_logprobs,
+            ignore_eos,
+        );
         self.run(py, self::prompts(prompts)?, p, n)
     }
 
@@ -294,7 +365,9 @@ impl Model {
         top_logprobs: usize,
         ignore_eos: bool,
     ) -> PyResult<Vec<Completion>> {
-        let list = conversations.cast::<PyList>().map_err(|_| PyValueError::new_err("conversations must be a list"))?;
+        let list = conversations
+            .cast::<PyList>()
+            .map_err(|_| PyValueError::new_err("conversations must be a list"))?;
         let convs: Vec<Vec<ChatMessage>> = if list.is_empty() {
             return Err(PyValueError::new_err("conversations is an empty list"));
         } else if list.get_item(0)?.cast::<PyDict>().is_ok() {
@@ -302,12 +375,31 @@ impl Model {
         } else {
             list.iter().map(|c| messages(&c)).collect::<PyResult<_>>()?
         };
-        let p = sampling(max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty, seed, stop, logprobs, top_logprobs, ignore_eos);
+        let p = sampling(
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop,
+            logprobs,
+            top_logprobs,
+            ignore_eos,
+        );
         self.run(py, convs.into_iter().map(Prompt::Chat).collect(), p, n)
     }
 
     /// Log-likelihood of each continuation after the prompt (the prompt's cache is shared).
-    fn score(&self, py: Python<'_>, prompt: String, continuations: Vec<String>) -> PyResult<Vec<f64>> {
+    fn score(
+        &self,
+        py: Python<'_>,
+        prompt: String,
+        continuations: Vec<String>,
+    ) -> PyResult<Vec<f64>> {
         let engine = self.engine.clone();
         py.detach(move || {
             let (p, conts) = engine.split_continuations(&prompt, &continuations)?;
@@ -319,14 +411,21 @@ impl Model {
 
     /// Every prompt token's logprob and the `top_k` most likely next tokens after each position.
     #[pyo3(signature = (prompt, top_k = 5))]
-    fn prompt_logprobs(&self, py: Python<'_>, prompt: &Bound<'_, PyAny>, top_k: usize) -> PyResult<PromptLogprobs> {
+    fn prompt_logprobs(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        top_k: usize,
+    ) -> PyResult<PromptLogprobs> {
         let p = self::prompts(prompt)?;
         if p.len() != 1 {
             return Err(PyValueError::new_err("prompt_logprobs takes one prompt"));
         }
         let p = p.into_iter().next().expect("one prompt");
         let engine = self.engine.clone();
-        let lps = py.detach(move || engine.prompt_logprobs(&p, top_k)).map_err(to_py)?;
+        let lps = py
+            .detach(move || engine.prompt_logprobs(&p, top_k))
+            .map_err(to_py)?;
         let t = lps.len();
         let k = top_k.min(self.engine.config().vocab_size);
         let mut ids = Vec::with_capacity(t * k);
@@ -340,8 +439,14 @@ impl Model {
         Ok(PromptLogprobs {
             prompt_ids: PyArray1::from_vec(py, prompt_ids).into_any().unbind(),
             prompt_logprobs: PyArray1::from_vec(py, prompt_lp).into_any().unbind(),
-            token_ids: PyArray1::from_vec(py, ids).reshape([t, k])?.into_any().unbind(),
-            logprobs: PyArray1::from_vec(py, vals).reshape([t, k])?.into_any().unbind(),
+            token_ids: PyArray1::from_vec(py, ids)
+                .reshape([t, k])?
+                .into_any()
+                .unbind(),
+            logprobs: PyArray1::from_vec(py, vals)
+                .reshape([t, k])?
+                .into_any()
+                .unbind(),
         })
     }
 
@@ -356,7 +461,11 @@ impl Model {
                 engine.prompt_ids(&Prompt::Tokens(ids.clone()))?;
                 let mut kv = engine.model.new_kv();
                 let mut out = engine.model.forward(
-                    &mut [moe::models::mixtral::SeqStep { tokens: &ids, kv: &mut kv, all_logits: true }],
+                    &mut [moe::models::mixtral::SeqStep {
+                        tokens: &ids,
+                        kv: &mut kv,
+                        all_logits: true,
+                    }],
                     &mut moe::trace::NoTrace,
                 )?;
                 Ok(out.pop().expect("one sequence"))
@@ -367,7 +476,8 @@ impl Model {
 
     /// The load-balance statistics, as `moe stats --json` prints them.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let s = serde_json::to_string(&self.engine.stats()).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let s = serde_json::to_string(&self.engine.stats())
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         py.import("json")?.call_method1("loads", (s,))
     }
 
@@ -376,7 +486,10 @@ impl Model {
     }
 
     fn __repr__(&self) -> String {
-        format!("Model(name={:?}, context_length={})", self.engine.info.name, self.engine.info.context_length)
+        format!(
+            "Model(name={:?}, context_length={})",
+            self.engine.info.name, self.engine.info.context_length
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::models::mixtral::SeqStep;
 use crate::sampling::{log_softmax_into, top_k_entries, Sampler, SamplingParams, StopMatcher};
 use crate::tokenizer::{ChatMessage, IncrementalDecoder};
-use crate::trace::NoTrace;
+use crate::trace::{NoTrace, RoutingRecorder};
 use serde::{Deserialize, Serialize};
 
 /// What to continue.
@@ -33,6 +33,8 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     /// Also return each prompt token's logprob and this many alternatives (from the same prefill).
     pub prompt_logprobs: Option<usize>,
+    /// Also return the experts every processed token chose, per layer.
+    pub return_experts: bool,
 }
 
 impl GenerateRequest {
@@ -41,6 +43,7 @@ impl GenerateRequest {
             prompt,
             params,
             prompt_logprobs: None,
+            return_experts: false,
         }
     }
 }
@@ -102,6 +105,10 @@ pub struct Completion {
     /// One per generated token when `logprobs` or `top_logprobs` was asked for.
     pub logprobs: Option<Vec<TokenLogprob>>,
     pub prompt_logprobs: Option<Vec<PromptTokenLogprob>>,
+    /// With `return_experts`: per processed token (the prompt, then each generated token fed
+    /// back), per layer, the chosen experts (highest weight first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<Vec<Vec<Vec<u32>>>>,
 }
 
 /// One step of one request, for streaming.
@@ -149,6 +156,10 @@ pub struct Sequence<'t, K> {
     pub stop: Option<String>,
     prefilled: bool,
     scratch: Vec<f32>,
+    /// Record the experts each processed token chose.
+    pub want_experts: bool,
+    /// Per processed token (prompt, then generated tokens fed back): `[n_layers][top_k]`.
+    pub experts: Vec<Vec<Vec<u32>>>,
 }
 
 /// What one accepted step produced.
@@ -253,6 +264,7 @@ impl<'t, K> Sequence<'t, K> {
             stop: self.stop,
             logprobs: with_logprobs.then_some(self.logprobs),
             prompt_logprobs: self.prompt_logprobs,
+            experts: self.want_experts.then_some(self.experts),
         }
     }
 }
@@ -309,12 +321,15 @@ impl<B: Backend> Engine<B> {
             stop: None,
             prefilled: false,
             scratch: vec![],
+            want_experts: request.return_experts,
+            experts: vec![],
         })
     }
 
     /// Runs one forward over these sequences (prefills and decode steps mixed) and advances each
     /// by one token.
     pub fn step(&self, seqs: &mut [&mut Sequence<'_, B::Kv>]) -> Result<Vec<Step>> {
+        let want_experts = seqs.iter().any(|s| s.want_experts);
         let mut inputs: Vec<SeqStep<B::Kv>> = seqs
             .iter_mut()
             .map(|s| {
@@ -337,7 +352,31 @@ impl<B: Backend> Engine<B> {
                 }
             })
             .collect();
-        let logits = self.model.forward(&mut inputs, &mut NoTrace)?;
+        let lens: Vec<usize> = inputs.iter().map(|s| s.tokens.len()).collect();
+        let mut routes = RoutingRecorder::default();
+        let logits = if want_experts {
+            self.model.forward(&mut inputs, &mut routes)?
+        } else {
+            self.model.forward(&mut inputs, &mut NoTrace)?
+        };
+        if want_experts {
+            let mut row = 0;
+            for (s, len) in seqs.iter_mut().zip(lens) {
+                if s.want_experts {
+                    let k = routes.top_k;
+                    for r in row..row + len {
+                        s.experts.push(
+                            routes
+                                .layers
+                                .iter()
+                                .map(|l| l[r * k..(r + 1) * k].to_vec())
+                                .collect(),
+                        );
+                    }
+                }
+                row += len;
+            }
+        }
         let vocab = self.model.cfg.vocab_size;
         seqs.iter_mut()
             .zip(logits)

@@ -164,7 +164,15 @@ pub fn run<B: Backend>(
             continue;
         }
         let mut refs: Vec<&mut Sequence<B::Kv>> = running.iter_mut().map(|r| &mut r.seq).collect();
-        match engine.step(&mut refs) {
+        // A panic inside a step (a bug) ends the sequences in it, not the engine thread.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step(&mut refs)))
+                .unwrap_or_else(|_| {
+                    Err(crate::Error::InvalidRequest(
+                        "internal error while running the batch".into(),
+                    ))
+                });
+        match result {
             Ok(steps) => {
                 let now = Instant::now();
                 for (r, step) in running.iter_mut().zip(steps) {

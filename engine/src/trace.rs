@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 pub trait Trace {
     /// False skips the copies taps need.
     fn enabled(&self) -> bool;
+    /// Whether the tap `key` is recorded (all of them when enabled, by default).
+    fn wants(&self, _key: &str) -> bool {
+        self.enabled()
+    }
     fn record(&mut self, key: &str, cols: usize, data: &[f32]);
 }
 
@@ -38,5 +42,27 @@ impl Trace for Recorder {
 impl Recorder {
     pub fn get(&self, key: &str) -> Option<&[f32]> {
         self.taps.get(key).map(|(_, d)| d.as_slice())
+    }
+}
+
+/// Records only the experts each row chose (`layer.{l}.topk_experts`), for requests that ask
+/// which experts served them.
+#[derive(Default, Debug)]
+pub struct RoutingRecorder {
+    /// Per layer: `[rows, top_k]` expert ids.
+    pub layers: Vec<Vec<u32>>,
+    pub top_k: usize,
+}
+
+impl Trace for RoutingRecorder {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn wants(&self, key: &str) -> bool {
+        key.ends_with(".topk_experts")
+    }
+    fn record(&mut self, _key: &str, cols: usize, data: &[f32]) {
+        self.top_k = cols;
+        self.layers.push(data.iter().map(|&e| e as u32).collect());
     }
 }

@@ -21,6 +21,9 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where to run: `cpu` (the default).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,6 +211,12 @@ fn run(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
+    if cli.device != "cpu" {
+        bail!(
+            "device `{}` is not available in this build; use `--device cpu`",
+            cli.device
+        );
+    }
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Generate {
@@ -355,6 +364,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_batch,
                 kv_memory,
                 default_max_tokens,
+                handle_signals: true,
                 ..Default::default()
             };
             let names: Vec<String> = engines.iter().map(|(n, _)| n.clone()).collect();
@@ -368,6 +378,7 @@ fn run(cli: Cli) -> Result<()> {
             out.flush()?;
             drop(out);
             handle.wait();
+            eprintln!("shut down");
             return Ok(());
         }
         Command::Bench {

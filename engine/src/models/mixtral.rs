@@ -197,7 +197,7 @@ impl<B: Backend> Mixtral<B> {
         }
         let n = ids.len();
         let tap = |trace: &mut dyn Trace, key: &str, a: &B::Act, cols: usize| -> Result<()> {
-            if trace.enabled() {
+            if trace.wants(key) {
                 trace.record(key, cols, &b.to_host(a)?);
             }
             Ok(())
@@ -248,14 +248,14 @@ impl<B: Backend> Mixtral<B> {
                 cfg.num_local_experts,
             )?;
             let routing = b.router_topk(&router_logits, &self.router, &mut stats.layers[l])?;
-            if trace.enabled() {
+            let key = format!("layer.{l}.topk_experts");
+            if trace.wants(&key) {
                 let ids: Vec<f32> = routing.expert_ids.iter().map(|&e| e as f32).collect();
-                trace.record(&format!("layer.{l}.topk_experts"), routing.top_k, &ids);
-                trace.record(
-                    &format!("layer.{l}.topk_weights"),
-                    routing.top_k,
-                    &routing.weights,
-                );
+                trace.record(&key, routing.top_k, &ids);
+            }
+            let key = format!("layer.{l}.topk_weights");
+            if trace.wants(&key) {
+                trace.record(&key, routing.top_k, &routing.weights);
             }
             let dispatch = b.permute(&routing, cfg.num_local_experts)?;
             b.expert_ffn(&normed, &dispatch, &layer.experts, &mut expert_out)?;
@@ -267,7 +267,7 @@ impl<B: Backend> Mixtral<B> {
         // Only the rows whose logits are wanted go through the final norm and lm_head.
         let mut wanted = Vec::new();
         for (s, &(row, len)) in seqs.iter().zip(&rows) {
-            if s.all_logits || trace.enabled() {
+            if s.all_logits {
                 wanted.extend(row..row + len);
             } else {
                 wanted.push(row + len - 1);
@@ -288,7 +288,7 @@ impl<B: Backend> Mixtral<B> {
             &mut logits,
         )?;
         let logits = b.to_host(&logits)?;
-        if trace.enabled() {
+        if trace.wants("logits") {
             trace.record("logits", cfg.vocab_size, &logits);
         }
 
@@ -296,14 +296,8 @@ impl<B: Backend> Mixtral<B> {
         let mut out = Vec::with_capacity(seqs.len());
         let mut at = 0;
         for (s, &(_, len)) in seqs.iter().zip(&rows) {
-            let taken = if s.all_logits || trace.enabled() {
-                len
-            } else {
-                1
-            };
-            let keep = if s.all_logits { taken } else { 1 };
-            let first = at + taken - keep;
-            out.push(logits[first * v..(first + keep) * v].to_vec());
+            let taken = if s.all_logits { len } else { 1 };
+            out.push(logits[at * v..(at + taken) * v].to_vec());
             at += taken;
         }
         Ok(out)

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// Shut down gracefully on SIGINT/SIGTERM: stop accepting, let in-flight requests finish.
+    pub handle_signals: bool,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +41,7 @@ impl Default for ServerConfig {
             kv_memory: 1 << 30,
             max_body: 4 << 20,
             default_max_tokens: 256,
+            handle_signals: false,
         }
     }
 }
@@ -160,14 +163,18 @@ pub fn start(models: Vec<(String, Engine)>, config: ServerConfig) -> std::io::Re
     )))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let signals = config.handle_signals;
     let app = routes::router(state);
     let thread = std::thread::Builder::new()
         .name("http-server".into())
         .spawn(move || {
             rt.block_on(async move {
                 let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
+                    .with_graceful_shutdown(async move {
+                        tokio::select! {
+                            _ = rx => {}
+                            _ = shutdown_signal(), if signals => {}
+                        }
                     })
                     .await;
             });
@@ -177,4 +184,27 @@ pub fn start(models: Vec<(String, Engine)>, config: ServerConfig) -> std::io::Re
         shutdown: Some(tx),
         thread: Some(thread),
     })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

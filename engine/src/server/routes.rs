@@ -121,6 +121,7 @@ fn submit(
     params: &crate::SamplingParams,
     n: usize,
     prompt_logprobs: Option<usize>,
+    return_experts: bool,
 ) -> Result<Job, ApiError> {
     let (tx, rx) = unbounded_channel();
     let sender = m.submit.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -130,6 +131,7 @@ fn submit(
         p.seed = params.seed.map(|s| s.wrapping_add(choice as u64));
         let mut request = GenerateRequest::new(Prompt::Tokens(prompt_ids.clone()), p);
         request.prompt_logprobs = prompt_logprobs;
+        request.return_experts = return_experts;
         sender
             .send(Submission {
                 choice,
@@ -238,7 +240,7 @@ async fn chat_inner(
     let ids = m.engine.prompt_ids(&Prompt::Chat(msgs))?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
-    let job = submit(m, ids, &params, n, None)?;
+    let job = submit(m, ids, &params, n, None, req.common.return_experts)?;
     let id = request_id("chatcmpl");
     let model = m.name.clone();
     let include_usage = req
@@ -264,12 +266,16 @@ async fn chat_inner(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            json!({
+            let mut v = json!({
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
                 "logprobs": if req.logprobs { chat_logprobs(c.logprobs.as_deref().unwrap_or(&[]), &|t| piece(m, t)) } else { Value::Null },
                 "finish_reason": c.finish_reason.as_str(),
-            })
+            });
+            if let Some(e) = &c.experts {
+                v["experts"] = json!(e);
+            }
+            v
         })
         .collect();
     Ok(Json(json!({
@@ -327,7 +333,14 @@ async fn completions_inner(
         let mut params = params.clone();
         params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
         let prompt_lp = (req.echo && want_logprobs).then_some(params.top_logprobs);
-        jobs.push(submit(m, ids, &params, n, prompt_lp)?);
+        jobs.push(submit(
+            m,
+            ids,
+            &params,
+            n,
+            prompt_lp,
+            req.common.return_experts,
+        )?);
     }
     let id = request_id("cmpl");
     let model = m.name.clone();
@@ -380,12 +393,16 @@ async fn completions_inner(
             } else {
                 Value::Null
             };
-            choices.push(json!({
+            let mut v = json!({
                 "index": pi * n + i,
                 "text": format!("{prompt_text}{}", c.text),
                 "logprobs": logprobs,
                 "finish_reason": c.finish_reason.as_str(),
-            }));
+            });
+            if let Some(e) = &c.experts {
+                v["experts"] = json!(e);
+            }
+            choices.push(v);
         }
         all.extend(done);
     }
