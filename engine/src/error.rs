@@ -58,6 +58,10 @@ pub enum Error {
     Preset { name: String, message: String },
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("endpoint {endpoint}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    #[error("endpoint {endpoint} cannot give {feature}")]
+    FeatureUnavailable { endpoint: String, feature: String },
     #[error("backend `{backend}` does not support {what}")]
     Unsupported { backend: &'static str, what: String },
     #[error(transparent)]

@@ -19,6 +19,7 @@ pub mod embedded;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod loops;
 pub mod models;
 pub mod presets;
 pub mod sampling;

@@ -176,3 +176,68 @@ fn broken_checkpoint_exits_1_naming_the_file() {
         "model.safetensors",
     );
 }
+
+#[test]
+fn loop_distill_writes_rows_divergences_and_a_manifest() {
+    let dir = std::env::temp_dir().join(format!("moe-cli-distill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"task\": \"add\", \"question\": \"What is 2 plus 3?\", \"answer\": \"5\"}\n{\"text\": \"Hello world\"}\n",
+    )
+    .unwrap();
+    let teacher = format!("{}/../models/moe-teacher-tiny", env!("CARGO_MANIFEST_DIR"));
+    let out = dir.join("run");
+    let o = moe(&[
+        "loop",
+        "distill",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--teacher",
+        &teacher,
+        "--top-k",
+        "7",
+        "--eval",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("distill-00000.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let n = rows[1]["input_ids"].as_array().unwrap().len();
+    assert_eq!(n, 3);
+    assert_eq!(rows[1]["top_values"].as_array().unwrap().len(), n);
+    assert_eq!(rows[1]["token_ids"][0].as_array().unwrap().len(), 7);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("divergence-summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(summary["overall"]["forward_kl"].as_f64().unwrap() >= 0.0);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["records"], 2);
+    let bad = moe(&[
+        "loop",
+        "distill",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--teacher",
+        &teacher,
+        "--eval",
+        "--student",
+        &fixture("mixtral-small-f32"),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("same tokenizer")
+            || String::from_utf8_lossy(&bad.stderr).contains("vocabulary")
+    );
+}

@@ -120,6 +120,11 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         default_max_tokens: usize,
     },
+    /// Collaborative loops: models teaching models.
+    Loop {
+        #[command(subcommand)]
+        which: LoopCommand,
+    },
     /// Measure load time, prefill and decode speed, peak memory and the bandwidth floor.
     Bench {
         #[command(flatten)]
@@ -139,6 +144,166 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LoopCommand {
+    /// Teacher top-k logprobs over a dataset (logit distillation data); with --eval, the
+    /// teacher/student divergences over full vocabularies.
+    Distill {
+        /// JSONL: `{"text"}`, `{"messages"}` or `{"question", "answer"[, "task"]}` per line.
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Run directory (manifest, shards, divergences).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Teacher: directory or preset (default: the `teacher` role in models.toml).
+        #[arg(long)]
+        teacher: Option<String>,
+        /// Teacher behind an OpenAI-compatible endpoint instead (`http://host:port/v1`).
+        #[arg(long)]
+        teacher_url: Option<String>,
+        /// Model name at --teacher-url.
+        #[arg(long, default_value = "teacher")]
+        teacher_model: String,
+        /// Alternatives per position (up to the vocabulary).
+        #[arg(long, default_value_t = 20)]
+        top_k: usize,
+        /// Also compare a student with the teacher.
+        #[arg(long)]
+        eval: bool,
+        /// Student: directory or preset (default: the `student` role, else the embedded model).
+        #[arg(long)]
+        student: Option<String>,
+        /// β of the generalised Jensen–Shannon divergence.
+        #[arg(long, default_value_t = 0.5)]
+        beta: f64,
+        /// Use only the first N records.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn role_or(arg: Option<String>, role: &str) -> Option<String> {
+    arg.or_else(|| {
+        moe::presets::Presets::discover()
+            .ok()
+            .and_then(|p| p.by_role(role).map(|(n, _)| n.to_string()))
+    })
+}
+
+fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
+    use moe::loops::client::{HttpClient, LocalClient, ModelClient};
+    use moe::loops::distill;
+    match which {
+        LoopCommand::Distill {
+            data,
+            out: dir,
+            teacher,
+            teacher_url,
+            teacher_model,
+            top_k,
+            eval,
+            student,
+            beta,
+            limit,
+        } => {
+            let started = std::time::SystemTime::now();
+            let t0 = std::time::Instant::now();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut records = distill::read_jsonl(&data)?;
+            if let Some(n) = limit {
+                records.truncate(n);
+            }
+            let teacher_name = role_or(teacher, "teacher");
+            let teacher_engine = std::sync::Arc::new(load(&ModelArg {
+                model: teacher_name.clone(),
+            })?);
+            let client: Box<dyn ModelClient> = match &teacher_url {
+                Some(url) => Box::new(HttpClient::new(url, &teacher_model)?),
+                None => Box::new(LocalClient {
+                    engine: teacher_engine.clone(),
+                }),
+            };
+            // Records are tokenised with the teacher's tokenizer (the student's must match).
+            let seqs: Vec<distill::Tokenised> = records
+                .iter()
+                .map(|r| distill::tokenise(&teacher_engine, r))
+                .collect::<moe::Result<_>>()?;
+            let shard = dir.join("distill-00000.jsonl");
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&shard)?);
+            let mut tokens = 0usize;
+            for s in &seqs {
+                let row = distill::distill_row(client.as_ref(), &s.ids, top_k)?;
+                tokens += row.input_ids.len();
+                writeln!(w, "{}", serde_json::to_string(&row)?)?;
+            }
+            w.flush()?;
+            let distill_s = t0.elapsed().as_secs_f64();
+            let mut manifest = json!({
+                "loop": "distill", "data": data, "records": seqs.len(), "top_k": top_k,
+                "teacher": client.name(), "teacher_source": teacher_engine.info.source,
+                "started_unix": started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "version": env!("CARGO_PKG_VERSION"),
+                "distill": {"seconds": distill_s, "tokens": tokens, "prompts_per_s": seqs.len() as f64 / distill_s, "tokens_per_s": tokens as f64 / distill_s, "shards": [shard.file_name().map(|f| f.to_string_lossy().into_owned())]},
+            });
+            writeln!(
+                out,
+                "distill: {} sequences, {tokens} tokens, {:.1} prompts/s, {:.0} tokens/s -> {}",
+                seqs.len(),
+                seqs.len() as f64 / distill_s,
+                tokens as f64 / distill_s,
+                shard.display()
+            )?;
+            if eval {
+                let student_name = role_or(student, "student");
+                let student = load(&ModelArg {
+                    model: student_name,
+                })?;
+                let t1 = std::time::Instant::now();
+                let per = distill::evaluate(&teacher_engine, &student, &seqs, beta)?;
+                let eval_s = t1.elapsed().as_secs_f64();
+                let mut w =
+                    std::io::BufWriter::new(std::fs::File::create(dir.join("divergence.jsonl"))?);
+                for p in &per {
+                    writeln!(w, "{}", serde_json::to_string(p)?)?;
+                }
+                w.flush()?;
+                let (all, tasks) = distill::summarise(&per);
+                let summary = json!({"beta": beta, "student": student.info.name, "overall": all,
+                    "per_task": tasks.iter().map(|(t, n, d)| json!({"task": t, "positions": n, "divergence": d})).collect::<Vec<_>>(),
+                    "seconds": eval_s, "sequences_per_s": per.len() as f64 / eval_s});
+                std::fs::write(
+                    dir.join("divergence-summary.json"),
+                    serde_json::to_string_pretty(&summary)?,
+                )?;
+                manifest["eval"] = summary.clone();
+                writeln!(
+                    out,
+                    "{:<10} {:>9} {:>10} {:>10} {:>10} {:>8} {:>8}",
+                    "task", "positions", "fwd KL", "rev KL", "JSD", "TVD", "top-1"
+                )?;
+                for (t, n, d) in tasks
+                    .iter()
+                    .chain(std::iter::once(&("all".to_string(), 0, all)))
+                {
+                    writeln!(
+                        out,
+                        "{:<10} {:>9} {:>10.4} {:>10.4} {:>10.4} {:>8.4} {:>8.3}",
+                        t, n, d.forward_kl, d.reverse_kl, d.jsd, d.tvd, d.top1_agree
+                    )?;
+                }
+            }
+            manifest["finished_unix"] = json!(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()));
+            std::fs::write(
+                dir.join("manifest.json"),
+                serde_json::to_string_pretty(&manifest)?,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn load(model: &ModelArg) -> Result<Engine<CpuBackend>> {
@@ -381,6 +546,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("shut down");
             return Ok(());
         }
+        Command::Loop { which } => run_loop(which, &mut out)?,
         Command::Bench {
             model,
             prefill,

@@ -92,6 +92,27 @@ fn request_id(prefix: &str) -> String {
     )
 }
 
+/// Where each token starts in the decoded text of `ids` (special tokens left out).
+fn text_offsets(m: &Served, ids: &[u32]) -> Vec<usize> {
+    (0..ids.len())
+        .map(|i| {
+            m.engine
+                .tokenizer
+                .decode(&ids[..i], true)
+                .map_or(0, |t| t.len())
+        })
+        .collect()
+}
+
+/// A token's label in logprobs: its text, or `token_id:{id}` when the request asks for ids.
+fn label(m: &Served, id: u32, as_ids: bool) -> String {
+    if as_ids {
+        format!("token_id:{id}")
+    } else {
+        piece(m, id)
+    }
+}
+
 /// Text of one token as OpenAI clients show it: SentencePiece's `▁` as a space, byte pieces as
 /// their character.
 fn piece(m: &Served, id: u32) -> String {
@@ -202,6 +223,7 @@ async fn chat_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(body, state.config.max_body)?;
+    let as_ids = req.common.return_tokens_as_token_ids;
     let m = state.model(req.common.model.as_deref())?;
     let messages = req
         .messages
@@ -250,6 +272,7 @@ async fn chat_inner(
         .is_some_and(|o| o.include_usage);
     if req.common.stream {
         return Ok(stream(
+            as_ids,
             state.clone(),
             model,
             id,
@@ -269,7 +292,7 @@ async fn chat_inner(
             let mut v = json!({
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
-                "logprobs": if req.logprobs { chat_logprobs(c.logprobs.as_deref().unwrap_or(&[]), &|t| piece(m, t)) } else { Value::Null },
+                "logprobs": if req.logprobs { chat_logprobs(c.logprobs.as_deref().unwrap_or(&[]), &|t| label(m, t, as_ids)) } else { Value::Null },
                 "finish_reason": c.finish_reason.as_str(),
             });
             if let Some(e) = &c.experts {
@@ -295,6 +318,7 @@ async fn completions_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body, state.config.max_body)?;
+    let as_ids = req.common.return_tokens_as_token_ids;
     let m = state.model(req.common.model.as_deref())?;
     let prompts: Vec<Prompt> = match req.prompt.clone() {
         None => return Err(ApiError::bad("`prompt` is required", Some("prompt"))),
@@ -311,6 +335,9 @@ async fn completions_inner(
             ))
         }
     };
+    if req.echo && req.common.max_tokens.or(req.common.max_completion_tokens) == Some(0) {
+        return prompt_only(m, &req, prompts, as_ids).await;
+    }
     let vocab = m.engine.config().vocab_size;
     let mut params = req
         .common
@@ -358,6 +385,7 @@ async fn completions_inner(
         }
         let job = jobs.pop().expect("one job");
         return Ok(stream(
+            as_ids,
             state.clone(),
             model,
             id,
@@ -387,9 +415,17 @@ async fn completions_inner(
                 } else {
                     None
                 };
-                completion_logprobs(prompt, c.logprobs.as_deref().unwrap_or(&[]), &|t| {
-                    piece(m, t)
-                })
+                let ids: Vec<u32> = if req.echo {
+                    c.prompt_ids.iter().chain(&c.token_ids).copied().collect()
+                } else {
+                    c.token_ids.clone()
+                };
+                completion_logprobs(
+                    prompt,
+                    c.logprobs.as_deref().unwrap_or(&[]),
+                    &|t| label(m, t, as_ids),
+                    &text_offsets(m, &ids),
+                )
             } else {
                 Value::Null
             };
@@ -416,6 +452,54 @@ async fn completions_inner(
     .into_response())
 }
 
+/// `echo` with `max_tokens: 0`: the prompt's own logprobs (teacher forcing), nothing generated.
+async fn prompt_only(
+    m: &Served,
+    req: &CompletionRequest,
+    prompts: Vec<Prompt>,
+    as_ids: bool,
+) -> Result<Response, ApiError> {
+    let vocab = m.engine.config().vocab_size;
+    let lp = req.logprobs.unwrap_or(-1);
+    if lp > vocab as i64 || lp < -1 {
+        return Err(ApiError::bad(
+            format!("logprobs must be between 0 and {vocab}"),
+            Some("logprobs"),
+        ));
+    }
+    let mut choices = vec![];
+    let mut prompt_tokens = 0;
+    for (i, p) in prompts.into_iter().enumerate() {
+        let ids = m.engine.prompt_ids(&p)?;
+        prompt_tokens += ids.len();
+        let engine = m.engine.clone();
+        let tokens = ids.clone();
+        let lps = tokio::task::spawn_blocking(move || {
+            engine.prompt_logprobs(&Prompt::Tokens(tokens), lp.max(0) as usize)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+        let logprobs = if lp >= 0 {
+            completion_logprobs(
+                Some(&lps),
+                &[],
+                &|t| label(m, t, as_ids),
+                &text_offsets(m, &ids),
+            )
+        } else {
+            Value::Null
+        };
+        choices.push(json!({
+            "index": i, "text": m.engine.tokenizer.decode(&ids, true)?, "logprobs": logprobs, "finish_reason": "length",
+        }));
+    }
+    Ok(Json(json!({
+        "id": request_id("cmpl"), "object": "text_completion", "created": now_secs(), "model": m.name,
+        "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens},
+    }))
+    .into_response())
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Chat,
@@ -431,6 +515,7 @@ struct StreamState {
     include_usage: bool,
     logprobs: bool,
     echo: bool,
+    as_ids: bool,
     queue: VecDeque<Event>,
     finished: usize,
     completion_tokens: usize,
@@ -490,11 +575,14 @@ impl StreamState {
                 let m = self.served();
                 let lp = match (&step.logprob, self.logprobs, self.kind) {
                     (Some(l), true, Kind::Chat) => {
-                        chat_logprobs(std::slice::from_ref(l), &|t| piece(m, t))
+                        chat_logprobs(std::slice::from_ref(l), &|t| label(m, t, self.as_ids))
                     }
-                    (Some(l), true, Kind::Completion) => {
-                        completion_logprobs(None, std::slice::from_ref(l), &|t| piece(m, t))
-                    }
+                    (Some(l), true, Kind::Completion) => completion_logprobs(
+                        None,
+                        std::slice::from_ref(l),
+                        &|t| label(m, t, self.as_ids),
+                        &[0],
+                    ),
                     _ => Value::Null,
                 };
                 let finish = finish_str(step.finish_reason);
@@ -542,6 +630,7 @@ impl StreamState {
 
 #[allow(clippy::too_many_arguments)]
 fn stream(
+    as_ids: bool,
     app: Arc<AppState>,
     model: String,
     id: String,
@@ -560,6 +649,7 @@ fn stream(
         include_usage,
         logprobs,
         echo,
+        as_ids,
         queue: VecDeque::new(),
         finished: 0,
         completion_tokens: 0,

@@ -107,6 +107,9 @@ pub struct CommonParams {
     /// Extension: return the experts chosen per layer for every generated token.
     #[serde(default)]
     pub return_experts: bool,
+    /// Extension (as vLLM's): logprob tokens written `token_id:{id}`.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,22 +292,18 @@ pub fn chat_logprobs(lps: &[TokenLogprob], piece: &dyn Fn(u32) -> String) -> Val
 }
 
 /// Completions `logprobs` (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`), the
-/// prompt's entries first when echoing.
+/// prompt's entries first when echoing. `offsets[i]`: where token i starts in the returned text.
 pub fn completion_logprobs(
     prompt: Option<&[crate::generate::PromptTokenLogprob]>,
     generated: &[TokenLogprob],
     piece: &dyn Fn(u32) -> String,
+    offsets: &[usize],
 ) -> Value {
     let mut tokens = vec![];
     let mut token_logprobs = vec![];
     let mut top = vec![];
-    let mut offsets = vec![];
-    let mut offset = 0usize;
     let mut push = |id: u32, lp: Option<f32>, alts: Value| {
-        let p = piece(id);
-        offsets.push(offset);
-        offset += p.len();
-        tokens.push(p);
+        tokens.push(piece(id));
         token_logprobs.push(lp.map_or(Value::Null, |x| json!(x)));
         top.push(alts);
     };

@@ -1,0 +1,349 @@
+//! Logit distillation data and teacher/student divergence.
+//!
+//! The teacher scores a dataset (teacher forcing) and writes per position the top-k next-token
+//! logprobs (raw: before temperature and penalties) and the actual token's logprob and rank within
+//! them, as JSONL rows `{input_ids, token_ids, top_values, token_logprobs, token_ranks}`. With both
+//! models in process, [`divergence`] compares their full next-token distributions: forward
+//! KL(teacher‖student), reverse KL, generalised JSD(β), total variation and top-1 agreement.
+
+use super::client::ModelClient;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::generate::Prompt;
+use crate::models::mixtral::SeqStep;
+use crate::sampling::log_softmax_into;
+use crate::tokenizer::ChatMessage;
+use crate::trace::NoTrace;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One dataset record: text, chat messages, or a question with its answer (scored as a two-turn
+/// chat, the answer as the assistant's turn).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Record {
+    pub text: Option<String>,
+    pub messages: Option<Vec<ChatMessage>>,
+    pub question: Option<String>,
+    pub answer: Option<String>,
+    pub task: Option<String>,
+}
+
+/// A record as token ids, and where its completion starts (divergences are taken over the
+/// completion: the assistant's turn, or every position for plain text).
+#[derive(Clone, Debug)]
+pub struct Tokenised {
+    pub ids: Vec<u32>,
+    pub completion_start: usize,
+    pub task: Option<String>,
+}
+
+pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Json {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Tokenises a record with the model's tokenizer (chat template for messages).
+pub fn tokenise(engine: &Engine, r: &Record) -> Result<Tokenised> {
+    let tok = &engine.tokenizer;
+    let (ids, start) = if let Some(t) = &r.text {
+        (tok.encode(t, true)?, 1)
+    } else {
+        let messages = match (&r.messages, &r.question, &r.answer) {
+            (Some(m), _, _) => m.clone(),
+            (None, Some(q), Some(a)) => vec![
+                ChatMessage::user(q.clone()),
+                ChatMessage::assistant(a.clone()),
+            ],
+            _ => {
+                return Err(Error::InvalidRequest(
+                    "a record needs `text`, `messages`, or `question` and `answer`".into(),
+                ))
+            }
+        };
+        let ids = tok.encode_chat(&messages, false)?;
+        let start = if messages.last().is_some_and(|m| m.role == "assistant") {
+            tok.encode_chat(&messages[..messages.len() - 1], true)?
+                .len()
+        } else {
+            1
+        };
+        (ids, start)
+    };
+    engine.prompt_ids(&Prompt::Tokens(ids.clone()))?;
+    let completion_start = start.min(ids.len());
+    Ok(Tokenised {
+        ids,
+        completion_start,
+        task: r.task.clone(),
+    })
+}
+
+/// One scored sequence. Position t holds the distribution of the token after t.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DistillRow {
+    pub input_ids: Vec<u32>,
+    /// `[T][k]` most likely next tokens after each position.
+    pub token_ids: Vec<Vec<u32>>,
+    /// `[T][k]` their logprobs, descending.
+    pub top_values: Vec<Vec<f32>>,
+    /// `[T]` logprob of `input_ids[t]` given the tokens before it (`None` at 0).
+    pub token_logprobs: Vec<Option<f32>>,
+    /// `[T]` rank (0 = most likely) of `input_ids[t]` among the previous position's top-k, when
+    /// it is there.
+    pub token_ranks: Vec<Option<usize>>,
+}
+
+/// The teacher's top-k logprobs over `ids`.
+pub fn distill_row(teacher: &dyn ModelClient, ids: &[u32], top_k: usize) -> Result<DistillRow> {
+    let lps = teacher.prompt_logprobs(&Prompt::Tokens(ids.to_vec()), top_k)?;
+    if lps.len() != ids.len() {
+        return Err(Error::InvalidRequest(format!(
+            "the teacher scored {} of {} tokens",
+            lps.len(),
+            ids.len()
+        )));
+    }
+    let token_ranks = (0..ids.len())
+        .map(|t| {
+            if t == 0 {
+                None
+            } else {
+                lps[t - 1]
+                    .top_logprobs
+                    .iter()
+                    .position(|a| a.token_id == ids[t])
+            }
+        })
+        .collect();
+    Ok(DistillRow {
+        input_ids: ids.to_vec(),
+        token_ids: lps
+            .iter()
+            .map(|l| l.top_logprobs.iter().map(|a| a.token_id).collect())
+            .collect(),
+        top_values: lps
+            .iter()
+            .map(|l| l.top_logprobs.iter().map(|a| a.logprob).collect())
+            .collect(),
+        token_logprobs: lps.iter().map(|l| l.logprob).collect(),
+        token_ranks,
+    })
+}
+
+/// Divergences of two next-token distributions given as logits (full vocabulary, f64 sums).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Divergence {
+    /// KL(teacher ‖ student)
+    pub forward_kl: f64,
+    /// KL(student ‖ teacher)
+    pub reverse_kl: f64,
+    /// β·KL(T‖M) + (1−β)·KL(S‖M), M = β·T + (1−β)·S
+    pub jsd: f64,
+    /// ½ Σ |T − S|
+    pub tvd: f64,
+    /// 1 when both argmaxes agree.
+    pub top1_agree: f64,
+}
+
+impl Divergence {
+    fn add(&mut self, o: &Divergence) {
+        self.forward_kl += o.forward_kl;
+        self.reverse_kl += o.reverse_kl;
+        self.jsd += o.jsd;
+        self.tvd += o.tvd;
+        self.top1_agree += o.top1_agree;
+    }
+
+    fn scale(&self, s: f64) -> Divergence {
+        Divergence {
+            forward_kl: self.forward_kl * s,
+            reverse_kl: self.reverse_kl * s,
+            jsd: self.jsd * s,
+            tvd: self.tvd * s,
+            top1_agree: self.top1_agree * s,
+        }
+    }
+}
+
+/// From two log-probability vectors over the same vocabulary.
+pub fn divergence(teacher_lp: &[f32], student_lp: &[f32], beta: f64) -> Divergence {
+    let (mut fkl, mut rkl, mut jt, mut js, mut tvd) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut bt, mut bs) = ((0usize, f32::NEG_INFINITY), (0usize, f32::NEG_INFINITY));
+    for (i, (&a, &b)) in teacher_lp.iter().zip(student_lp).enumerate() {
+        let (lt, ls) = (a as f64, b as f64);
+        let (pt, ps) = (lt.exp(), ls.exp());
+        if pt > 0.0 {
+            fkl += pt * (lt - ls);
+        }
+        if ps > 0.0 {
+            rkl += ps * (ls - lt);
+        }
+        let m = beta * pt + (1.0 - beta) * ps;
+        if m > 0.0 {
+            let lm = m.ln();
+            if pt > 0.0 {
+                jt += pt * (lt - lm);
+            }
+            if ps > 0.0 {
+                js += ps * (ls - lm);
+            }
+        }
+        tvd += (pt - ps).abs();
+        if a > bt.1 {
+            bt = (i, a);
+        }
+        if b > bs.1 {
+            bs = (i, b);
+        }
+    }
+    Divergence {
+        forward_kl: fkl,
+        reverse_kl: rkl,
+        jsd: beta * jt + (1.0 - beta) * js,
+        tvd: 0.5 * tvd,
+        top1_agree: (bt.0 == bs.0) as u8 as f64,
+    }
+}
+
+/// Refuses a teacher/student pair whose vocabularies differ, naming the difference.
+pub fn check_vocabularies(teacher: &Engine, student: &Engine) -> Result<()> {
+    let (vt, vs) = (teacher.config().vocab_size, student.config().vocab_size);
+    if vt != vs {
+        return Err(Error::InvalidRequest(format!(
+            "teacher `{}` has a vocabulary of {vt} tokens and student `{}` {vs}: logit distillation needs the same tokenizer",
+            teacher.info.name, student.info.name
+        )));
+    }
+    for id in (0..vt as u32).step_by((vt / 997).max(1)) {
+        let (a, b) = (
+            teacher.tokenizer.id_to_token(id),
+            student.tokenizer.id_to_token(id),
+        );
+        if a != b {
+            return Err(Error::InvalidRequest(format!(
+                "teacher and student tokenizers differ at id {id}: {a:?} vs {b:?}: logit distillation needs the same tokenizer"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Per-sequence divergence averaged over its completion positions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SequenceDivergence {
+    pub task: Option<String>,
+    pub positions: usize,
+    pub mean: Divergence,
+    /// Per completion position.
+    pub per_position: Vec<Divergence>,
+}
+
+/// Runs both models over each sequence and compares their next-token distributions at every
+/// position that predicts a completion token.
+pub fn evaluate(
+    teacher: &Engine,
+    student: &Engine,
+    data: &[Tokenised],
+    beta: f64,
+) -> Result<Vec<SequenceDivergence>> {
+    check_vocabularies(teacher, student)?;
+    let v = teacher.config().vocab_size;
+    let logits = |e: &Engine, ids: &[u32]| -> Result<Vec<f32>> {
+        let mut kv = e.model.new_kv();
+        Ok(e.model
+            .forward(
+                &mut [SeqStep {
+                    tokens: ids,
+                    kv: &mut kv,
+                    all_logits: true,
+                }],
+                &mut NoTrace,
+            )?
+            .pop()
+            .expect("one"))
+    };
+    let (mut lt, mut ls) = (vec![0f32; v], vec![0f32; v]);
+    data.iter()
+        .map(|d| {
+            let (t, s) = (logits(teacher, &d.ids)?, logits(student, &d.ids)?);
+            let first = d.completion_start.saturating_sub(1);
+            let mut per = vec![];
+            let mut sum = Divergence::default();
+            for pos in first..d.ids.len().saturating_sub(1) {
+                log_softmax_into(&t[pos * v..(pos + 1) * v], &mut lt);
+                log_softmax_into(&s[pos * v..(pos + 1) * v], &mut ls);
+                let dv = divergence(&lt, &ls, beta);
+                sum.add(&dv);
+                per.push(dv);
+            }
+            let n = per.len();
+            Ok(SequenceDivergence {
+                task: d.task.clone(),
+                positions: n,
+                mean: sum.scale(1.0 / n.max(1) as f64),
+                per_position: per,
+            })
+        })
+        .collect()
+}
+
+/// Position-weighted means: overall and per task.
+pub fn summarise(seqs: &[SequenceDivergence]) -> (Divergence, Vec<(String, usize, Divergence)>) {
+    let mut all = Divergence::default();
+    let mut n = 0usize;
+    let mut tasks: std::collections::BTreeMap<String, (usize, Divergence)> = Default::default();
+    for s in seqs {
+        for p in &s.per_position {
+            all.add(p);
+            n += 1;
+            let e = tasks
+                .entry(s.task.clone().unwrap_or_else(|| "-".into()))
+                .or_default();
+            e.0 += 1;
+            e.1.add(p);
+        }
+    }
+    let per_task = tasks
+        .into_iter()
+        .map(|(k, (c, d))| (k, c, d.scale(1.0 / c.max(1) as f64)))
+        .collect();
+    (all.scale(1.0 / n.max(1) as f64), per_task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lp(p: &[f64]) -> Vec<f32> {
+        p.iter().map(|x| x.ln() as f32).collect()
+    }
+
+    #[test]
+    fn divergences_by_formula() {
+        let (t, s) = ([0.5, 0.3, 0.2], [0.2, 0.5, 0.3]);
+        let d = divergence(&lp(&t), &lp(&s), 0.5);
+        let kl = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * (x / y).ln()).sum::<f64>();
+        let m: Vec<f64> = t.iter().zip(&s).map(|(a, b)| 0.5 * a + 0.5 * b).collect();
+        assert!((d.forward_kl - kl(&t, &s)).abs() < 1e-6);
+        assert!((d.reverse_kl - kl(&s, &t)).abs() < 1e-6);
+        assert!((d.jsd - (0.5 * kl(&t, &m) + 0.5 * kl(&s, &m))).abs() < 1e-6);
+        assert!((d.tvd - 0.3).abs() < 1e-6);
+        assert_eq!(d.top1_agree, 0.0);
+        let same = divergence(&lp(&t), &lp(&t), 0.1);
+        assert!(
+            same.forward_kl.abs() < 1e-9
+                && same.jsd.abs() < 1e-9
+                && same.tvd.abs() < 1e-9
+                && same.top1_agree == 1.0
+        );
+    }
+}
