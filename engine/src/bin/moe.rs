@@ -148,6 +148,34 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LoopCommand {
+    /// Bootstrap instructions and instances from seed tasks (self-instruct), ending in an
+    /// Alpaca-format dataset.
+    SelfInstruct {
+        /// Seed tasks, JSONL `{"instruction", "instances": [{"input", "output"}], "is_classification"}`.
+        #[arg(long)]
+        seed_tasks: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Generating model: directory or preset (default: the `teacher` role in models.toml).
+        #[arg(long)]
+        model: Option<String>,
+        /// Or an OpenAI-compatible endpoint (`http://host:port/v1`) with --model-name.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value = "teacher")]
+        model_name: String,
+        #[arg(long, default_value_t = 100)]
+        num_instructions: usize,
+        #[arg(long, default_value_t = 5)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1024)]
+        max_tokens: usize,
+        /// Continue an interrupted run in --out.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Teacher top-k logprobs over a dataset (logit distillation data); with --eval, the
     /// teacher/student divergences over full vocabularies.
     Distill {
@@ -196,6 +224,44 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
     use moe::loops::client::{HttpClient, LocalClient, ModelClient};
     use moe::loops::distill;
     match which {
+        LoopCommand::SelfInstruct {
+            seed_tasks,
+            out: dir,
+            model,
+            url,
+            model_name,
+            num_instructions,
+            batch_size,
+            seed,
+            max_tokens,
+            resume,
+        } => {
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let client: Box<dyn ModelClient> = match &url {
+                Some(u) => Box::new(HttpClient::new(u, &model_name)?),
+                None => Box::new(LocalClient {
+                    engine: std::sync::Arc::new(load(&ModelArg {
+                        model: role_or(model, "teacher"),
+                    })?),
+                }),
+            };
+            let ctx = client.capabilities().context_length.unwrap_or(2048);
+            let cfg = moe::loops::self_instruct::SelfInstructConfig {
+                seed_tasks,
+                out: dir,
+                num_instructions,
+                batch_size,
+                seed,
+                // The prompt takes part of the context; cap generation to what remains.
+                max_tokens: max_tokens.min(ctx / 2),
+                resume,
+                stop_after_batches: None,
+            };
+            let summary = moe::loops::self_instruct::run(client.as_ref(), &cfg)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        }
         LoopCommand::Distill {
             data,
             out: dir,

@@ -127,7 +127,14 @@ impl HttpClient {
                             .split(|c: char| !c.is_ascii_digit())
                             .filter_map(|s| s.parse().ok())
                             .collect();
-                        if let (Some(&len), Some(&max)) = (nums.first(), nums.last()) {
+                        // "max_tokens M plus the prompt's P tokens exceed ... context of C tokens",
+                        // or "the prompt has P tokens; this model's context is C tokens".
+                        let len = match nums.len() {
+                            3 => Some(nums[0] + nums[1]),
+                            2 => Some(nums[0]),
+                            _ => None,
+                        };
+                        if let (Some(len), Some(&max)) = (len, nums.last()) {
                             return Err(Error::ContextOverflow { len, max });
                         }
                     }
@@ -281,7 +288,17 @@ impl ModelClient for HttpClient {
                 if want_lp && !is_chat {
                     body["logprobs"] = json!(r.params.top_logprobs);
                 }
-                let v = self.post(path, &body)?;
+                // Like the engine in process, generation stops at the context: on an overflow the
+                // request is sent again with max_tokens cut to what fits.
+                let v = match self.post(path, &body) {
+                    Err(Error::ContextOverflow { len, max })
+                        if len > max && r.params.max_tokens > len - max =>
+                    {
+                        body["max_tokens"] = json!(r.params.max_tokens - (len - max));
+                        self.post(path, &body)?
+                    }
+                    other => other?,
+                };
                 let c = &v["choices"][0];
                 let text = if is_chat {
                     c["message"]["content"].as_str()

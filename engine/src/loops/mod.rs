@@ -5,3 +5,4 @@
 pub mod client;
 pub mod distill;
 pub mod rouge;
+pub mod self_instruct;
