@@ -152,3 +152,35 @@ fn runs_against_a_model_behind_moe_serve() {
     );
     h.shutdown();
 }
+
+#[test]
+fn alpaca_run_mechanics_and_determinism() {
+    use moe::loops::alpaca::{run as alpaca, AlpacaConfig};
+    let Some(seeds) = seed_tasks() else { return };
+    let client = LocalClient {
+        engine: Arc::new(Engine::load(&teacher()).unwrap()),
+    };
+    let cfg = |tag: &str| {
+        let out = std::env::temp_dir().join(format!("moe-alpaca-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        AlpacaConfig {
+            seed_tasks: seeds.clone(),
+            out,
+            num_items: 2,
+            batch_size: 2,
+            seed: 3,
+            max_tokens: 96,
+        }
+    };
+    let (a, b) = (cfg("a"), cfg("b"));
+    let sa = alpaca(&client, &a).unwrap();
+    alpaca(&client, &b).unwrap();
+    let read = |c: &AlpacaConfig| std::fs::read_to_string(c.out.join("alpaca_data.json")).unwrap();
+    assert_eq!(read(&a), read(&b), "the same seed gives the same data");
+    let items: Vec<serde_json::Value> = serde_json::from_str(&read(&a)).unwrap();
+    assert_eq!(items.len() as u64, sa["kept_items"].as_u64().unwrap());
+    assert!(sa["requests"].as_u64().unwrap() >= 2);
+    assert!(items.iter().all(|i| i["instruction"].is_string()
+        && i["input"].is_string()
+        && i["output"].is_string()));
+}

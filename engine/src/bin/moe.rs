@@ -148,6 +148,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LoopCommand {
+    /// Alpaca-style instruction data from a teacher (3 seed tasks shown, 20 asked per response).
+    Alpaca {
+        /// Seed tasks, JSONL as for self-instruct.
+        #[arg(long)]
+        seed_tasks: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Teacher: directory or preset (default: the `teacher` role in models.toml).
+        #[arg(long)]
+        model: Option<String>,
+        /// Or an OpenAI-compatible endpoint (`http://host:port/v1`) with --model-name.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value = "teacher")]
+        model_name: String,
+        #[arg(long, default_value_t = 100)]
+        num_items: usize,
+        #[arg(long, default_value_t = 5)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 3072)]
+        max_tokens: usize,
+    },
     /// Bootstrap instructions and instances from seed tasks (self-instruct), ending in an
     /// Alpaca-format dataset.
     SelfInstruct {
@@ -224,6 +248,37 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
     use moe::loops::client::{HttpClient, LocalClient, ModelClient};
     use moe::loops::distill;
     match which {
+        LoopCommand::Alpaca {
+            seed_tasks,
+            out: dir,
+            model,
+            url,
+            model_name,
+            num_items,
+            batch_size,
+            seed,
+            max_tokens,
+        } => {
+            let client: Box<dyn ModelClient> = match &url {
+                Some(u) => Box::new(HttpClient::new(u, &model_name)?),
+                None => Box::new(LocalClient {
+                    engine: std::sync::Arc::new(load(&ModelArg {
+                        model: role_or(model, "teacher"),
+                    })?),
+                }),
+            };
+            let ctx = client.capabilities().context_length.unwrap_or(4096);
+            let cfg = moe::loops::alpaca::AlpacaConfig {
+                seed_tasks,
+                out: dir,
+                num_items,
+                batch_size,
+                seed,
+                max_tokens: max_tokens.min(ctx / 2),
+            };
+            let summary = moe::loops::alpaca::run(client.as_ref(), &cfg)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        }
         LoopCommand::SelfInstruct {
             seed_tasks,
             out: dir,

@@ -2,6 +2,7 @@
 //! in-process or over HTTP, ROUGE-L for near-duplicate filtering, and logit distillation data with
 //! teacher/student divergences.
 
+pub mod alpaca;
 pub mod client;
 pub mod distill;
 pub mod rouge;
