@@ -354,10 +354,25 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             let shard = dir.join("distill-00000.jsonl");
             let mut w = std::io::BufWriter::new(std::fs::File::create(&shard)?);
             let mut tokens = 0usize;
-            for s in &seqs {
-                let row = distill::distill_row(client.as_ref(), &s.ids, top_k)?;
+            let show = std::io::stderr().is_terminal();
+            for (i, s) in seqs.iter().enumerate() {
+                let row = distill::distill_row(client.as_ref(), &s.ids, top_k)
+                    .with_context(|| format!("record {} of {}", i + 1, data.display()))?;
                 tokens += row.input_ids.len();
                 writeln!(w, "{}", serde_json::to_string(&row)?)?;
+                if show {
+                    let el = t0.elapsed().as_secs_f64().max(1e-9);
+                    eprint!(
+                        "\rdistill {}/{}  {:.1} seq/s  {:.0} tok/s ",
+                        i + 1,
+                        seqs.len(),
+                        (i + 1) as f64 / el,
+                        tokens as f64 / el
+                    );
+                }
+            }
+            if show {
+                eprintln!();
             }
             w.flush()?;
             let distill_s = t0.elapsed().as_secs_f64();

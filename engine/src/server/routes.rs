@@ -693,34 +693,45 @@ async fn health(State(state): St) -> Response {
 
 async fn metrics(State(state): St) -> Response {
     state.requests.count("metrics", 200);
-    let models: Vec<_> = state
-        .models
-        .iter()
-        .map(|m| {
-            (
-                m.name.as_str(),
-                &*m.metrics,
-                m.engine.stats(),
-                m.kv_block_bytes,
-            )
-        })
-        .collect();
-    let body = super::metrics::render(&state.requests, &models);
+    // The statistics are read under the model's lock, which a running step holds: wait for it
+    // off the async workers.
+    let st = state.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let models: Vec<_> = st
+            .models
+            .iter()
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    &*m.metrics,
+                    m.engine.stats(),
+                    m.kv_block_bytes,
+                )
+            })
+            .collect();
+        super::metrics::render(&st.requests, &models)
+    })
+    .await
+    .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// The load-balance statistics of every served model, as `moe stats --json` prints them.
 async fn expert_stats(State(state): St) -> Response {
     state.requests.count("stats", 200);
-    let v: serde_json::Map<String, Value> = state
-        .models
-        .iter()
-        .map(|m| {
-            (
-                m.name.clone(),
-                serde_json::to_value(m.engine.stats()).unwrap_or(Value::Null),
-            )
-        })
-        .collect();
+    let st = state.clone();
+    let v: serde_json::Map<String, Value> = tokio::task::spawn_blocking(move || {
+        st.models
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    serde_json::to_value(m.engine.stats()).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
     Json(json!({"models": v})).into_response()
 }
