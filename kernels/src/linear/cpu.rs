@@ -6,7 +6,7 @@
 //! small f32 scratch per block rather than once per token.
 
 use super::{check, silu};
-use crate::dot::{dot, dot4};
+use crate::dot::{dot, dot4, dot4_then_next};
 use crate::{check_len, KernelError, Mat, SendPtr, WeightData};
 use rayon::prelude::*;
 
@@ -83,8 +83,11 @@ fn block_dots(
                 } else {
                     [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)]
                 };
+                // A matrix-vector product streams the weights once: prefetch the next quad.
+                let stream = !widen && t1 - t0 == 1 && r + 8 <= w.rows;
                 for t in t0..t1 {
-                    let v = dot4(&x[t * k..(t + 1) * k], rows);
+                    let xt = &x[t * k..(t + 1) * k];
+                    let v = if stream { dot4_then_next(xt, rows) } else { dot4(xt, rows) };
                     for (q, val) in v.into_iter().enumerate() {
                         emit(t, r + q, val);
                     }
