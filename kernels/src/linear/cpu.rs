@@ -87,7 +87,11 @@ fn block_dots(
                 let stream = !widen && t1 - t0 == 1 && r + 8 <= w.rows;
                 for t in t0..t1 {
                     let xt = &x[t * k..(t + 1) * k];
-                    let v = if stream { dot4_then_next(xt, rows) } else { dot4(xt, rows) };
+                    let v = if stream {
+                        dot4_then_next(xt, rows)
+                    } else {
+                        dot4(xt, rows)
+                    };
                     for (q, val) in v.into_iter().enumerate() {
                         emit(t, r + q, val);
                     }
