@@ -24,6 +24,8 @@ pub struct PrefillResult {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub seconds: f64,
+    /// tokens/s ÷ the arithmetic ceiling (peak FMA rate ÷ 2 flops per active parameter).
+    pub fraction_of_ceiling: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +58,10 @@ pub struct BenchReport {
     pub decode: Vec<DecodeResult>,
     /// Batch-1 decode ÷ floor.
     pub decode_fraction_of_floor: Option<f64>,
+    /// Measured peak f32 FMA throughput of all threads, GFLOP/s.
+    pub compute_gflops: f64,
+    /// Prefill tokens/s the arithmetic allows (2 flops per active parameter per token).
+    pub prefill_ceiling_tokens_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
     pub repeats: usize,
 }
@@ -112,6 +118,57 @@ pub fn measure_read_bandwidth(repeats: usize) -> f64 {
     median(speeds)
 }
 
+/// Peak f32 FMA throughput of all rayon threads, GFLOP/s (10 independent 8-lane accumulator
+/// chains per thread, AVX2+FMA where present), median of `repeats`.
+pub fn measure_compute_gflops(repeats: usize) -> f64 {
+    const ITERS: usize = 20_000_000;
+    let per_thread = || -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if moe_kernels::dot::has_avx2() {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return unsafe { fma_loop_avx2(ITERS) };
+        }
+        let mut acc = [[0f32; 8]; 10];
+        let (a, b) = (
+            std::hint::black_box(1.000_000_1f32),
+            std::hint::black_box(0.999_999_9f32),
+        );
+        for _ in 0..ITERS / 10 {
+            for row in acc.iter_mut() {
+                for v in row.iter_mut() {
+                    *v = v.mul_add(a, b);
+                }
+            }
+        }
+        std::hint::black_box(acc);
+        (ITERS / 10 * 10 * 8 * 2) as f64
+    };
+    let threads = rayon::current_num_threads();
+    let mut speeds = vec![];
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let flops: f64 = (0..threads).into_par_iter().map(|_| per_thread()).sum();
+        speeds.push(flops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    median(speeds)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(std::hint::black_box(1.000_000_1));
+    let b = _mm256_set1_ps(std::hint::black_box(0.999_999_9));
+    let mut acc = [_mm256_setzero_ps(); 10];
+    for _ in 0..iters / 10 {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters / 10 * 10 * 8 * 2) as f64
+}
+
 /// Deterministic pseudo-random ids in `[3, vocab)`.
 fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -133,6 +190,8 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
     let active_bytes = (cfg.active_params() as f64 * bytes_per_param) as usize;
     let bandwidth = measure_read_bandwidth(o.repeats);
     let floor = bandwidth * 1e9 / active_bytes as f64;
+    let gflops = measure_compute_gflops(o.repeats);
+    let ceiling = gflops * 1e9 / (2.0 * cfg.active_params() as f64);
 
     let mut prefill = vec![];
     for &len in &o.prefill_lens {
@@ -157,6 +216,7 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
             tokens: len,
             tokens_per_s: len as f64 / s,
             seconds: s,
+            fraction_of_ceiling: len as f64 / s / ceiling,
         });
     }
 
@@ -235,6 +295,8 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         prefill,
         decode,
         decode_fraction_of_floor: b1,
+        compute_gflops: gflops,
+        prefill_ceiling_tokens_per_s: ceiling,
         peak_rss_bytes: peak_rss_bytes(),
         repeats: o.repeats,
     })
@@ -257,10 +319,16 @@ impl BenchReport {
             self.read_bandwidth_gbs,
             self.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0
         );
+        s += &format!(
+            "compute {:.1} GFLOP/s -> prefill ceiling {:.1} tok/s\n",
+            self.compute_gflops, self.prefill_ceiling_tokens_per_s
+        );
         for p in &self.prefill {
             s += &format!(
-                "prefill {:>5} tokens: {:>9.1} tok/s\n",
-                p.tokens, p.tokens_per_s
+                "prefill {:>5} tokens: {:>9.1} tok/s ({:.0}% of the ceiling)\n",
+                p.tokens,
+                p.tokens_per_s,
+                p.fraction_of_ceiling * 100.0
             );
         }
         for d in &self.decode {
