@@ -244,6 +244,24 @@ fn role_or(arg: Option<String>, role: &str) -> Option<String> {
     })
 }
 
+/// The generating model of a loop: an endpoint when `url` is given, else a local model (the
+/// `teacher` role by default).
+fn teacher_client(
+    url: Option<&str>,
+    model_name: &str,
+    model: Option<String>,
+) -> Result<Box<dyn moe::loops::client::ModelClient>> {
+    use moe::loops::client::{HttpClient, LocalClient};
+    Ok(match url {
+        Some(u) => Box::new(HttpClient::new(u, model_name)?),
+        None => Box::new(LocalClient {
+            engine: std::sync::Arc::new(load(&ModelArg {
+                model: role_or(model, "teacher"),
+            })?),
+        }),
+    })
+}
+
 fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
     use moe::loops::client::{HttpClient, LocalClient, ModelClient};
     use moe::loops::distill;
@@ -259,14 +277,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             seed,
             max_tokens,
         } => {
-            let client: Box<dyn ModelClient> = match &url {
-                Some(u) => Box::new(HttpClient::new(u, &model_name)?),
-                None => Box::new(LocalClient {
-                    engine: std::sync::Arc::new(load(&ModelArg {
-                        model: role_or(model, "teacher"),
-                    })?),
-                }),
-            };
+            let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(4096);
             let cfg = moe::loops::alpaca::AlpacaConfig {
                 seed_tasks,
@@ -294,14 +305,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
-            let client: Box<dyn ModelClient> = match &url {
-                Some(u) => Box::new(HttpClient::new(u, &model_name)?),
-                None => Box::new(LocalClient {
-                    engine: std::sync::Arc::new(load(&ModelArg {
-                        model: role_or(model, "teacher"),
-                    })?),
-                }),
-            };
+            let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(2048);
             let cfg = moe::loops::self_instruct::SelfInstructConfig {
                 seed_tasks,

@@ -193,12 +193,7 @@ pub fn run(model: &dyn ModelClient, cfg: &AlpacaConfig) -> Result<serde_json::Va
         "kept_items": kept.len(), "rejected": rejected, "generated_tokens": tokens, "seconds": secs,
         "prompts_per_s": requests as f64 / secs, "tokens_per_s": tokens as f64 / secs, "version": env!("CARGO_PKG_VERSION"),
     });
-    let manifest = cfg.out.join("manifest.json");
-    std::fs::write(
-        &manifest,
-        serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(|e| Error::io(&manifest, e))?;
+    super::write_manifest(&cfg.out, &summary)?;
     Ok(summary)
 }
 

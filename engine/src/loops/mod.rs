@@ -7,3 +7,13 @@ pub mod client;
 pub mod distill;
 pub mod rouge;
 pub mod self_instruct;
+
+/// Writes a loop's summary as `manifest.json` in its run directory.
+pub(crate) fn write_manifest(
+    dir: &std::path::Path,
+    summary: &serde_json::Value,
+) -> crate::Result<()> {
+    let path = dir.join("manifest.json");
+    let text = serde_json::to_string_pretty(summary).unwrap_or_default();
+    std::fs::write(&path, text).map_err(|e| crate::Error::io(&path, e))
+}

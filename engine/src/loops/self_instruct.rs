@@ -575,12 +575,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         "generated_tokens": state.generated_tokens, "seconds": secs,
         "prompts_per_s": state.request_idx as f64 / secs, "version": env!("CARGO_PKG_VERSION"),
     });
-    let manifest = cfg.out.join("manifest.json");
-    std::fs::write(
-        &manifest,
-        serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(|e| Error::io(&manifest, e))?;
+    super::write_manifest(&cfg.out, &summary)?;
     Ok(summary)
 }
 
