@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod combine;
+pub mod cuda;
 pub mod dot;
 pub mod embedding;
 pub mod expert_ffn;

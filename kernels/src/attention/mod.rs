@@ -12,6 +12,7 @@
 //! (`head_dim^-0.5`) and softmaxed in f32.
 
 pub mod cpu;
+pub mod cuda;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Attention {

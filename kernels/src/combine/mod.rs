@@ -5,6 +5,8 @@
 //! - `residual`: `[n_tokens, hidden]`, `residual[t] += Σ_j weights[t, j] · expert_out[slot_rows[t·top_k + j]]`,
 //!   the sum over `j` formed in f32 first (as transformers' grouped experts do), then added.
 
+pub mod cuda;
+
 use crate::permute::Dispatch;
 use crate::{check_len, KernelError};
 use rayon::prelude::*;

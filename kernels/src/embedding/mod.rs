@@ -4,6 +4,8 @@
 //! - `ids`: `[n_tokens]`, each `< vocab` (checked)
 //! - `out`: `[n_tokens, hidden]` f32
 
+pub mod cuda;
+
 use crate::{check_len, KernelError, Mat};
 
 pub fn run(table: &Mat, ids: &[u32], out: &mut [f32]) -> Result<(), KernelError> {

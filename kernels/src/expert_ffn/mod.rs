@@ -8,6 +8,7 @@
 //!   `out[r] = w2 · (silu(w1 · x_t) ⊙ (w3 · x_t))`
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::Mat;
 

@@ -8,6 +8,7 @@
 //! of a Mixtral expert.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::{check_len, KernelError, Mat};
 

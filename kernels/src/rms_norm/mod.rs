@@ -6,6 +6,7 @@
 //! - `out`: `[n_tokens, hidden]` f32
 
 pub mod cpu;
+pub mod cuda;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RmsNorm {

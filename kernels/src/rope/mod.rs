@@ -6,6 +6,7 @@
 //! - `positions`: `[n_tokens]`
 
 pub mod cpu;
+pub mod cuda;
 
 #[derive(Clone, Debug)]
 pub struct Rope {

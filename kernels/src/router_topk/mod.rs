@@ -7,6 +7,7 @@
 //! - `load`: counters added to, never reset here (see [`ExpertLoad`])
 
 pub mod cpu;
+pub mod cuda;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RouterTopK {

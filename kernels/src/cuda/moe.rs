@@ -1,0 +1,178 @@
+//! The sparse MoE block on the device, composed from the fused kernels:
+//! router (gate GEMV + softmax + top-k + counters) → dispatch → grouped w1/w3 with SwiGLU →
+//! grouped w2 × routing weight → combine into the residual. Five launches and one memset,
+//! nothing read back.
+
+use super::{DevBuf, DevMat, Gpu, GpuResult};
+use crate::combine::cuda::combine;
+use crate::expert_ffn::cuda::{w13, w2, ExpertStack};
+use crate::router_topk::cuda::{dispatch, router, sched_words, stats_words, RouterOut};
+use std::sync::Arc;
+
+/// One layer's router and experts.
+pub struct MoeLayer {
+    pub gate: DevMat,
+    pub experts: ExpertStack,
+    pub top_k: usize,
+}
+
+/// Work buffers sized for a token count, grown when a larger batch comes.
+pub struct MoeScratch {
+    capacity: usize,
+    key: (usize, usize, usize, usize, usize),
+    pub counts: Option<DevBuf>,
+    pub ids: Option<DevBuf>,
+    pub weights: Option<DevBuf>,
+    pub pos: Option<DevBuf>,
+    pub sorted_slots: Option<DevBuf>,
+    pub slot_rows: Option<DevBuf>,
+    pub sched: Option<DevBuf>,
+    pub act: Option<DevBuf>,
+    pub expert_out: Option<DevBuf>,
+    pub logits: Option<DevBuf>,
+}
+
+impl Default for MoeScratch {
+    fn default() -> Self {
+        MoeScratch {
+            capacity: 0,
+            key: (0, 0, 0, 0, 0),
+            counts: None,
+            ids: None,
+            weights: None,
+            pos: None,
+            sorted_slots: None,
+            slot_rows: None,
+            sched: None,
+            act: None,
+            expert_out: None,
+            logits: None,
+        }
+    }
+}
+
+fn p(b: &Option<DevBuf>) -> u64 {
+    b.as_ref().map_or(0, |b| b.ptr())
+}
+
+impl MoeScratch {
+    fn ensure(&mut self, gpu: &Arc<Gpu>, layer: &MoeLayer, tokens: usize) -> GpuResult<()> {
+        let ex = &layer.experts;
+        let key = (ex.n_experts, ex.hidden, ex.ffn, layer.top_k, ex.act_size());
+        if tokens <= self.capacity && key == self.key {
+            return Ok(());
+        }
+        let cap = tokens.max(self.capacity).next_power_of_two();
+        let slots = cap * layer.top_k;
+        self.counts = Some(gpu.alloc(4 * ex.n_experts)?);
+        self.ids = Some(gpu.alloc(4 * slots)?);
+        self.weights = Some(gpu.alloc(4 * slots)?);
+        self.pos = Some(gpu.alloc(4 * slots)?);
+        self.sorted_slots = Some(gpu.alloc(4 * slots)?);
+        self.slot_rows = Some(gpu.alloc(4 * slots)?);
+        self.sched = Some(gpu.alloc(4 * sched_words(slots, ex.n_experts))?);
+        self.act = Some(gpu.alloc(ex.act_size() * slots * ex.ffn)?);
+        self.expert_out = Some(gpu.alloc(4 * slots * ex.hidden)?);
+        self.logits = Some(gpu.alloc(4 * cap * ex.n_experts)?);
+        self.capacity = cap;
+        self.key = key;
+        Ok(())
+    }
+
+    /// The last call's routing as `(expert ids, weights)`, `[tokens · top_k]` each (reads back).
+    pub fn routing(&self, tokens: usize, top_k: usize) -> GpuResult<(Vec<u32>, Vec<f32>)> {
+        let n = tokens * top_k;
+        let ids = self
+            .ids
+            .as_ref()
+            .map_or(Ok(vec![]), |b| b.read::<u32>(0, n))?;
+        let w = self
+            .weights
+            .as_ref()
+            .map_or(Ok(vec![]), |b| b.read::<f32>(0, n))?;
+        Ok((ids, w))
+    }
+
+    /// The last call's router logits `[tokens, n_experts]` (reads back).
+    pub fn router_logits(&self, tokens: usize, n_experts: usize) -> GpuResult<Vec<f32>> {
+        self.logits
+            .as_ref()
+            .map_or(Ok(vec![]), |b| b.read::<f32>(0, tokens * n_experts))
+    }
+}
+
+/// Device counters of every layer: `stats_words(E)` u64 per layer.
+pub fn stats_bytes(n_layers: usize, n_experts: usize) -> usize {
+    8 * n_layers * stats_words(n_experts)
+}
+
+/// `residual += MoE(x)` for `tokens` rows of f32 `x` (already normed); counters at `stats`.
+pub fn moe_forward(
+    gpu: &Arc<Gpu>,
+    layer: &MoeLayer,
+    x: u64,
+    residual: u64,
+    tokens: usize,
+    stats: u64,
+    scratch: &mut MoeScratch,
+    keep_logits: bool,
+) -> GpuResult<()> {
+    if tokens == 0 {
+        return Ok(());
+    }
+    scratch.ensure(gpu, layer, tokens)?;
+    let ex = &layer.experts;
+    let (e, k) = (ex.n_experts, layer.top_k);
+    let n_slots = tokens * k;
+    let s = &*scratch;
+    s.counts.as_ref().expect("allocated").fill_u32(0, e, 0)?;
+    let out = RouterOut {
+        logits: keep_logits.then(|| p(&s.logits)),
+        ids: p(&s.ids),
+        weights: p(&s.weights),
+        counts: p(&s.counts),
+        pos: p(&s.pos),
+        stats,
+    };
+    router(gpu, x, &layer.gate, tokens, k, &out)?;
+    dispatch(
+        gpu,
+        out.ids,
+        out.pos,
+        out.counts,
+        n_slots,
+        e,
+        p(&s.sorted_slots),
+        p(&s.slot_rows),
+        p(&s.sched),
+    )?;
+    w13(
+        gpu,
+        ex,
+        x,
+        p(&s.sched),
+        p(&s.sorted_slots),
+        p(&s.act),
+        n_slots,
+        k,
+    )?;
+    w2(
+        gpu,
+        ex,
+        p(&s.act),
+        p(&s.sched),
+        p(&s.sorted_slots),
+        out.weights,
+        p(&s.expert_out),
+        n_slots,
+    )?;
+    combine(
+        gpu,
+        p(&s.expert_out),
+        p(&s.slot_rows),
+        residual,
+        tokens,
+        ex.hidden,
+        k,
+    )
+}

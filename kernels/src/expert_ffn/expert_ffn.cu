@@ -1,0 +1,235 @@
+// Grouped expert FFN over every expert in one launch per matrix, driven by the dispatch schedule
+// (see router_topk.cu): sched = [n_tiles, offsets[E + 1], tile_expert[max_tiles],
+// tile_row0[max_tiles]]; a tile is up to 64 sorted rows of one expert. Blocks past n_tiles exit.
+//
+// w13: act[row][f] = silu(x[token(row)] · w1[e][f]) · (x[token(row)] · w3[e][f])
+// w2:  out[row][h] = route_w[slot(row)] · (act[row] · w2[e][h])
+// Weights are [E, N, K] (one expert after another); x is f32 [T, H]; act is the weight dtype on
+// the tensor-core path and f32 on the SIMT path; out is f32 [T·k, H] in sorted-row order.
+
+#define TILE_ROWS 64
+
+struct Tile {
+    u32 expert, row0, row_end;
+};
+__device__ __forceinline__ bool tile_of(const u32* sched, u32 E, u32 max_tiles, u32 idx, Tile& t) {
+    if (idx >= sched[0]) return false;
+    const u32* offsets = sched + 1;
+    t.expert = sched[2 + E + idx];
+    t.row0 = sched[2 + E + max_tiles + idx];
+    t.row_end = min(t.row0 + TILE_ROWS, offsets[t.expert + 1]);
+    return true;
+}
+
+// ---- SIMT (any dtype, any shape): a warp per output feature, rows 8 at a time.
+// grid: (max_tiles, ceil(N / warps)).
+template <typename W>
+__device__ void w13_simt_impl(const float* __restrict__ x, const W* __restrict__ w1,
+                              const W* __restrict__ w3, const u32* __restrict__ sched,
+                              const u32* __restrict__ sorted_slots, float* __restrict__ act,
+                              u32 E, u32 max_tiles, u32 F, u32 H, u32 top_k) {
+    Tile tl;
+    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 f = blockIdx.y * (blockDim.x >> 5) + warp;
+    if (f >= F) return;
+    const W* g_row = w1 + ((u64)tl.expert * F + f) * H;
+    const W* u_row = w3 + ((u64)tl.expert * F + f) * H;
+    for (u32 r0 = tl.row0; r0 < tl.row_end; r0 += 8) {
+        const u32 nr = min(8u, tl.row_end - r0);
+        const float* xr[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) xr[j] = x + (u64)(sorted_slots[r0 + (j < nr ? j : 0)] / top_k) * H;
+        float ag[8], au[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) ag[j] = au[j] = 0.f;
+        for (u32 k = lane; k < H; k += 32) {
+            const float gv = to_f32(g_row[k]), uv = to_f32(u_row[k]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                if (j < nr) {
+                    const float xv = xr[j][k];
+                    ag[j] += gv * xv;
+                    au[j] += uv * xv;
+                }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float gs = warp_sum(ag[j]), us = warp_sum(au[j]);
+            if (lane == 0 && j < nr) act[(u64)(r0 + j) * F + f] = silu(gs) * us;
+        }
+    }
+}
+
+template <typename W>
+__device__ void w2_simt_impl(const float* __restrict__ act, const W* __restrict__ w2,
+                             const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
+                             const float* __restrict__ route_w, float* __restrict__ out, u32 E,
+                             u32 max_tiles, u32 H, u32 F) {
+    Tile tl;
+    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 h = blockIdx.y * (blockDim.x >> 5) + warp;
+    if (h >= H) return;
+    const W* w_row = w2 + ((u64)tl.expert * H + h) * F;
+    for (u32 r0 = tl.row0; r0 < tl.row_end; r0 += 8) {
+        const u32 nr = min(8u, tl.row_end - r0);
+        float acc[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] = 0.f;
+        for (u32 k = lane; k < F; k += 32) {
+            const float wv = to_f32(w_row[k]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                if (j < nr) acc[j] += wv * act[(u64)(r0 + j) * F + k];
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float s = warp_sum(acc[j]);
+            if (lane == 0 && j < nr) {
+                const u32 r = r0 + j;
+                out[(u64)r * H + h] = s * route_w[sorted_slots[r]];
+            }
+        }
+    }
+}
+
+#define EXPERT_SIMT(S, W)                                                                    \
+    extern "C" __global__ void w13_simt_##S(const float* x, const W* w1, const W* w3,        \
+                                            const u32* sched, const u32* sorted_slots,       \
+                                            float* act, u32 E, u32 max_tiles, u32 F, u32 H,  \
+                                            u32 top_k) {                                     \
+        w13_simt_impl<W>(x, w1, w3, sched, sorted_slots, act, E, max_tiles, F, H, top_k);    \
+    }                                                                                        \
+    extern "C" __global__ void w2_simt_##S(const float* act, const W* w2, const u32* sched,  \
+                                           const u32* sorted_slots, const float* route_w,    \
+                                           float* out, u32 E, u32 max_tiles, u32 H, u32 F) { \
+        w2_simt_impl<W>(act, w2, sched, sorted_slots, route_w, out, E, max_tiles, H, F);     \
+    }
+FOR_EACH_WEIGHT(EXPERT_SIMT)
+
+// ---- Tensor cores (16-bit weights; F, H multiples of 32): a block is 4 warps × 16 features
+// and one tile of up to 64 rows (8 n-tiles). grid: (max_tiles, N / 64) — the tiles of one
+// feature block run next to each other, so a weight slice read by one tile is still in L2 for
+// the expert's next tile.
+template <typename W>
+__device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w1,
+                            const W* __restrict__ w3, const u32* __restrict__ sched,
+                            const u32* __restrict__ sorted_slots, W* __restrict__ act, u32 E,
+                            u32 max_tiles, u32 F, u32 H, u32 top_k) {
+    Tile tl;
+    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const u32 f0 = blockIdx.y * 64 + warp * 16;
+    if (f0 >= F) return;
+    const u32 rows = tl.row_end - tl.row0;
+    const u32 tiles = (rows + 7) / 8;
+    const float* xb[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const u32 r = j * 8 + g;
+        xb[j] = r < rows ? x + (u64)(sorted_slots[tl.row0 + r] / top_k) * H + 8 * q : nullptr;
+    }
+    float cg[8][4], cu[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) cg[j][i] = cu[j][i] = 0.f;
+    const W* gb = w1 + ((u64)tl.expert * F + f0) * H + 8 * q;
+    const W* ub = w3 + ((u64)tl.expert * F + f0) * H + 8 * q;
+#pragma unroll 2
+    for (u32 k = 0; k < H; k += 32) {
+        const AFrag ag = load_a(gb, H, g, k);
+        const AFrag au = load_a(ub, H, g, k);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (j < tiles) {
+                const uint4 b = xb[j] ? load_b_f32<W>(xb[j] + k) : make_uint4(0, 0, 0, 0);
+                mma_k32<W>(cg[j], ag, b);
+                mma_k32<W>(cu[j], au, b);
+            }
+        }
+    }
+    W tag;
+    u16* out = reinterpret_cast<u16*>(act);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        if (j < tiles) {
+            const u32 ra = j * 8 + 2 * q, rb = ra + 1;
+            if (ra < rows) {
+                const u64 base = (u64)(tl.row0 + ra) * F + f0 + g;
+                out[base] = to_half_bits(silu(cg[j][0]) * cu[j][0], tag);
+                out[base + 8] = to_half_bits(silu(cg[j][2]) * cu[j][2], tag);
+            }
+            if (rb < rows) {
+                const u64 base = (u64)(tl.row0 + rb) * F + f0 + g;
+                out[base] = to_half_bits(silu(cg[j][1]) * cu[j][1], tag);
+                out[base + 8] = to_half_bits(silu(cg[j][3]) * cu[j][3], tag);
+            }
+        }
+    }
+}
+
+template <typename W>
+__device__ void w2_tc_impl(const W* __restrict__ act, const W* __restrict__ w2,
+                           const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
+                           const float* __restrict__ route_w, float* __restrict__ out, u32 E,
+                           u32 max_tiles, u32 H, u32 F) {
+    Tile tl;
+    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const u32 h0 = blockIdx.y * 64 + warp * 16;
+    if (h0 >= H) return;
+    const u32 rows = tl.row_end - tl.row0;
+    const u32 tiles = (rows + 7) / 8;
+    float c[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    const W* wb = w2 + ((u64)tl.expert * H + h0) * F + 8 * q;
+#pragma unroll 2
+    for (u32 k = 0; k < F; k += 32) {
+        const AFrag a = load_a(wb, F, g, k);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (j < tiles) {
+                const u32 r = j * 8 + g;
+                const uint4 b = r < rows
+                    ? __ldg(reinterpret_cast<const uint4*>(act + (u64)(tl.row0 + r) * F + k + 8 * q))
+                    : make_uint4(0, 0, 0, 0);
+                mma_k32<W>(c[j], a, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        if (j < tiles) {
+            const u32 ra = j * 8 + 2 * q, rb = ra + 1;
+            if (ra < rows) {
+                const u32 row = tl.row0 + ra;
+                const float s = route_w[sorted_slots[row]];
+                out[(u64)row * H + h0 + g] = c[j][0] * s;
+                out[(u64)row * H + h0 + g + 8] = c[j][2] * s;
+            }
+            if (rb < rows) {
+                const u32 row = tl.row0 + rb;
+                const float s = route_w[sorted_slots[row]];
+                out[(u64)row * H + h0 + g] = c[j][1] * s;
+                out[(u64)row * H + h0 + g + 8] = c[j][3] * s;
+            }
+        }
+    }
+}
+
+#define EXPERT_TC(S, W)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                        \
+        w13_tc_##S(const float* x, const W* w1, const W* w3, const u32* sched,               \
+                   const u32* sorted_slots, W* act, u32 E, u32 max_tiles, u32 F, u32 H,      \
+                   u32 top_k) {                                                              \
+        w13_tc_impl<W>(x, w1, w3, sched, sorted_slots, act, E, max_tiles, F, H, top_k);      \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(128)                                        \
+        w2_tc_##S(const W* act, const W* w2, const u32* sched, const u32* sorted_slots,      \
+                  const float* route_w, float* out, u32 E, u32 max_tiles, u32 H, u32 F) {    \
+        w2_tc_impl<W>(act, w2, sched, sorted_slots, route_w, out, E, max_tiles, H, F);       \
+    }
+FOR_EACH_HALF(EXPERT_TC)

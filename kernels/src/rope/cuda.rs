@@ -1,0 +1,33 @@
+//! Launcher of `rope.cu`.
+
+use crate::cuda::{Gpu, GpuResult, KernelSource};
+use crate::kargs;
+
+pub const SOURCE: KernelSource = KernelSource {
+    name: "rope",
+    code: include_str!("rope.cu"),
+};
+
+/// Rotates `n` rows of `n_heads · head_dim` in place; `positions` and `inv_freq` on the device.
+pub fn rope(
+    gpu: &Gpu,
+    x: u64,
+    positions: u64,
+    inv_freq: u64,
+    n: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, "rope_f32")?;
+    let (nh, hd) = (n_heads as u32, head_dim as u32);
+    // SAFETY: argument list matches `rope_f32`.
+    unsafe {
+        gpu.launch(
+            f,
+            (n as u32, 1, 1),
+            (128, 1, 1),
+            0,
+            &mut kargs!(x, positions, inv_freq, nh, hd),
+        )
+    }
+}

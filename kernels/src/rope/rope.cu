@@ -1,0 +1,19 @@
+// Rotary embedding of every head of every row, in place (rotate-half form, as transformers).
+// The angle is formed in f32 (position · inv_freq) and its cosine/sine taken in f64, like the CPU
+// kernel, so both agree to the last bit of the angle.
+extern "C" __global__ void rope_f32(float* x, const u32* positions, const float* inv_freq,
+                                    u32 n_heads, u32 head_dim) {
+    const u64 t = blockIdx.x;
+    const u32 half = head_dim / 2;
+    const float pos = (float)positions[t];
+    float* row = x + t * (u64)n_heads * head_dim;
+    for (u32 j = threadIdx.x; j < n_heads * half; j += blockDim.x) {
+        const u32 h = j / half, i = j % half;
+        const float angle = pos * inv_freq[i];
+        const float c = (float)cos((double)angle), s = (float)sin((double)angle);
+        float* v = row + h * head_dim;
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}

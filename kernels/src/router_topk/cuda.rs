@@ -1,0 +1,137 @@
+//! Launchers of `router_topk.cu`: the fused router and the dispatch step.
+
+use crate::cuda::{DevMat, Gpu, GpuError, GpuResult, KernelSource};
+use crate::kargs;
+use crate::router_topk::ExpertLoad;
+
+pub const SOURCE: KernelSource = KernelSource {
+    name: "router_topk",
+    code: include_str!("router_topk.cu"),
+};
+
+pub const MAX_EXPERTS: usize = 256;
+pub const MAX_TOP_K: usize = 16;
+
+/// 64-bit words of one layer's device counters.
+pub fn stats_words(n_experts: usize) -> usize {
+    1 + n_experts + n_experts * n_experts + n_experts + 1
+}
+
+/// Adds device counters (as read back, `stats_words` u64) into `load`.
+pub fn add_stats(words: &[u64], load: &mut ExpertLoad) {
+    let e = load.n_experts;
+    load.tokens += words[0];
+    for i in 0..e {
+        load.expert_tokens[i] += words[1 + i];
+    }
+    for i in 0..e * e {
+        load.coselect[i] += words[1 + e + i];
+    }
+    for i in 0..e {
+        load.prob_mass[i] += f64::from_bits(words[1 + e + e * e + i]);
+    }
+    load.entropy_sum += f64::from_bits(words[1 + 2 * e + e * e]);
+}
+
+/// Device buffers the router writes, each `[tokens · top_k]` (`counts`: `[n_experts]`, zeroed by
+/// the caller before the launch).
+#[derive(Clone, Copy, Debug)]
+pub struct RouterOut {
+    pub logits: Option<u64>,
+    pub ids: u64,
+    pub weights: u64,
+    pub counts: u64,
+    pub pos: u64,
+    pub stats: u64,
+}
+
+pub fn check(n_experts: usize, top_k: usize) -> GpuResult<()> {
+    if n_experts == 0 || n_experts > MAX_EXPERTS || top_k == 0 || top_k > MAX_TOP_K.min(n_experts) {
+        return Err(GpuError(format!(
+            "router: {n_experts} experts (1..={MAX_EXPERTS}), top_k {top_k} (1..={MAX_TOP_K})"
+        )));
+    }
+    Ok(())
+}
+
+/// Routes `tokens` rows of `x` (f32 `[tokens, gate.cols]`) with gate `[n_experts, hidden]`.
+pub fn router(
+    gpu: &Gpu,
+    x: u64,
+    gate: &DevMat,
+    tokens: usize,
+    top_k: usize,
+    o: &RouterOut,
+) -> GpuResult<()> {
+    check(gate.rows, top_k)?;
+    let f = gpu.function(&SOURCE, &format!("router_topk_{}", gate.suffix()))?;
+    let (gp, h, e, k) = (gate.ptr(), gate.cols as u32, gate.rows as u32, top_k as u32);
+    let logits = o.logits.unwrap_or(0);
+    let threads = (gate.rows.min(8) * 32) as u32;
+    // SAFETY: argument list matches `router_topk_*`.
+    unsafe {
+        gpu.launch(
+            f,
+            (tokens as u32, 1, 1),
+            (threads.max(64), 1, 1),
+            0,
+            &mut kargs!(x, gp, h, e, k, logits, o.ids, o.weights, o.counts, o.pos, o.stats),
+        )
+    }
+}
+
+/// Rows per tile of the grouped expert GEMMs.
+pub const TILE_ROWS: usize = 64;
+
+/// Upper bound of the tile count for `n_slots` routed rows over `n_experts`.
+pub fn max_tiles(n_slots: usize, n_experts: usize) -> usize {
+    n_slots.div_ceil(TILE_ROWS) + n_experts
+}
+
+/// u32 words of the schedule buffer.
+pub fn sched_words(n_slots: usize, n_experts: usize) -> usize {
+    2 + n_experts + 2 * max_tiles(n_slots, n_experts)
+}
+
+/// Groups the routed slots by expert on the device (see `dispatch` in the source).
+#[allow(clippy::too_many_arguments)]
+pub fn dispatch(
+    gpu: &Gpu,
+    ids: u64,
+    pos: u64,
+    counts: u64,
+    n_slots: usize,
+    n_experts: usize,
+    sorted_slots: u64,
+    slot_rows: u64,
+    sched: u64,
+) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, "dispatch")?;
+    let (ns, e, tile, mt) = (
+        n_slots as u32,
+        n_experts as u32,
+        TILE_ROWS as u32,
+        max_tiles(n_slots, n_experts) as u32,
+    );
+    // SAFETY: argument list matches `dispatch`.
+    unsafe {
+        gpu.launch(
+            f,
+            (1, 1, 1),
+            (1024, 1, 1),
+            0,
+            &mut kargs!(
+                ids,
+                pos,
+                counts,
+                ns,
+                e,
+                tile,
+                mt,
+                sorted_slots,
+                slot_rows,
+                sched
+            ),
+        )
+    }
+}
