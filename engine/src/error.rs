@@ -66,6 +66,9 @@ pub enum Error {
     Unsupported { backend: &'static str, what: String },
     #[error(transparent)]
     Kernel(#[from] moe_kernels::KernelError),
+    /// A CUDA device that is missing, failed, or refused the work.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl Error {
@@ -74,5 +77,11 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<moe_kernels::cuda::GpuError> for Error {
+    fn from(e: moe_kernels::cuda::GpuError) -> Self {
+        Error::Device(e.0)
     }
 }

@@ -13,7 +13,9 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_layer;
 pub mod config;
+pub mod device;
 #[cfg(feature = "embedded-model")]
 pub mod embedded;
 pub mod engine;
@@ -32,6 +34,7 @@ pub mod weights;
 
 pub use backend::{Backend, CpuBackend};
 pub use config::ModelConfig;
+pub use device::Device;
 pub use engine::{Engine, LoadOptions, ModelInfo, ModelSource};
 pub use error::{Error, Result};
 pub use generate::{

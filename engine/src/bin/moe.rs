@@ -3,11 +3,14 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use moe::bench::{run_bench, BenchOptions};
+use moe::bench_layer::{run_layer_bench, LayerBenchOptions};
 use moe::engine::{Engine, LoadOptions, ModelSource};
 use moe::generate::{GenerateRequest, Prompt};
 use moe::sampling::SamplingParams;
 use moe::tokenizer::ChatMessage;
 use moe::CpuBackend;
+use moe::Device;
+use moe_kernels::WeightDType;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 
@@ -126,7 +129,10 @@ enum Command {
         which: LoopCommand,
     },
     /// Measure load time, prefill and decode speed, peak memory and the bandwidth floor.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchCommand>,
         #[command(flatten)]
         model: ModelArg,
         /// Prompt lengths to prefill.
@@ -141,6 +147,32 @@ enum Command {
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One sparse MoE layer (router, top-k, experts, combine) on a CUDA device at a given shape,
+    /// against its bandwidth and GEMM floors.
+    MoeLayer {
+        #[arg(long, default_value_t = 4096)]
+        hidden: usize,
+        #[arg(long, default_value_t = 14336)]
+        ffn: usize,
+        #[arg(long, default_value_t = 8)]
+        experts: usize,
+        #[arg(long, default_value_t = 2)]
+        top_k: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64,512,4096")]
+        tokens: Vec<usize>,
+        /// Weight dtype: bf16, f16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// Timed calls per token count (the median is reported).
+        #[arg(long, default_value_t = 40)]
+        reps: usize,
         #[arg(long)]
         json: bool,
     },
@@ -516,10 +548,17 @@ fn run(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    if cli.device != "cpu" {
+    let device = Device::parse(&cli.device)?;
+    let layer_bench = matches!(
+        cli.command,
+        Command::Bench {
+            what: Some(BenchCommand::MoeLayer { .. }),
+            ..
+        }
+    );
+    if device != Device::Cpu && !layer_bench {
         bail!(
-            "device `{}` is not available in this build; use `--device cpu`",
-            cli.device
+            "device `{device}`: only `moe bench moe-layer` runs on CUDA so far; use `--device cpu`"
         );
     }
     let mut out = std::io::stdout().lock();
@@ -688,6 +727,47 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Loop { which } => run_loop(which, &mut out)?,
         Command::Bench {
+            what:
+                Some(BenchCommand::MoeLayer {
+                    hidden,
+                    ffn,
+                    experts,
+                    top_k,
+                    tokens,
+                    dtype,
+                    reps,
+                    json,
+                }),
+            ..
+        } => {
+            let Device::Cuda(ordinal) = device else {
+                bail!("moe bench moe-layer runs on a CUDA device: pass --device cuda[:N]");
+            };
+            let dtype = match dtype.as_str() {
+                "bf16" => WeightDType::BF16,
+                "f16" => WeightDType::F16,
+                "f32" => WeightDType::F32,
+                other => bail!("unknown --dtype `{other}` (bf16, f16 or f32)"),
+            };
+            let opts = LayerBenchOptions {
+                ordinal,
+                hidden,
+                ffn,
+                experts,
+                top_k,
+                tokens,
+                dtype,
+                reps: reps.max(3),
+            };
+            let report = run_layer_bench(&opts, &mut |line| eprintln!("{line}"))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.table())?;
+            }
+        }
+        Command::Bench {
+            what: None,
             model,
             prefill,
             decode,

@@ -9,6 +9,7 @@ mod buffer;
 mod compile;
 mod mat;
 pub mod moe;
+pub mod util;
 
 pub use buffer::{DevBuf, HostCopy};
 pub use compile::{compile_cubin, kernel_sources, nvrtc_available, KernelSource};

@@ -1,0 +1,276 @@
+//! `moe bench moe-layer`: one sparse MoE layer (router, top-k, SwiGLU experts, combine) on a CUDA
+//! device at a given shape, timed the way `gpu_moe_anchor.py` times its variants, so the two
+//! tables sit side by side: CUDA events around each call, calls queued back to back, median;
+//! inputs rotate over 8 random sets and weights over several sets, so repeats do not run from L2.
+//!
+//! Floors (as the anchor): bytes that must move (each touched expert's weights once, the router,
+//! the input and output) ÷ measured copy bandwidth, and FLOPs ÷ measured cuBLAS bf16 GEMM rate,
+//! both measured in the same run; the floor is the larger.
+
+use crate::error::{Error, Result};
+use moe_kernels::cuda::moe::{moe_forward, stats_bytes, MoeLayer, MoeScratch};
+use moe_kernels::cuda::util::{fill_uniform, measure_ceilings, time_ms, Ceilings};
+use moe_kernels::cuda::{DevBuf, DevMat, Gpu, GpuError};
+use moe_kernels::expert_ffn::cuda::ExpertStack;
+use moe_kernels::WeightDType;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct LayerBenchOptions {
+    pub ordinal: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub tokens: Vec<usize>,
+    pub dtype: WeightDType,
+    pub reps: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerBenchRow {
+    pub tokens: usize,
+    /// Experts the router touched per call, averaged over the input sets.
+    pub uniq_experts: f64,
+    /// Median device time per layer call, calls queued back to back.
+    pub gpu_ms: f64,
+    /// Median host time per call with a synchronize on each side (launch overhead included).
+    pub wall_ms: f64,
+    pub floor_bw_ms: f64,
+    pub floor_fl_ms: f64,
+    pub floor_ms: f64,
+    /// gpu_ms ÷ floor_ms.
+    pub x_floor: f64,
+    /// Touched expert weights ÷ gpu_ms.
+    pub weight_gbps: f64,
+    pub tflops: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerBenchReport {
+    pub device: String,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub dtype: String,
+    pub copy_gbps: f64,
+    pub read_gbps: f64,
+    pub gemm_tflops: f64,
+    pub weight_sets: usize,
+    pub launches_per_layer: usize,
+    pub rows: Vec<LayerBenchRow>,
+}
+
+fn gpu_err(e: GpuError) -> Error {
+    Error::Device(e.0)
+}
+
+struct WeightSet {
+    layer: MoeLayer,
+}
+
+fn random_mat(
+    gpu: &Arc<Gpu>,
+    rows: usize,
+    cols: usize,
+    dtype: WeightDType,
+    seed: u64,
+    scale: f32,
+) -> Result<DevMat> {
+    let buf = gpu.alloc(rows * cols * dtype.size()).map_err(gpu_err)?;
+    fill_uniform(gpu, buf.ptr(), rows * cols, dtype, seed, scale).map_err(gpu_err)?;
+    Ok(DevMat {
+        buf,
+        dtype,
+        rows,
+        cols,
+    })
+}
+
+fn random_f32(gpu: &Arc<Gpu>, n: usize, seed: u64, scale: f32) -> Result<DevBuf> {
+    let buf = gpu.alloc(4 * n).map_err(gpu_err)?;
+    fill_uniform(gpu, buf.ptr(), n, WeightDType::F32, seed, scale).map_err(gpu_err)?;
+    Ok(buf)
+}
+
+/// Runs the benchmark; `log` gets progress lines.
+pub fn run_layer_bench(
+    o: &LayerBenchOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<LayerBenchReport> {
+    let gpu = Gpu::new(o.ordinal).map_err(gpu_err)?;
+    let (h, f, e, k) = (o.hidden, o.ffn, o.experts, o.top_k);
+    if h == 0 || f == 0 || e == 0 || k == 0 || k > e {
+        return Err(Error::Device(format!(
+            "moe-layer: hidden {h}, ffn {f}, experts {e}, top_k {k}"
+        )));
+    }
+    log(&format!(
+        "device: {} ({} SMs, {:.1} GiB)",
+        gpu.name,
+        gpu.sm_count,
+        gpu.total_mem as f64 / (1u64 << 30) as f64
+    ));
+    let ceil: Ceilings = measure_ceilings(&gpu).map_err(gpu_err)?;
+    log(&format!(
+        "ceilings: copy {:.0} GB/s, read {:.0} GB/s, bf16 GEMM {:.0} TFLOP/s",
+        ceil.copy_gbps, ceil.read_gbps, ceil.gemm_tflops
+    ));
+    let ds = o.dtype.size();
+    let expert_bytes = 3 * h * f * ds;
+    // Enough weight sets that a rotation does not fit in L2 (≈ 50 MB on an H100), at least 2.
+    let set_bytes = e * expert_bytes;
+    let n_sets = (256usize << 20).div_ceil(set_bytes).clamp(2, 8);
+    let (free, _) = gpu.mem_info().map_err(gpu_err)?;
+    if n_sets * set_bytes > free * 9 / 10 {
+        return Err(Error::Device(format!(
+            "moe-layer: {n_sets} weight sets of {set_bytes} bytes do not fit in {free} free bytes"
+        )));
+    }
+    let mut sets = Vec::new();
+    for s in 0..n_sets as u64 {
+        let seed = 1000 * (s + 1);
+        let gate = random_mat(&gpu, e, h, o.dtype, seed, 3f32.sqrt() / (h as f32).sqrt())?;
+        let sh = 3f32.sqrt() / (h as f32).sqrt();
+        let w1 = random_mat(&gpu, e * f, h, o.dtype, seed + 1, sh)?;
+        let w3 = random_mat(&gpu, e * f, h, o.dtype, seed + 2, sh)?;
+        let w2 = random_mat(
+            &gpu,
+            e * h,
+            f,
+            o.dtype,
+            seed + 3,
+            3f32.sqrt() / (f as f32).sqrt(),
+        )?;
+        let experts = ExpertStack::new(w1, w3, w2, e).map_err(gpu_err)?;
+        sets.push(WeightSet {
+            layer: MoeLayer {
+                gate,
+                experts,
+                top_k: k,
+            },
+        });
+    }
+    let stats = gpu.alloc(stats_bytes(1, e)).map_err(gpu_err)?;
+    stats.zero().map_err(gpu_err)?;
+    let mut scratch = MoeScratch::default();
+    let mut rows = Vec::new();
+    for &t in &o.tokens {
+        let n_inputs = 8;
+        let mut xs = Vec::new();
+        let mut residuals = Vec::new();
+        for i in 0..n_inputs as u64 {
+            xs.push(random_f32(
+                &gpu,
+                t * h,
+                77 + 31 * i + 7919 * t as u64,
+                3f32.sqrt(),
+            )?);
+            residuals.push(random_f32(&gpu, t * h, 991 + 31 * i, 1.0)?);
+        }
+        let call = |i: usize, scratch: &mut MoeScratch| -> std::result::Result<(), GpuError> {
+            let set = &sets[i % n_sets];
+            moe_forward(
+                &gpu,
+                &set.layer,
+                xs[i % n_inputs].ptr(),
+                residuals[i % n_inputs].ptr(),
+                t,
+                stats.ptr(),
+                scratch,
+                false,
+            )
+        };
+        // Touched experts per input set (untimed).
+        let mut uniq = 0.0;
+        for i in 0..n_inputs {
+            call(i, &mut scratch).map_err(gpu_err)?;
+            let (ids, _) = scratch.routing(t, k).map_err(gpu_err)?;
+            let mut seen = vec![false; e];
+            for id in ids {
+                seen[id as usize] = true;
+            }
+            uniq += seen.iter().filter(|&&s| s).count() as f64;
+        }
+        let uniq = uniq / n_inputs as f64;
+        let reps = if t <= 512 {
+            o.reps
+        } else {
+            (o.reps / 2).max(10)
+        };
+        let gpu_ms = time_ms(&gpu, 5, reps, |i| call(i, &mut scratch)).map_err(gpu_err)?;
+        let mut walls = Vec::new();
+        for i in 0..(reps / 2).max(10) {
+            gpu.synchronize().map_err(gpu_err)?;
+            let t0 = Instant::now();
+            call(i, &mut scratch).map_err(gpu_err)?;
+            gpu.synchronize().map_err(gpu_err)?;
+            walls.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        walls.sort_by(|a, b| a.total_cmp(b));
+        let wall_ms = walls[walls.len() / 2];
+        let w_bytes = uniq * expert_bytes as f64;
+        let io_bytes = (e * h * ds + 2 * t * h * ds) as f64;
+        let flops = (2 * t * h * e + t * k * 6 * h * f) as f64;
+        let floor_bw_ms = (w_bytes + io_bytes) / (ceil.copy_gbps * 1e9) * 1e3;
+        let floor_fl_ms = flops / (ceil.gemm_tflops * 1e12) * 1e3;
+        let floor_ms = floor_bw_ms.max(floor_fl_ms);
+        let row = LayerBenchRow {
+            tokens: t,
+            uniq_experts: uniq,
+            gpu_ms,
+            wall_ms,
+            floor_bw_ms,
+            floor_fl_ms,
+            floor_ms,
+            x_floor: gpu_ms / floor_ms,
+            weight_gbps: w_bytes / (gpu_ms * 1e-3) / 1e9,
+            tflops: flops / (gpu_ms * 1e-3) / 1e12,
+        };
+        log(&format!(
+            "T={t}: {gpu_ms:.4} ms (wall {wall_ms:.4}), floor {floor_ms:.4} ms, {:.2}x floor, {:.0} GB/s, {:.1} TFLOP/s",
+            row.x_floor, row.weight_gbps, row.tflops
+        ));
+        rows.push(row);
+    }
+    Ok(LayerBenchReport {
+        device: gpu.name.clone(),
+        hidden: h,
+        ffn: f,
+        experts: e,
+        top_k: k,
+        dtype: format!("{:?}", o.dtype).to_lowercase(),
+        copy_gbps: ceil.copy_gbps,
+        read_gbps: ceil.read_gbps,
+        gemm_tflops: ceil.gemm_tflops,
+        weight_sets: n_sets,
+        launches_per_layer: 5,
+        rows,
+    })
+}
+
+impl LayerBenchReport {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "moe-layer {} H{} F{} E{} top-{} {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | experts touched | gpu ms | wall ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|\n",
+            self.device, self.hidden, self.ffn, self.experts, self.top_k, self.dtype, self.copy_gbps, self.gemm_tflops
+        );
+        for r in &self.rows {
+            s += &format!(
+                "| {} | {:.2} | {:.4} | {:.4} | {:.4} | {:.2} | {:.0} | {:.1} |\n",
+                r.tokens,
+                r.uniq_experts,
+                r.gpu_ms,
+                r.wall_ms,
+                r.floor_ms,
+                r.x_floor,
+                r.weight_gbps,
+                r.tflops
+            );
+        }
+        s
+    }
+}
