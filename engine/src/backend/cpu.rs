@@ -1,11 +1,10 @@
 //! `CpuBackend`: rayon + SIMD kernels from `moe-kernels`; weights stay in the mmap.
 
-use super::{AttnItem, Backend, ExpertWeights, Routing};
+use super::{AttnItem, Backend, ExpertWeights, MoeTaps, MoeTrace, Routing};
 use crate::error::{Error, Result};
 use crate::weights::WeightTensor;
 use moe_kernels::attention::{Attention, AttnSeq};
 use moe_kernels::expert_ffn::ExpertMats;
-use moe_kernels::permute::Dispatch;
 use moe_kernels::rms_norm::RmsNorm;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
@@ -52,6 +51,7 @@ impl Backend for CpuBackend {
     type Act = CpuAct;
     type Weight = WeightTensor;
     type Kv = CpuKv;
+    type Experts = Vec<ExpertWeights<WeightTensor>>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -65,12 +65,25 @@ impl Backend for CpuBackend {
         w.bytes()
     }
 
-    fn zeros(&self, rows: usize, cols: usize) -> CpuAct {
-        CpuAct {
+    fn zeros(&self, rows: usize, cols: usize) -> Result<CpuAct> {
+        Ok(CpuAct {
             data: vec![0.0; rows * cols],
             rows,
             cols,
-        }
+        })
+    }
+
+    fn experts(
+        &self,
+        experts: Vec<ExpertWeights<WeightTensor>>,
+    ) -> Result<Vec<ExpertWeights<WeightTensor>>> {
+        Ok(experts)
+    }
+
+    fn experts_bytes(&self, e: &Vec<ExpertWeights<WeightTensor>>) -> usize {
+        e.iter()
+            .map(|x| x.w1.bytes() + x.w3.bytes() + x.w2.bytes())
+            .sum()
     }
 
     fn to_host(&self, a: &CpuAct) -> Result<Vec<f32>> {
@@ -138,33 +151,27 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn router_topk(
+    fn moe(
         &self,
-        logits: &CpuAct,
+        _layer: usize,
+        x: &CpuAct,
+        gate: &WeightTensor,
+        experts: &Vec<ExpertWeights<WeightTensor>>,
         p: &RouterTopK,
         load: &mut ExpertLoad,
-    ) -> Result<Routing> {
-        let n = logits.rows * p.top_k;
+        residual: &mut CpuAct,
+        taps: MoeTaps,
+    ) -> Result<MoeTrace> {
+        let n = x.rows;
+        let mut logits = self.zeros(n, p.n_experts)?;
+        self.linear(x, gate, &mut logits)?;
         let mut r = Routing {
             top_k: p.top_k,
-            expert_ids: vec![0; n],
-            weights: vec![0.0; n],
+            expert_ids: vec![0; n * p.top_k],
+            weights: vec![0.0; n * p.top_k],
         };
         router_topk::cpu::run(p, &logits.data, &mut r.expert_ids, &mut r.weights, load)?;
-        Ok(r)
-    }
-
-    fn permute(&self, routing: &Routing, n_experts: usize) -> Result<Dispatch> {
-        Ok(permute::run(&routing.expert_ids, n_experts, routing.top_k)?)
-    }
-
-    fn expert_ffn(
-        &self,
-        x: &CpuAct,
-        dispatch: &Dispatch,
-        experts: &[ExpertWeights<WeightTensor>],
-        out: &mut CpuAct,
-    ) -> Result<()> {
+        let dispatch = permute::run(&r.expert_ids, p.n_experts, p.top_k)?;
         let mats: Vec<ExpertMats> = experts
             .iter()
             .map(|e| ExpertMats {
@@ -173,29 +180,19 @@ impl Backend for CpuBackend {
                 w2: e.w2.mat(),
             })
             .collect();
-        Ok(expert_ffn::cpu::run(
-            &x.data,
-            x.cols,
-            dispatch,
-            &mats,
-            &mut out.data,
-        )?)
-    }
-
-    fn combine(
-        &self,
-        expert_out: &CpuAct,
-        dispatch: &Dispatch,
-        routing: &Routing,
-        residual: &mut CpuAct,
-    ) -> Result<()> {
-        Ok(combine::run(
-            &expert_out.data,
+        let mut expert_out = vec![0f32; n * p.top_k * x.cols];
+        expert_ffn::cpu::run(&x.data, x.cols, &dispatch, &mats, &mut expert_out)?;
+        combine::run(
+            &expert_out,
             residual.cols,
-            dispatch,
-            &routing.weights,
+            &dispatch,
+            &r.weights,
             &mut residual.data,
-        )?)
+        )?;
+        Ok(MoeTrace {
+            router_logits: taps.router_logits.then_some(logits.data),
+            routing: taps.routing.then_some(r),
+        })
     }
 
     fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<()> {

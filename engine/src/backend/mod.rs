@@ -7,7 +7,6 @@ pub mod cpu;
 use crate::error::Result;
 use crate::weights::WeightTensor;
 use moe_kernels::attention::Attention;
-use moe_kernels::permute::Dispatch;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
 
@@ -21,7 +20,23 @@ pub struct Routing {
     pub weights: Vec<f32>,
 }
 
-/// One expert's matrices as the backend holds them.
+/// What a MoE call should hand back besides its output (for traces; a device backend reads these
+/// back only when asked).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MoeTaps {
+    pub router_logits: bool,
+    pub routing: bool,
+}
+
+/// The taps asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MoeTrace {
+    /// `[n_tokens, n_experts]`
+    pub router_logits: Option<Vec<f32>>,
+    pub routing: Option<Routing>,
+}
+
+/// One expert's matrices.
 pub struct ExpertWeights<W> {
     /// gate `[ffn, hidden]`
     pub w1: W,
@@ -44,6 +59,8 @@ pub trait Backend: Send + Sync + 'static {
     type Act: Send;
     /// A checkpoint tensor resident where this backend computes.
     type Weight: Send + Sync;
+    /// One layer's experts, laid out for this backend's grouped kernels.
+    type Experts: Send + Sync;
     /// One sequence's keys and values for every layer.
     type Kv: Send;
 
@@ -52,8 +69,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes a checkpoint tensor usable by the kernels (the CPU keeps it in place in the mmap).
     fn weight(&self, t: WeightTensor) -> Result<Self::Weight>;
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
+    /// Takes one layer's experts (all of one shape and dtype).
+    fn experts(&self, experts: Vec<ExpertWeights<WeightTensor>>) -> Result<Self::Experts>;
+    fn experts_bytes(&self, e: &Self::Experts) -> usize;
 
-    fn zeros(&self, rows: usize, cols: usize) -> Self::Act;
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Act>;
     fn to_host(&self, a: &Self::Act) -> Result<Vec<f32>>;
     fn rows(&self, a: &Self::Act) -> usize;
 
@@ -82,33 +102,39 @@ pub trait Backend: Send + Sync + 'static {
         seqs: &mut [AttnItem<'_, Self::Kv>],
         out: &mut Self::Act,
     ) -> Result<()>;
-    /// Softmax, top-k, renormalisation and the load counters of one layer.
-    fn router_topk(
+    /// The sparse MoE block of layer `layer`: `residual += Σ_j w_j · expert_j(x)` over the
+    /// router's top-k of `x · gateᵀ`, counting the routing into `load` (a device backend may
+    /// keep the counters on the device until [`Backend::sync_load`]).
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
         &self,
-        logits: &Self::Act,
+        layer: usize,
+        x: &Self::Act,
+        gate: &Self::Weight,
+        experts: &Self::Experts,
         p: &RouterTopK,
         load: &mut ExpertLoad,
-    ) -> Result<Routing>;
-    /// Groups routed rows by expert.
-    fn permute(&self, routing: &Routing, n_experts: usize) -> Result<Dispatch>;
-    /// Every expert's SwiGLU over its rows: `out` `[n_tokens · top_k, hidden]` in sorted order.
-    fn expert_ffn(
-        &self,
-        x: &Self::Act,
-        dispatch: &Dispatch,
-        experts: &[ExpertWeights<Self::Weight>],
-        out: &mut Self::Act,
-    ) -> Result<()>;
-    /// `residual[t] += Σ_j weight[t, j] · expert_out[row(t, j)]`
-    fn combine(
-        &self,
-        expert_out: &Self::Act,
-        dispatch: &Dispatch,
-        routing: &Routing,
         residual: &mut Self::Act,
-    ) -> Result<()>;
+        taps: MoeTaps,
+    ) -> Result<MoeTrace>;
+    /// Adds counters held on the device into `loads` (one per layer) and clears them there.
+    fn sync_load(&self, _loads: &mut [ExpertLoad]) -> Result<()> {
+        Ok(())
+    }
     /// `x += y`
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
+    /// `x += y; out = rmsnorm(x) · w` (one pass on backends that fuse it).
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Act,
+        y: &Self::Act,
+        w: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Act,
+    ) -> Result<()> {
+        self.add(x, y)?;
+        self.rms_norm(x, w, eps, out)
+    }
     /// Rows `rows` of `x`, in that order.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
 

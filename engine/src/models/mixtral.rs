@@ -2,11 +2,12 @@
 //! embedding → [rms_norm → attention(+KV cache) → +residual → rms_norm → router → dispatch →
 //! experts → combine(+residual)] × L → final rms_norm → lm_head.
 
-use crate::backend::{AttnItem, Backend, ExpertWeights};
+use crate::backend::{AttnItem, Backend, ExpertWeights, MoeTaps};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::stats::LoadBalanceStats;
 use crate::trace::Trace;
+use crate::weights::WeightTensor;
 use crate::weights::Weights;
 use moe_kernels::attention::Attention;
 use moe_kernels::rope::Rope;
@@ -22,7 +23,6 @@ struct Layer<W> {
     post_norm: W,
     /// Router `[n_experts, hidden]`.
     gate: W,
-    experts: Vec<ExpertWeights<W>>,
 }
 
 pub struct Mixtral<B: Backend> {
@@ -30,6 +30,7 @@ pub struct Mixtral<B: Backend> {
     pub backend: B,
     embed: B::Weight,
     layers: Vec<Layer<B::Weight>>,
+    experts: Vec<B::Experts>,
     norm: B::Weight,
     /// `None` when tied to the embedding.
     lm_head: Option<B::Weight>,
@@ -73,9 +74,32 @@ impl<B: Backend> Mixtral<B> {
         };
         let embed = take("model.embed_tokens.weight".into(), &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut experts = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let m = format!("{p}.block_sparse_moe");
+            let mut host = |name: String, shape: &[usize]| -> Result<WeightTensor> {
+                let t = weights.expect(&name, shape)?;
+                done += 1;
+                progress(done, total);
+                Ok(t)
+            };
+            let layer_experts = (0..e)
+                .map(|x| {
+                    Ok(ExpertWeights {
+                        w1: host(format!("{m}.experts.{x}.w1.weight"), &[f, h])?,
+                        w3: host(format!("{m}.experts.{x}.w3.weight"), &[f, h])?,
+                        w2: host(format!("{m}.experts.{x}.w2.weight"), &[h, f])?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            experts.push(backend.experts(layer_experts)?);
+            let mut take = |name: String, shape: &[usize]| -> Result<B::Weight> {
+                let t = weights.expect(&name, shape)?;
+                done += 1;
+                progress(done, total);
+                backend.weight(t)
+            };
             layers.push(Layer {
                 input_norm: take(format!("{p}.input_layernorm.weight"), &[h])?,
                 q: take(format!("{p}.self_attn.q_proj.weight"), &[cfg.q_width(), h])?,
@@ -84,17 +108,14 @@ impl<B: Backend> Mixtral<B> {
                 o: take(format!("{p}.self_attn.o_proj.weight"), &[h, cfg.q_width()])?,
                 post_norm: take(format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 gate: take(format!("{m}.gate.weight"), &[e, h])?,
-                experts: (0..e)
-                    .map(|x| {
-                        Ok(ExpertWeights {
-                            w1: take(format!("{m}.experts.{x}.w1.weight"), &[f, h])?,
-                            w3: take(format!("{m}.experts.{x}.w3.weight"), &[f, h])?,
-                            w2: take(format!("{m}.experts.{x}.w2.weight"), &[h, f])?,
-                        })
-                    })
-                    .collect::<Result<_>>()?,
             });
         }
+        let mut take = |name: String, shape: &[usize]| -> Result<B::Weight> {
+            let t = weights.expect(&name, shape)?;
+            done += 1;
+            progress(done, total);
+            backend.weight(t)
+        };
         let norm = take("model.norm.weight".into(), &[h])?;
         let lm_head = if cfg.tie_word_embeddings {
             None
@@ -107,11 +128,9 @@ impl<B: Backend> Mixtral<B> {
             for w in [&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.post_norm, &l.gate] {
                 weight_bytes += backend.weight_bytes(w);
             }
-            for x in &l.experts {
-                weight_bytes += backend.weight_bytes(&x.w1)
-                    + backend.weight_bytes(&x.w3)
-                    + backend.weight_bytes(&x.w2);
-            }
+        }
+        for x in &experts {
+            weight_bytes += backend.experts_bytes(x);
         }
         Ok(Mixtral {
             rope: Rope::new(cfg.head_dim, cfg.rope_theta),
@@ -135,6 +154,7 @@ impl<B: Backend> Mixtral<B> {
             backend,
             embed,
             layers,
+            experts,
             norm,
             lm_head,
             weight_bytes,
@@ -153,11 +173,16 @@ impl<B: Backend> Mixtral<B> {
 
     /// A copy of the statistics accumulated so far.
     pub fn stats(&self) -> LoadBalanceStats {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        // A device that cannot be read leaves the host counters as they were.
+        let _ = self.backend.sync_load(&mut s.layers);
+        s.clone()
     }
 
     pub fn reset_stats(&self) {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.backend.sync_load(&mut s.layers);
+        s.reset();
     }
 
     /// Runs the new tokens of every sequence as one batch and returns each sequence's logits
@@ -203,23 +228,27 @@ impl<B: Backend> Mixtral<B> {
             Ok(())
         };
 
-        let mut x = b.zeros(n, h);
+        let mut x = b.zeros(n, h)?;
         b.embed(&self.embed, &ids, &mut x)?;
         tap(trace, "embeddings", &x, h)?;
 
-        let mut normed = b.zeros(n, h);
-        let mut q = b.zeros(n, cfg.q_width());
-        let mut k = b.zeros(n, cfg.kv_width());
-        let mut v = b.zeros(n, cfg.kv_width());
-        let mut attn_out = b.zeros(n, cfg.q_width());
-        let mut proj = b.zeros(n, h);
-        let mut router_logits = b.zeros(n, cfg.num_local_experts);
-        let mut expert_out = b.zeros(n * cfg.num_experts_per_tok, h);
+        let mut normed = b.zeros(n, h)?;
+        let mut q = b.zeros(n, cfg.q_width())?;
+        let mut k = b.zeros(n, cfg.kv_width())?;
+        let mut v = b.zeros(n, cfg.kv_width())?;
+        let mut attn_out = b.zeros(n, cfg.q_width())?;
+        let mut proj = b.zeros(n, h)?;
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
 
+        b.rms_norm(
+            &x,
+            &self.layers[0].input_norm,
+            cfg.rms_norm_eps,
+            &mut normed,
+        )?;
         for (l, layer) in self.layers.iter().enumerate() {
-            // Attention block.
-            b.rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps, &mut normed)?;
+            // Attention block (its input norm ran at the end of the previous layer's MoE block
+            // or before the loop).
             b.linear(&normed, &layer.q, &mut q)?;
             b.linear(&normed, &layer.k, &mut k)?;
             b.linear(&normed, &layer.v, &mut v)?;
@@ -236,31 +265,53 @@ impl<B: Backend> Mixtral<B> {
                 .collect();
             b.attention(l, &self.attn, &q, &k, &v, &mut items, &mut attn_out)?;
             b.linear(&attn_out, &layer.o, &mut proj)?;
-            b.add(&mut x, &proj)?;
 
-            // Sparse MoE block: router → dispatch → experts → combine (+ residual).
-            b.rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps, &mut normed)?;
-            b.linear(&normed, &layer.gate, &mut router_logits)?;
-            tap(
-                trace,
-                &format!("layer.{l}.router_logits"),
-                &router_logits,
-                cfg.num_local_experts,
+            // Sparse MoE block: residual add + norm, then router → dispatch → experts →
+            // combine (+ residual) in one backend call.
+            b.add_rms_norm(
+                &mut x,
+                &proj,
+                &layer.post_norm,
+                cfg.rms_norm_eps,
+                &mut normed,
             )?;
-            let routing = b.router_topk(&router_logits, &self.router, &mut stats.layers[l])?;
-            let key = format!("layer.{l}.topk_experts");
-            if trace.wants(&key) {
-                let ids: Vec<f32> = routing.expert_ids.iter().map(|&e| e as f32).collect();
-                trace.record(&key, routing.top_k, &ids);
+            let taps = MoeTaps {
+                router_logits: trace.wants(&format!("layer.{l}.router_logits")),
+                routing: trace.wants(&format!("layer.{l}.topk_experts"))
+                    || trace.wants(&format!("layer.{l}.topk_weights")),
+            };
+            let routed = b.moe(
+                l,
+                &normed,
+                &layer.gate,
+                &self.experts[l],
+                &self.router,
+                &mut stats.layers[l],
+                &mut x,
+                taps,
+            )?;
+            if let Some(logits) = routed.router_logits {
+                trace.record(
+                    &format!("layer.{l}.router_logits"),
+                    cfg.num_local_experts,
+                    &logits,
+                );
             }
-            let key = format!("layer.{l}.topk_weights");
-            if trace.wants(&key) {
-                trace.record(&key, routing.top_k, &routing.weights);
+            if let Some(r) = routed.routing {
+                let key = format!("layer.{l}.topk_experts");
+                if trace.wants(&key) {
+                    let ids: Vec<f32> = r.expert_ids.iter().map(|&e| e as f32).collect();
+                    trace.record(&key, r.top_k, &ids);
+                }
+                let key = format!("layer.{l}.topk_weights");
+                if trace.wants(&key) {
+                    trace.record(&key, r.top_k, &r.weights);
+                }
             }
-            let dispatch = b.permute(&routing, cfg.num_local_experts)?;
-            b.expert_ffn(&normed, &dispatch, &layer.experts, &mut expert_out)?;
-            b.combine(&expert_out, &dispatch, &routing, &mut x)?;
             tap(trace, &format!("layer.{l}.hidden_out"), &x, h)?;
+            if let Some(next) = self.layers.get(l + 1) {
+                b.rms_norm(&x, &next.input_norm, cfg.rms_norm_eps, &mut normed)?;
+            }
         }
         drop(stats);
 
@@ -278,10 +329,10 @@ impl<B: Backend> Mixtral<B> {
         } else {
             b.gather_rows(&x, &wanted)?
         };
-        let mut hidden = b.zeros(wanted.len(), h);
+        let mut hidden = b.zeros(wanted.len(), h)?;
         b.rms_norm(&picked, &self.norm, cfg.rms_norm_eps, &mut hidden)?;
         tap(trace, "hidden_states", &hidden, h)?;
-        let mut logits = b.zeros(wanted.len(), cfg.vocab_size);
+        let mut logits = b.zeros(wanted.len(), cfg.vocab_size)?;
         b.linear(
             &hidden,
             self.lm_head.as_ref().unwrap_or(&self.embed),
