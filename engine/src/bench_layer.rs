@@ -8,7 +8,7 @@
 //! both measured in the same run; the floor is the larger.
 
 use crate::error::{Error, Result};
-use moe_kernels::cuda::moe::{moe_forward, stats_bytes, MoeLayer, MoeScratch};
+use moe_kernels::cuda::moe::{stats_bytes, MoeLayer, MoeScratch};
 use moe_kernels::cuda::util::{fill_uniform, measure_ceilings, time_ms, Ceilings};
 use moe_kernels::cuda::{DevBuf, DevMat, Gpu, GpuError};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
@@ -173,9 +173,8 @@ pub fn run_layer_bench(
         }
         let call = |i: usize, scratch: &mut MoeScratch| -> std::result::Result<(), GpuError> {
             let set = &sets[i % n_sets];
-            moe_forward(
+            set.layer.forward(
                 &gpu,
-                &set.layer,
                 xs[i % n_inputs].ptr(),
                 residuals[i % n_inputs].ptr(),
                 t,

@@ -32,7 +32,7 @@ pub mod tokenizer;
 pub mod trace;
 pub mod weights;
 
-pub use backend::{Backend, CpuBackend};
+pub use backend::{Backend, CpuBackend, CudaBackend};
 pub use config::ModelConfig;
 pub use device::Device;
 pub use engine::{Engine, LoadOptions, ModelInfo, ModelSource};

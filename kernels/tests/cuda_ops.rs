@@ -8,7 +8,7 @@
 
 use half::{bf16, f16};
 use moe_kernels::attention::{cuda as att_cuda, Attention, AttnSeq};
-use moe_kernels::cuda::moe::{moe_forward, stats_bytes, MoeLayer, MoeScratch};
+use moe_kernels::cuda::moe::{stats_bytes, MoeLayer, MoeScratch};
 use moe_kernels::cuda::{DevBuf, DevMat, Gpu, HostCopy};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
 use moe_kernels::expert_ffn::ExpertMats;

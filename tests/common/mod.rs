@@ -5,16 +5,25 @@ use half::bf16;
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 
+/// `tests/fixtures/<name>`, or `$MOE_FIXTURES/<name>` where test binaries run away from the
+/// source tree (a GPU machine).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+    match std::env::var_os("MOE_FIXTURES") {
+        Some(d) => PathBuf::from(d).join(name),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    }
 }
 
+/// A path from the repository root (`$MOE_REPO_ROOT` when set).
 pub fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(rel)
+    match std::env::var_os("MOE_REPO_ROOT") {
+        Some(d) => PathBuf::from(d).join(rel),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel),
+    }
 }
 
 /// A golden tensor, widened: floats to f32, ints to i64.
@@ -197,4 +206,20 @@ pub fn scratch_model_dir(model: &str, tag: &str) -> PathBuf {
         std::fs::copy(fixture(model).join(f), dir.join(f)).unwrap();
     }
     dir
+}
+
+/// A CUDA backend on device 0, or `None` after printing `skipping: <reason>`. With
+/// `MOE_REQUIRE_GPU` set, a missing GPU fails instead (so a GPU run cannot pass by skipping).
+pub fn cuda_or_skip() -> Option<moe::CudaBackend> {
+    match moe::CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var_os("MOE_REQUIRE_GPU").is_none(),
+                "MOE_REQUIRE_GPU is set but: {e}"
+            );
+            println!("skipping: {e}");
+            None
+        }
+    }
 }

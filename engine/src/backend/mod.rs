@@ -3,6 +3,7 @@
 //! boundary, never per op.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::weights::WeightTensor;
@@ -11,6 +12,7 @@ use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
 
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
 
 /// The router's decision for a batch: `[n_tokens, top_k]` each, highest weight first.
 #[derive(Clone, Debug, Default, PartialEq)]

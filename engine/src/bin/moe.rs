@@ -8,8 +8,8 @@ use moe::engine::{Engine, LoadOptions, ModelSource};
 use moe::generate::{GenerateRequest, Prompt};
 use moe::sampling::SamplingParams;
 use moe::tokenizer::ChatMessage;
-use moe::CpuBackend;
 use moe::Device;
+use moe::{Backend, CpuBackend, CudaBackend};
 use moe_kernels::WeightDType;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -24,7 +24,7 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where to run: `cpu` (the default).
+    /// Where to run: `cpu` (the default), `cuda` or `cuda:N`.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -479,6 +479,16 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
 }
 
 fn load(model: &ModelArg) -> Result<Engine<CpuBackend>> {
+    load_on(model, CpuBackend)
+}
+
+/// Opens CUDA device `ordinal` (or says why not) and loads the model onto it.
+fn load_cuda(model: &ModelArg, ordinal: usize) -> Result<Engine<CudaBackend>> {
+    let backend = CudaBackend::new(ordinal).with_context(|| format!("--device cuda:{ordinal}"))?;
+    load_on(model, backend)
+}
+
+fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
     let source = ModelSource::parse(model.model.as_deref());
     let show = std::io::stderr().is_terminal();
     let mut last = 0usize;
@@ -496,8 +506,24 @@ fn load(model: &ModelArg) -> Result<Engine<CpuBackend>> {
     let opts = LoadOptions {
         progress: Some(&mut progress),
     };
-    Engine::load_with(&source, CpuBackend, opts)
-        .with_context(|| format!("loading model {source:?}"))
+    Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
+}
+
+/// Runs `$body` with `$engine` bound to the model loaded on `$device` (the body is compiled once
+/// per backend; the choice is made here, once).
+macro_rules! on_device {
+    ($device:expr, $model:expr, |$engine:ident| $body:block) => {
+        match $device {
+            Device::Cpu => {
+                let $engine = load(&$model)?;
+                $body
+            }
+            Device::Cuda(n) => {
+                let $engine = load_cuda(&$model, n)?;
+                $body
+            }
+        }
+    };
 }
 
 fn prompt_of(p: &PromptArg, chat: bool) -> Result<Prompt> {
@@ -549,16 +575,11 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()?;
     }
     let device = Device::parse(&cli.device)?;
-    let layer_bench = matches!(
-        cli.command,
-        Command::Bench {
-            what: Some(BenchCommand::MoeLayer { .. }),
-            ..
-        }
-    );
-    if device != Device::Cpu && !layer_bench {
+    let cpu_only = matches!(cli.command, Command::Serve { .. } | Command::Loop { .. });
+    if device != Device::Cpu && cpu_only {
         bail!(
-            "device `{device}`: only `moe bench moe-layer` runs on CUDA so far; use `--device cpu`"
+            "device `{device}`: `moe serve` and `moe loop` run on the CPU in this version; \
+             use `--device cpu`"
         );
     }
     let mut out = std::io::stdout().lock();
@@ -593,33 +614,34 @@ fn run(cli: Cli) -> Result<()> {
                 ..SamplingParams::default()
             };
             params.validate(usize::MAX)?;
-            let engine = load(&model)?;
-            let req = GenerateRequest::new(prompt, params);
-            if json {
-                let c = engine.generate(&[req])?.pop().expect("one completion");
-                let mut v = json!({
-                    "model": engine.info.name,
-                    "prompt_ids": c.prompt_ids,
-                    "token_ids": c.token_ids,
-                    "text": c.text,
-                    "finish_reason": c.finish_reason.as_str(),
-                    "stop": c.stop,
-                });
-                if let Some(lp) = c.logprobs {
-                    v["logprobs"] = serde_json::to_value(lp)?;
+            on_device!(device, model, |engine| {
+                let req = GenerateRequest::new(prompt, params);
+                if json {
+                    let c = engine.generate(&[req])?.pop().expect("one completion");
+                    let mut v = json!({
+                        "model": engine.info.name,
+                        "prompt_ids": c.prompt_ids,
+                        "token_ids": c.token_ids,
+                        "text": c.text,
+                        "finish_reason": c.finish_reason.as_str(),
+                        "stop": c.stop,
+                    });
+                    if let Some(lp) = c.logprobs {
+                        v["logprobs"] = serde_json::to_value(lp)?;
+                    }
+                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                } else {
+                    let c = engine.generate_stream(&[req], &mut |ev| {
+                        let mut o = std::io::stdout().lock();
+                        let _ = o.write_all(ev.text.as_bytes());
+                        let _ = o.flush();
+                    })?;
+                    writeln!(out)?;
+                    if c[0].finish_reason == moe::generate::FinishReason::Length {
+                        eprintln!("[stopped at max tokens]");
+                    }
                 }
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                let c = engine.generate_stream(&[req], &mut |ev| {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(ev.text.as_bytes());
-                    let _ = o.flush();
-                })?;
-                writeln!(out)?;
-                if c[0].finish_reason == moe::generate::FinishReason::Length {
-                    eprintln!("[stopped at max tokens]");
-                }
-            }
+            });
         }
         Command::Logprobs {
             model,
@@ -628,41 +650,42 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let prompt = prompt_of(&prompt, false)?;
-            let engine = load(&model)?;
-            let lps = engine.prompt_logprobs(&prompt, top_k)?;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "tokens": lps }))?
-                )?;
-            } else {
-                for t in &lps {
-                    let piece = engine.tokenizer.id_to_token(t.token_id).unwrap_or_default();
-                    let lp = t
-                        .logprob
-                        .map_or("      -".to_string(), |l| format!("{l:>9.4}"));
-                    let next: Vec<String> = t
-                        .top_logprobs
-                        .iter()
-                        .map(|x| {
-                            format!(
-                                "{}:{:.3}",
-                                engine.tokenizer.id_to_token(x.token_id).unwrap_or_default(),
-                                x.logprob
-                            )
-                        })
-                        .collect();
+            on_device!(device, model, |engine| {
+                let lps = engine.prompt_logprobs(&prompt, top_k)?;
+                if json {
                     writeln!(
                         out,
-                        "{:>4} {:>6} {:<14} {lp}   next: {}",
-                        t.position,
-                        t.token_id,
-                        piece,
-                        next.join(" ")
+                        "{}",
+                        serde_json::to_string_pretty(&json!({ "tokens": lps }))?
                     )?;
+                } else {
+                    for t in &lps {
+                        let piece = engine.tokenizer.id_to_token(t.token_id).unwrap_or_default();
+                        let lp = t
+                            .logprob
+                            .map_or("      -".to_string(), |l| format!("{l:>9.4}"));
+                        let next: Vec<String> = t
+                            .top_logprobs
+                            .iter()
+                            .map(|x| {
+                                format!(
+                                    "{}:{:.3}",
+                                    engine.tokenizer.id_to_token(x.token_id).unwrap_or_default(),
+                                    x.logprob
+                                )
+                            })
+                            .collect();
+                        writeln!(
+                            out,
+                            "{:>4} {:>6} {:<14} {lp}   next: {}",
+                            t.position,
+                            t.token_id,
+                            piece,
+                            next.join(" ")
+                        )?;
+                    }
                 }
-            }
+            });
         }
         Command::Stats {
             model,
@@ -670,14 +693,15 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let prompt = prompt_of(&prompt, false)?;
-            let engine = load(&model)?;
-            engine.prompt_logprobs(&prompt, 0)?;
-            let report = engine.stats();
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                write!(out, "{}", report.table())?;
-            }
+            on_device!(device, model, |engine| {
+                engine.prompt_logprobs(&prompt, 0)?;
+                let report = engine.stats();
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                } else {
+                    write!(out, "{}", report.table())?;
+                }
+            });
         }
         Command::Serve {
             model,
@@ -775,19 +799,20 @@ fn run(cli: Cli) -> Result<()> {
             repeats,
             json,
         } => {
-            let engine = load(&model)?;
-            let opts = BenchOptions {
-                prefill_lens: prefill,
-                decode_tokens: decode,
-                batch_sizes: batch,
-                repeats: repeats.max(1),
-            };
-            let report = run_bench(&engine, &opts)?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                write!(out, "{}", report.table())?;
-            }
+            on_device!(device, model, |engine| {
+                let opts = BenchOptions {
+                    prefill_lens: prefill,
+                    decode_tokens: decode,
+                    batch_sizes: batch,
+                    repeats: repeats.max(1),
+                };
+                let report = run_bench(&engine, &opts)?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+                } else {
+                    write!(out, "{}", report.table())?;
+                }
+            });
         }
     }
     Ok(())

@@ -16,6 +16,34 @@ pub struct MoeLayer {
     pub top_k: usize,
 }
 
+impl MoeLayer {
+    /// [`moe_forward`] with this layer's weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        gpu: &Arc<Gpu>,
+        x: u64,
+        residual: u64,
+        tokens: usize,
+        stats: u64,
+        scratch: &mut MoeScratch,
+        keep_logits: bool,
+    ) -> GpuResult<()> {
+        moe_forward(
+            gpu,
+            &self.gate,
+            &self.experts,
+            self.top_k,
+            x,
+            residual,
+            tokens,
+            stats,
+            scratch,
+            keep_logits,
+        )
+    }
+}
+
 /// Work buffers sized for a token count, grown when a larger batch comes.
 pub struct MoeScratch {
     capacity: usize,
@@ -56,14 +84,19 @@ fn p(b: &Option<DevBuf>) -> u64 {
 }
 
 impl MoeScratch {
-    fn ensure(&mut self, gpu: &Arc<Gpu>, layer: &MoeLayer, tokens: usize) -> GpuResult<()> {
-        let ex = &layer.experts;
-        let key = (ex.n_experts, ex.hidden, ex.ffn, layer.top_k, ex.act_size());
+    fn ensure(
+        &mut self,
+        gpu: &Arc<Gpu>,
+        ex: &ExpertStack,
+        top_k: usize,
+        tokens: usize,
+    ) -> GpuResult<()> {
+        let key = (ex.n_experts, ex.hidden, ex.ffn, top_k, ex.act_size());
         if tokens <= self.capacity && key == self.key {
             return Ok(());
         }
         let cap = tokens.max(self.capacity).next_power_of_two();
-        let slots = cap * layer.top_k;
+        let slots = cap * top_k;
         self.counts = Some(gpu.alloc(4 * ex.n_experts)?);
         self.ids = Some(gpu.alloc(4 * slots)?);
         self.weights = Some(gpu.alloc(4 * slots)?);
@@ -107,9 +140,12 @@ pub fn stats_bytes(n_layers: usize, n_experts: usize) -> usize {
 }
 
 /// `residual += MoE(x)` for `tokens` rows of f32 `x` (already normed); counters at `stats`.
+#[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
     gpu: &Arc<Gpu>,
-    layer: &MoeLayer,
+    gate: &DevMat,
+    ex: &ExpertStack,
+    top_k: usize,
     x: u64,
     residual: u64,
     tokens: usize,
@@ -120,9 +156,8 @@ pub fn moe_forward(
     if tokens == 0 {
         return Ok(());
     }
-    scratch.ensure(gpu, layer, tokens)?;
-    let ex = &layer.experts;
-    let (e, k) = (ex.n_experts, layer.top_k);
+    scratch.ensure(gpu, ex, top_k, tokens)?;
+    let (e, k) = (ex.n_experts, top_k);
     let n_slots = tokens * k;
     let s = &*scratch;
     s.counts.as_ref().expect("allocated").fill_u32(0, e, 0)?;
@@ -134,7 +169,7 @@ pub fn moe_forward(
         pos: p(&s.pos),
         stats,
     };
-    router(gpu, x, &layer.gate, tokens, k, &out)?;
+    router(gpu, x, gate, tokens, k, &out)?;
     dispatch(
         gpu,
         out.ids,

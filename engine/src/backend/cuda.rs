@@ -1,0 +1,449 @@
+//! `CudaBackend`: the model on one CUDA device. Weights are uploaded once from the mapped
+//! checkpoint (experts stacked per layer for the grouped kernels), activations and each
+//! sequence's KV cache live on the device, and nothing is read back inside a forward pass except
+//! what a trace asks for; the router's counters stay on the device until the statistics are read.
+
+use super::{AttnItem, Backend, ExpertWeights, MoeTaps, MoeTrace, Routing};
+use crate::error::{Error, Result};
+use crate::weights::WeightTensor;
+use moe_kernels::attention::cuda::{self as att, RowMeta};
+use moe_kernels::attention::Attention;
+use moe_kernels::cuda::moe::{moe_forward, MoeScratch};
+use moe_kernels::cuda::{DevBuf, DevMat, Gpu, HostCopy};
+use moe_kernels::expert_ffn::cuda::ExpertStack;
+use moe_kernels::rope::Rope;
+use moe_kernels::router_topk::cuda::{add_stats, stats_words};
+use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
+use moe_kernels::{embedding, linear, rms_norm, rope};
+use std::sync::{Arc, Mutex};
+
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    scratch: MoeScratch,
+    /// Per layer: the router's counters, `stats_words(E)` u64.
+    load: Vec<Option<DevBuf>>,
+    /// The last uploaded positions and RoPE frequencies (RoPE runs twice per layer on the same
+    /// positions).
+    positions: Option<(Vec<u32>, DevBuf)>,
+    inv_freq: Option<(Vec<f32>, DevBuf)>,
+    /// This forward's attention rows, built at layer 0 and reused by every layer.
+    meta: Option<(Vec<RowMeta>, DevBuf)>,
+}
+
+impl CudaBackend {
+    /// Opens CUDA device `ordinal`, or says why it cannot (no driver, no device, no NVRTC).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend {
+            gpu: Gpu::new(ordinal)?,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// f32 `[rows, cols]` on the device.
+pub struct CudaAct {
+    pub buf: DevBuf,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CudaAct {
+    fn ptr(&self) -> u64 {
+        self.buf.ptr()
+    }
+}
+
+/// One sequence's keys and values for every layer: `[n_layers][2][cap][kv_width]` f32.
+pub struct CudaKv {
+    buf: Option<DevBuf>,
+    n_layers: usize,
+    kv_width: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl CudaKv {
+    pub fn bytes(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.bytes())
+    }
+
+    /// Grows the cache to hold `need` tokens, keeping what it holds.
+    fn reserve(&mut self, gpu: &Arc<Gpu>, need: usize) -> Result<()> {
+        if need <= self.cap {
+            return Ok(());
+        }
+        let cap = need.next_power_of_two().max(16);
+        let row = 4 * self.kv_width;
+        let buf = gpu.alloc(self.n_layers * 2 * cap * row)?;
+        if let Some(old) = &self.buf {
+            for part in 0..2 * self.n_layers {
+                buf.copy_from(part * cap * row, old, part * self.cap * row, self.len * row)?;
+            }
+        }
+        self.buf = Some(buf);
+        self.cap = cap;
+        Ok(())
+    }
+}
+
+fn shape_err(what: &str, a: usize, b: usize) -> Error {
+    Error::Device(format!("{what}: {a} vs {b}"))
+}
+
+fn upload_cached<T: Copy + PartialEq>(
+    gpu: &Arc<Gpu>,
+    slot: &mut Option<(Vec<T>, DevBuf)>,
+    v: &[T],
+) -> Result<u64> {
+    if let Some((host, dev)) = slot {
+        if host.as_slice() == v {
+            return Ok(dev.ptr());
+        }
+    }
+    let dev = gpu.upload(v)?;
+    let p = dev.ptr();
+    *slot = Some((v.to_vec(), dev));
+    Ok(p)
+}
+
+impl Backend for CudaBackend {
+    type Act = CudaAct;
+    type Weight = DevMat;
+    type Kv = CudaKv;
+    type Experts = MoeLayerExperts;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn weight(&self, t: WeightTensor) -> Result<DevMat> {
+        let m = t.mat();
+        let (rows, cols) = (m.rows, m.cols);
+        Ok(DevMat::upload(&self.gpu, &[t.data()], rows, cols)?)
+    }
+
+    fn weight_bytes(&self, w: &DevMat) -> usize {
+        w.bytes()
+    }
+
+    fn experts(&self, experts: Vec<ExpertWeights<WeightTensor>>) -> Result<MoeLayerExperts> {
+        let e = experts.len();
+        let first = experts
+            .first()
+            .ok_or_else(|| Error::Device("a layer without experts".into()))?;
+        let (ffn, hidden) = match first.w1.shape.as_slice() {
+            [f, h] => (*f, *h),
+            s => return Err(Error::Device(format!("expert w1 of shape {s:?}"))),
+        };
+        let stack = |pick: &dyn Fn(&ExpertWeights<WeightTensor>) -> &WeightTensor,
+                     rows: usize,
+                     cols: usize|
+         -> Result<DevMat> {
+            let parts: Vec<_> = experts.iter().map(|x| pick(x).data()).collect();
+            Ok(DevMat::upload(&self.gpu, &parts, e * rows, cols)?)
+        };
+        let w1 = stack(&|x| &x.w1, ffn, hidden)?;
+        let w3 = stack(&|x| &x.w3, ffn, hidden)?;
+        let w2 = stack(&|x| &x.w2, hidden, ffn)?;
+        Ok(MoeLayerExperts(ExpertStack::new(w1, w3, w2, e)?))
+    }
+
+    fn experts_bytes(&self, e: &MoeLayerExperts) -> usize {
+        e.0.bytes()
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<CudaAct> {
+        let buf = self.gpu.alloc(4 * rows * cols)?;
+        buf.zero()?;
+        Ok(CudaAct { buf, rows, cols })
+    }
+
+    fn to_host(&self, a: &CudaAct) -> Result<Vec<f32>> {
+        Ok(a.buf.read::<f32>(0, a.rows * a.cols)?)
+    }
+
+    fn rows(&self, a: &CudaAct) -> usize {
+        a.rows
+    }
+
+    fn embed(&self, table: &DevMat, ids: &[u32], out: &mut CudaAct) -> Result<()> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab: table.rows,
+            });
+        }
+        if out.rows != ids.len() || out.cols != table.cols {
+            return Err(shape_err("embed rows", out.rows, ids.len()));
+        }
+        let dev_ids = self.gpu.upload(ids)?;
+        embedding::cuda::embed(&self.gpu, table, dev_ids.ptr(), ids.len(), out.ptr())?;
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &CudaAct, w: &DevMat, eps: f32, out: &mut CudaAct) -> Result<()> {
+        if x.cols != w.cols || out.rows != x.rows || out.cols != x.cols {
+            return Err(shape_err("rms_norm width", x.cols, w.cols));
+        }
+        Ok(rms_norm::cuda::rms_norm(
+            &self.gpu,
+            x.ptr(),
+            w,
+            out.ptr(),
+            x.rows,
+            eps,
+        )?)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaAct,
+        y: &CudaAct,
+        w: &DevMat,
+        eps: f32,
+        out: &mut CudaAct,
+    ) -> Result<()> {
+        if x.cols != w.cols || (y.rows, y.cols) != (x.rows, x.cols) || out.rows != x.rows {
+            return Err(shape_err("add_rms_norm width", x.cols, w.cols));
+        }
+        Ok(rms_norm::cuda::add_rms_norm(
+            &self.gpu,
+            x.ptr(),
+            y.ptr(),
+            w,
+            out.ptr(),
+            x.rows,
+            eps,
+        )?)
+    }
+
+    fn linear(&self, x: &CudaAct, w: &DevMat, out: &mut CudaAct) -> Result<()> {
+        if x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
+            return Err(shape_err("linear", x.cols, w.cols));
+        }
+        Ok(linear::cuda::linear(
+            &self.gpu,
+            x.ptr(),
+            w,
+            out.ptr(),
+            x.rows,
+        )?)
+    }
+
+    fn rope(&self, x: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
+        if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
+            return Err(shape_err("rope rows", positions.len(), x.rows));
+        }
+        let mut st = self.state();
+        let st = &mut *st;
+        let pos = upload_cached(&self.gpu, &mut st.positions, positions)?;
+        let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
+        Ok(rope::cuda::rope(
+            &self.gpu,
+            x.ptr(),
+            pos,
+            freq,
+            x.rows,
+            x.cols / r.head_dim,
+            r.head_dim,
+        )?)
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        p: &Attention,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        seqs: &mut [AttnItem<'_, CudaKv>],
+        out: &mut CudaAct,
+    ) -> Result<()> {
+        let kvw = k.cols;
+        let n: usize = seqs.iter().map(|s| s.n_new).sum();
+        if n != q.rows || v.cols != kvw || out.rows != q.rows {
+            return Err(shape_err("attention rows", n, q.rows));
+        }
+        let mut st = self.state();
+        if layer == 0 {
+            // Room for the new tokens in every layer, then the rows' metadata for this forward.
+            let mut meta = vec![RowMeta::default(); n];
+            for s in seqs.iter_mut() {
+                if s.kv.kv_width != kvw {
+                    return Err(shape_err("kv width", s.kv.kv_width, kvw));
+                }
+                s.kv.reserve(&self.gpu, s.kv.len + s.n_new)?;
+                let base = s.kv.buf.as_ref().map_or(0, |b| b.ptr());
+                for i in 0..s.n_new {
+                    meta[s.row + i] = RowMeta {
+                        kv_base: base,
+                        cap: s.kv.cap as u32,
+                        pos: (s.kv.len + i) as u32,
+                    };
+                }
+            }
+            let dev = self.gpu.upload(&meta)?;
+            st.meta = Some((meta, dev));
+        }
+        let meta = match &st.meta {
+            Some((m, d)) if m.len() == n => d.ptr(),
+            _ => {
+                return Err(Error::Device(
+                    "attention: a layer after the first ran without the first".into(),
+                ))
+            }
+        };
+        att::kv_append(&self.gpu, k.ptr(), v.ptr(), meta, n, layer, kvw)?;
+        att::attention(&self.gpu, p, q.ptr(), meta, n, layer, out.ptr())?;
+        if layer + 1 == seqs.first().map_or(0, |s| s.kv.n_layers) {
+            for s in seqs.iter_mut() {
+                s.kv.len += s.n_new;
+            }
+        }
+        Ok(())
+    }
+
+    fn moe(
+        &self,
+        layer: usize,
+        x: &CudaAct,
+        gate: &DevMat,
+        experts: &MoeLayerExperts,
+        p: &RouterTopK,
+        _load: &mut ExpertLoad,
+        residual: &mut CudaAct,
+        taps: MoeTaps,
+    ) -> Result<MoeTrace> {
+        let ex = &experts.0;
+        if gate.rows != p.n_experts || ex.n_experts != p.n_experts || x.cols != ex.hidden {
+            return Err(shape_err("moe experts", gate.rows, p.n_experts));
+        }
+        let mut st = self.state();
+        let st = &mut *st;
+        if st.load.len() <= layer {
+            st.load.resize_with(layer + 1, || None);
+        }
+        if st.load[layer].is_none() {
+            let b = self.gpu.alloc(8 * stats_words(p.n_experts))?;
+            b.zero()?;
+            st.load[layer] = Some(b);
+        }
+        let stats = st.load[layer].as_ref().map_or(0, |b| b.ptr());
+        moe_forward(
+            &self.gpu,
+            gate,
+            ex,
+            p.top_k,
+            x.ptr(),
+            residual.ptr(),
+            x.rows,
+            stats,
+            &mut st.scratch,
+            taps.router_logits,
+        )?;
+        let mut trace = MoeTrace::default();
+        if taps.router_logits {
+            trace.router_logits = Some(st.scratch.router_logits(x.rows, p.n_experts)?);
+        }
+        if taps.routing {
+            let (expert_ids, weights) = st.scratch.routing(x.rows, p.top_k)?;
+            trace.routing = Some(Routing {
+                top_k: p.top_k,
+                expert_ids,
+                weights,
+            });
+        }
+        Ok(trace)
+    }
+
+    fn sync_load(&self, loads: &mut [ExpertLoad]) -> Result<()> {
+        let st = self.state();
+        for (l, buf) in st.load.iter().enumerate() {
+            let (Some(buf), Some(load)) = (buf, loads.get_mut(l)) else {
+                continue;
+            };
+            let words = buf.read::<u64>(0, stats_words(load.n_experts))?;
+            add_stats(&words, load);
+            buf.zero()?;
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<()> {
+        if (x.rows, x.cols) != (y.rows, y.cols) {
+            return Err(shape_err("add", x.rows * x.cols, y.rows * y.cols));
+        }
+        Ok(rms_norm::cuda::add(
+            &self.gpu,
+            x.ptr(),
+            y.ptr(),
+            x.rows * x.cols,
+        )?)
+    }
+
+    fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(shape_err("gather row", r, x.rows));
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let dev = self.gpu.upload(&idx)?;
+        let out = self.zeros(rows.len(), x.cols)?;
+        rms_norm::cuda::gather_rows(&self.gpu, x.ptr(), dev.ptr(), rows.len(), x.cols, out.ptr())?;
+        Ok(out)
+    }
+
+    fn new_kv(&self, n_layers: usize, kv_width: usize) -> CudaKv {
+        CudaKv {
+            buf: None,
+            n_layers,
+            kv_width,
+            cap: 0,
+            len: 0,
+        }
+    }
+
+    fn kv_len(&self, kv: &CudaKv) -> usize {
+        kv.len
+    }
+
+    fn kv_truncate(&self, kv: &mut CudaKv, len: usize) {
+        kv.len = kv.len.min(len);
+    }
+
+    fn kv_fork(&self, kv: &CudaKv) -> CudaKv {
+        let buf = kv.buf.as_ref().and_then(|old| {
+            let b = self.gpu.alloc(old.bytes()).ok()?;
+            b.copy_from(0, old, 0, old.bytes()).ok()?;
+            Some(b)
+        });
+        // A fork that could not be allocated starts empty; its owner re-prefills.
+        let (cap, len) = if buf.is_some() {
+            (kv.cap, kv.len)
+        } else {
+            (0, 0)
+        };
+        CudaKv {
+            buf,
+            n_layers: kv.n_layers,
+            kv_width: kv.kv_width,
+            cap,
+            len,
+        }
+    }
+}
+
+/// One layer's experts on the device.
+pub struct MoeLayerExperts(pub ExpertStack);
