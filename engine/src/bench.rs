@@ -188,9 +188,14 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
     let ctx = engine.info.context_length;
     let bytes_per_param = engine.info.weight_bytes as f64 / cfg.total_params() as f64;
     let active_bytes = (cfg.active_params() as f64 * bytes_per_param) as usize;
-    let bandwidth = measure_read_bandwidth(o.repeats);
+    let (bandwidth, gflops) = match m.backend.measured_ceilings() {
+        Some(c) => c,
+        None => (
+            measure_read_bandwidth(o.repeats),
+            measure_compute_gflops(o.repeats),
+        ),
+    };
     let floor = bandwidth * 1e9 / active_bytes as f64;
-    let gflops = measure_compute_gflops(o.repeats);
     let ceiling = gflops * 1e9 / (2.0 * cfg.active_params() as f64);
 
     let mut prefill = vec![];

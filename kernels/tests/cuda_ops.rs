@@ -355,6 +355,8 @@ fn moe_block_matches_cpu_chain() {
     for (dt, tol) in DTYPES {
         for &(tokens, e, k, h, f) in &[
             (1usize, 8usize, 2usize, 64usize, 128usize),
+            (1, 8, 2, 1024, 2048),
+            (3, 8, 2, 4096, 512),
             (5, 8, 2, 256, 96),
             (64, 8, 2, 512, 1024),
             (300, 4, 1, 128, 64),
@@ -408,17 +410,17 @@ fn moe_block_matches_cpu_chain() {
             stats.zero().unwrap();
             let (dx, dres) = (g.upload(&x).unwrap(), g.upload(&residual).unwrap());
             let mut scratch = MoeScratch::default();
-            moe_forward(
-                &g,
-                &layer,
-                dx.ptr(),
-                dres.ptr(),
-                tokens,
-                stats.ptr(),
-                &mut scratch,
-                true,
-            )
-            .unwrap();
+            layer
+                .forward(
+                    &g,
+                    dx.ptr(),
+                    dres.ptr(),
+                    tokens,
+                    stats.ptr(),
+                    &mut scratch,
+                    true,
+                )
+                .unwrap();
             let what = format!(
                 "moe {dt:?} T{tokens} E{e} k{k} H{h} F{f} tc={}",
                 layer.experts.tensor_cores()

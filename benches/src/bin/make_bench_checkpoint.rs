@@ -1,8 +1,11 @@
 //! Writes the bench checkpoint: Mixtral architecture, hidden 1024, ffn 3584, 8 layers, 16 heads /
 //! 4 KV heads, 8 experts top-2, vocab 32000, random normal weights (std 0.02, norms 1), in bf16
-//! (default) or f32, as a HuggingFace directory with the Mistral tokenizer.
+//! (default) or f32, as a HuggingFace directory with the Mistral tokenizer. `--mixtral-layers N`
+//! writes N layers of the Mixtral-8x7B shape instead (hidden 4096, ffn 14336, 32 heads / 8 KV
+//! heads), for GPU benchmarks; `--tokenizer DIR` names where tokenizer.json comes from.
 //!
-//! `cargo run --release -p moe-benches --bin make_bench_checkpoint -- OUT_DIR [bf16|f32]`
+//! `cargo run --release -p moe-benches --bin make_bench_checkpoint -- OUT_DIR [bf16|f32]
+//!  [--mixtral-layers N] [--tokenizer DIR]`
 
 use anyhow::{bail, Context, Result};
 use half::bf16;
@@ -11,11 +14,6 @@ use safetensors::{Dtype, View};
 use std::borrow::Cow;
 use std::path::PathBuf;
 
-const HIDDEN: usize = 1024;
-const FFN: usize = 3584;
-const LAYERS: usize = 8;
-const HEADS: usize = 16;
-const KV_HEADS: usize = 4;
 const EXPERTS: usize = 8;
 const VOCAB: usize = 32000;
 
@@ -68,12 +66,39 @@ fn normal(n: usize, std: f32, seed: u64) -> Vec<f32> {
     out
 }
 
+#[allow(non_snake_case)]
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(out) = args.first().map(PathBuf::from) else {
         bail!("usage: make_bench_checkpoint OUT_DIR [bf16|f32]");
     };
-    let dtype = args.get(1).map(String::as_str).unwrap_or("bf16");
+    let positional: Vec<&String> = {
+        let mut v = vec![];
+        let mut i = 0;
+        while i < args.len() {
+            if args[i].starts_with("--") {
+                i += 2;
+            } else {
+                v.push(&args[i]);
+                i += 1;
+            }
+        }
+        v
+    };
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let dtype = positional.get(1).map(|s| s.as_str()).unwrap_or("bf16");
+    let (HIDDEN, FFN, LAYERS, HEADS, KV_HEADS) = match flag("--mixtral-layers") {
+        Some(n) => (4096, 14336, n.parse::<usize>().context("--mixtral-layers")?, 32, 8),
+        None => (1024, 3584, 8, 16, 4),
+    };
+    let tokenizer_dir = flag("--tokenizer").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mixtral-tiny-f32")
+    });
     let (st_dtype, torch_dtype) = match dtype {
         "bf16" => (Dtype::BF16, "bfloat16"),
         "f32" => (Dtype::F32, "float32"),
@@ -176,10 +201,9 @@ fn main() -> Result<()> {
         out.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
-    let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mixtral-tiny-f32");
     for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixtures.join(f), out.join(f)).with_context(|| format!("copying {f}"))?;
+        std::fs::copy(tokenizer_dir.join(f), out.join(f))
+            .with_context(|| format!("copying {f}"))?;
     }
     eprintln!("wrote {} ({dtype})", out.display());
     Ok(())

@@ -369,6 +369,11 @@ impl Backend for CudaBackend {
         Ok(trace)
     }
 
+    fn measured_ceilings(&self) -> Option<(f64, f64)> {
+        let c = moe_kernels::cuda::util::measure_ceilings(&self.gpu).ok()?;
+        Some((c.read_gbps, c.gemm_tflops * 1e3))
+    }
+
     fn sync_load(&self, loads: &mut [ExpertLoad]) -> Result<()> {
         let st = self.state();
         for (l, buf) in st.load.iter().enumerate() {

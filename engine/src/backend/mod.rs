@@ -119,6 +119,11 @@ pub trait Backend: Send + Sync + 'static {
         residual: &mut Self::Act,
         taps: MoeTaps,
     ) -> Result<MoeTrace>;
+    /// This device's measured memory read bandwidth (GB/s) and matrix rate (GFLOP/s), for
+    /// benchmark floors; `None` where the host's own measurements apply (the CPU).
+    fn measured_ceilings(&self) -> Option<(f64, f64)> {
+        None
+    }
     /// Adds counters held on the device into `loads` (one per layer) and clears them there.
     fn sync_load(&self, _loads: &mut [ExpertLoad]) -> Result<()> {
         Ok(())

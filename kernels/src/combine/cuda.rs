@@ -8,7 +8,9 @@ pub const SOURCE: KernelSource = KernelSource {
     code: include_str!("combine.cu"),
 };
 
-/// `residual[t] += Σ_j expert_out[slot_rows[t·k + j]]` for `n` tokens.
+/// `residual[t] += Σ_j Σ_z expert_out[z][slot_rows[t·k + j]]` for `n` tokens, `splits` partials
+/// `split_stride` floats apart.
+#[allow(clippy::too_many_arguments)]
 pub fn combine(
     gpu: &Gpu,
     expert_out: u64,
@@ -17,9 +19,16 @@ pub fn combine(
     n: usize,
     hidden: usize,
     top_k: usize,
+    splits: usize,
+    split_stride: usize,
 ) -> GpuResult<()> {
     let f = gpu.function(&SOURCE, "combine_f32")?;
-    let (h, k) = (hidden as u32, top_k as u32);
+    let (h, k, z, zs) = (
+        hidden as u32,
+        top_k as u32,
+        splits as u32,
+        split_stride as u64,
+    );
     let threads = (hidden.div_ceil(32) * 32).clamp(32, 512) as u32;
     // SAFETY: argument list matches `combine_f32`.
     unsafe {
@@ -28,7 +37,7 @@ pub fn combine(
             (n as u32, 1, 1),
             (threads, 1, 1),
             0,
-            &mut kargs!(expert_out, slot_rows, residual, h, k),
+            &mut kargs!(expert_out, slot_rows, residual, h, k, z, zs),
         )
     }
 }

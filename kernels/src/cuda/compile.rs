@@ -37,11 +37,17 @@ pub fn nvrtc_available() -> bool {
 }
 
 fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![];
+    // MOE_PTXAS_VERBOSE=1 prints each kernel's registers, stack and spills with the build.
+    if std::env::var_os("MOE_PTXAS_VERBOSE").is_some() {
+        o.push("--ptxas-options=-v".to_string());
+    }
+    o.extend([
         format!("--gpu-architecture={arch}"),
         "--std=c++17".into(),
         "--device-as-default-execution-space".into(),
-    ]
+    ]);
+    o
 }
 
 /// Compiles `src` for `arch` (`sm_90`, …) and returns the cubin, or the compiler's log.
@@ -64,6 +70,9 @@ pub fn compile_cubin(src: &KernelSource, arch: &str) -> GpuResult<Vec<u8>> {
                 String::from_utf8_lossy(&bytes).into_owned()
             })
             .unwrap_or_default();
+        if std::env::var_os("MOE_PTXAS_VERBOSE").is_some() {
+            eprintln!("{}:\n{log}", src.name);
+        }
         if let Err(e) = compiled {
             let _ = result::destroy_program(prog);
             return Err(GpuError(format!(

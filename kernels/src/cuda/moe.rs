@@ -5,8 +5,8 @@
 
 use super::{DevBuf, DevMat, Gpu, GpuResult};
 use crate::combine::cuda::combine;
-use crate::expert_ffn::cuda::{w13, w2, ExpertStack};
-use crate::router_topk::cuda::{dispatch, router, sched_words, stats_words, RouterOut};
+use crate::expert_ffn::cuda::{k_splits, rows_capacity, tiles_bound, w13, w2, ExpertStack};
+use crate::router_topk::cuda::{router, sched_words, stats_words, RouterOut};
 use std::sync::Arc;
 
 /// One layer's router and experts.
@@ -49,6 +49,11 @@ pub struct MoeScratch {
     capacity: usize,
     key: (usize, usize, usize, usize, usize),
     pub counts: Option<DevBuf>,
+    pub done: Option<DevBuf>,
+    /// w13 split-K partials, `SPLITS_MAX × rows × 2·ffn` f32 (decode-sized batches only).
+    pub part: Option<DevBuf>,
+    part_floats: usize,
+    out_floats: usize,
     pub ids: Option<DevBuf>,
     pub weights: Option<DevBuf>,
     pub pos: Option<DevBuf>,
@@ -66,6 +71,10 @@ impl Default for MoeScratch {
             capacity: 0,
             key: (0, 0, 0, 0, 0),
             counts: None,
+            done: None,
+            part: None,
+            part_floats: 0,
+            out_floats: 0,
             ids: None,
             weights: None,
             pos: None,
@@ -97,7 +106,35 @@ impl MoeScratch {
         }
         let cap = tokens.max(self.capacity).next_power_of_two();
         let slots = cap * top_k;
-        self.counts = Some(gpu.alloc(4 * ex.n_experts)?);
+        let counts = gpu.alloc(4 * ex.n_experts)?;
+        counts.zero()?;
+        self.counts = Some(counts);
+        let done = gpu.alloc(4)?;
+        done.zero()?;
+        self.done = Some(done);
+        // Partial buffers big enough for the plan of any batch up to this capacity (small
+        // batches split more ways over fewer rows).
+        let (mut part_floats, mut out_floats) = (0, 0);
+        let mut n = top_k;
+        loop {
+            let rows = rows_capacity(n.min(slots), ex.n_experts);
+            let (s13, s2) = plan(ex, n.min(slots));
+            if s13 > 1 {
+                part_floats = part_floats.max(s13 * rows * 2 * ex.ffn);
+            }
+            out_floats = out_floats.max(s2 * rows * ex.hidden);
+            if n >= slots {
+                break;
+            }
+            n *= 2;
+        }
+        self.part = if part_floats > 0 {
+            Some(gpu.alloc(4 * part_floats)?)
+        } else {
+            None
+        };
+        self.part_floats = part_floats;
+        self.out_floats = out_floats;
         self.ids = Some(gpu.alloc(4 * slots)?);
         self.weights = Some(gpu.alloc(4 * slots)?);
         self.pos = Some(gpu.alloc(4 * slots)?);
@@ -105,7 +142,7 @@ impl MoeScratch {
         self.slot_rows = Some(gpu.alloc(4 * slots)?);
         self.sched = Some(gpu.alloc(4 * sched_words(slots, ex.n_experts))?);
         self.act = Some(gpu.alloc(ex.act_size() * slots * ex.ffn)?);
-        self.expert_out = Some(gpu.alloc(4 * slots * ex.hidden)?);
+        self.expert_out = Some(gpu.alloc(4 * out_floats)?);
         self.logits = Some(gpu.alloc(4 * cap * ex.n_experts)?);
         self.capacity = cap;
         self.key = key;
@@ -134,6 +171,14 @@ impl MoeScratch {
     }
 }
 
+/// K splits of (w13, w2) for `n_slots` routed rows: more when few tiles are routed.
+fn plan(ex: &ExpertStack, n_slots: usize) -> (usize, usize) {
+    let tiles = tiles_bound(n_slots, ex.n_experts);
+    let s13 = k_splits(ex, tiles * ex.ffn.div_ceil(16), ex.hidden);
+    let s2 = k_splits(ex, tiles * ex.hidden.div_ceil(16), ex.ffn);
+    (s13, s2)
+}
+
 /// Device counters of every layer: `stats_words(E)` u64 per layer.
 pub fn stats_bytes(n_layers: usize, n_experts: usize) -> usize {
     8 * n_layers * stats_words(n_experts)
@@ -160,7 +205,15 @@ pub fn moe_forward(
     let (e, k) = (ex.n_experts, top_k);
     let n_slots = tokens * k;
     let s = &*scratch;
-    s.counts.as_ref().expect("allocated").fill_u32(0, e, 0)?;
+    // Splits planned for this call, reduced where the partial buffers would not hold them.
+    let rows = rows_capacity(n_slots, e);
+    let (mut s13, mut s2) = plan(ex, n_slots);
+    while s13 > 1 && s13 * rows * 2 * ex.ffn > s.part_floats {
+        s13 -= 1;
+    }
+    while s2 > 1 && s2 * rows * ex.hidden > s.out_floats {
+        s2 -= 1;
+    }
     let out = RouterOut {
         logits: keep_logits.then(|| p(&s.logits)),
         ids: p(&s.ids),
@@ -168,46 +221,46 @@ pub fn moe_forward(
         counts: p(&s.counts),
         pos: p(&s.pos),
         stats,
+        done: p(&s.done),
+        sorted_slots: p(&s.sorted_slots),
+        slot_rows: p(&s.slot_rows),
+        sched: p(&s.sched),
     };
     router(gpu, x, gate, tokens, k, &out)?;
-    dispatch(
-        gpu,
-        out.ids,
-        out.pos,
-        out.counts,
-        n_slots,
-        e,
-        p(&s.sorted_slots),
-        p(&s.slot_rows),
-        p(&s.sched),
-    )?;
-    w13(
+    let ran13 = w13(
         gpu,
         ex,
         x,
-        p(&s.sched),
-        p(&s.sorted_slots),
+        out.sched,
+        out.sorted_slots,
         p(&s.act),
+        p(&s.part),
+        s13,
         n_slots,
         k,
     )?;
-    w2(
+    let ran2 = w2(
         gpu,
         ex,
         p(&s.act),
-        p(&s.sched),
-        p(&s.sorted_slots),
+        p(&s.part),
+        ran13,
+        out.sched,
+        out.sorted_slots,
         out.weights,
         p(&s.expert_out),
+        s2,
         n_slots,
     )?;
     combine(
         gpu,
         p(&s.expert_out),
-        p(&s.slot_rows),
+        out.slot_rows,
         residual,
         tokens,
         ex.hidden,
         k,
+        ran2,
+        rows * ex.hidden,
     )
 }

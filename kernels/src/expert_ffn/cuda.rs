@@ -2,7 +2,7 @@
 
 use crate::cuda::{DevMat, Gpu, GpuError, GpuResult, KernelSource};
 use crate::kargs;
-use crate::router_topk::cuda::max_tiles;
+use crate::router_topk::cuda::{max_tiles, TILE_ROWS};
 use crate::WeightDType;
 
 pub const SOURCE: KernelSource = KernelSource {
@@ -68,7 +68,39 @@ impl ExpertStack {
     }
 }
 
-/// `act = silu(x·w1ᵀ) ⊙ (x·w3ᵀ)` for every scheduled row; `n_slots` bounds the schedule.
+/// Rows per split-K partial buffer: every row the schedule can hold.
+pub fn rows_capacity(n_slots: usize, n_experts: usize) -> usize {
+    max_tiles(n_slots, n_experts) * TILE_ROWS
+}
+
+/// How many K splits keep enough warps streaming weights when few tiles are routed: `warps`
+/// is the warp count without splitting, `k` the reduction length. 1 on the SIMT path.
+pub fn k_splits(ex: &ExpertStack, warps: usize, k: usize) -> usize {
+    if !ex.tensor_cores() {
+        return 1;
+    }
+    // About two waves of the largest resident grid on a 132-SM device.
+    const TARGET_WARPS: usize = 3072;
+    TARGET_WARPS
+        .div_ceil(warps.max(1))
+        .clamp(1, 16)
+        .min((k / 256).max(1))
+}
+
+/// An upper bound of the tiles routed for `n_slots` rows (each expert's rows are one tile or
+/// more, and only `n_slots` rows exist).
+pub fn tiles_bound(n_slots: usize, n_experts: usize) -> usize {
+    n_slots.min(n_experts + n_slots / TILE_ROWS)
+}
+
+/// K-slice length (a multiple of 32) and the split count it gives for `splits` requested.
+pub fn split_plan(k: usize, splits: usize) -> (u32, usize) {
+    let chunk = k.div_ceil(splits.max(1)).div_ceil(32) * 32;
+    (chunk as u32, k.div_ceil(chunk.max(1)))
+}
+
+/// `act = silu(x·w1ᵀ) ⊙ (x·w3ᵀ)` for every scheduled row; with more than one split the f32
+/// partial sums go to `part` (`splits × rows_capacity × 2·ffn`) instead. Returns the splits run.
 #[allow(clippy::too_many_arguments)]
 pub fn w13(
     gpu: &Gpu,
@@ -77,9 +109,11 @@ pub fn w13(
     sched: u64,
     sorted_slots: u64,
     act: u64,
+    part: u64,
+    splits: usize,
     n_slots: usize,
     top_k: usize,
-) -> GpuResult<()> {
+) -> GpuResult<usize> {
     let mt = max_tiles(n_slots, ex.n_experts);
     let (e, mtu, f, h, k) = (
         ex.n_experts as u32,
@@ -89,36 +123,67 @@ pub fn w13(
         top_k as u32,
     );
     let (p1, p3) = (ex.w1.ptr(), ex.w3.ptr());
-    let (name, grid_y, threads) = if ex.tensor_cores() {
-        ("w13_tc", ex.ffn.div_ceil(64), 128)
+    if ex.tensor_cores() {
+        let (chunk, splits) = split_plan(ex.hidden, splits);
+        let fun = gpu.function(&SOURCE, &format!("w13_tc_{}", ex.w1.suffix()))?;
+        // SAFETY: argument list matches `w13_tc_*`; buffers sized from the same n_slots.
+        unsafe {
+            gpu.launch(
+                fun,
+                (mt as u32, ex.ffn.div_ceil(64) as u32, splits as u32),
+                (128, 1, 1),
+                0,
+                &mut kargs!(
+                    x,
+                    p1,
+                    p3,
+                    sched,
+                    sorted_slots,
+                    act,
+                    part,
+                    e,
+                    mtu,
+                    f,
+                    h,
+                    k,
+                    chunk
+                ),
+            )?;
+        }
+        Ok(splits)
     } else {
-        ("w13_simt", ex.ffn.div_ceil(8), 256)
-    };
-    let fun = gpu.function(&SOURCE, &format!("{name}_{}", ex.w1.suffix()))?;
-    // SAFETY: argument list matches `w13_*`; buffers sized from the same n_slots.
-    unsafe {
-        gpu.launch(
-            fun,
-            (mt as u32, grid_y as u32, 1),
-            (threads, 1, 1),
-            0,
-            &mut kargs!(x, p1, p3, sched, sorted_slots, act, e, mtu, f, h, k),
-        )
+        let fun = gpu.function(&SOURCE, &format!("w13_simt_{}", ex.w1.suffix()))?;
+        // SAFETY: argument list matches `w13_simt_*`.
+        unsafe {
+            gpu.launch(
+                fun,
+                (mt as u32, ex.ffn.div_ceil(8) as u32, 1),
+                (256, 1, 1),
+                0,
+                &mut kargs!(x, p1, p3, sched, sorted_slots, act, e, mtu, f, h, k),
+            )?;
+        }
+        Ok(1)
     }
 }
 
-/// `out[row] = route_w[slot(row)] · act[row]·w2ᵀ` for every scheduled row.
+/// `out[z][row] = route_w[slot(row)] · act[row]·w2ᵀ` over K split `splits` ways (`out` holds
+/// `splits × rows_capacity × hidden`); the activations come from `act`, or from the w13
+/// partials when `part_splits > 1`. Returns the splits run.
 #[allow(clippy::too_many_arguments)]
 pub fn w2(
     gpu: &Gpu,
     ex: &ExpertStack,
     act: u64,
+    part: u64,
+    part_splits: usize,
     sched: u64,
     sorted_slots: u64,
     route_w: u64,
     out: u64,
+    splits: usize,
     n_slots: usize,
-) -> GpuResult<()> {
+) -> GpuResult<usize> {
     let mt = max_tiles(n_slots, ex.n_experts);
     let (e, mtu, h, f) = (
         ex.n_experts as u32,
@@ -127,20 +192,47 @@ pub fn w2(
         ex.ffn as u32,
     );
     let p2 = ex.w2.ptr();
-    let (name, grid_y, threads) = if ex.tensor_cores() {
-        ("w2_tc", ex.hidden.div_ceil(64), 128)
+    if ex.tensor_cores() {
+        let (chunk, splits) = split_plan(ex.ffn, splits);
+        let ps = part_splits as u32;
+        let fun = gpu.function(&SOURCE, &format!("w2_tc_{}", ex.w2.suffix()))?;
+        // SAFETY: argument list matches `w2_tc_*`.
+        unsafe {
+            gpu.launch(
+                fun,
+                (mt as u32, ex.hidden.div_ceil(64) as u32, splits as u32),
+                (128, 1, 1),
+                0,
+                &mut kargs!(
+                    act,
+                    part,
+                    ps,
+                    p2,
+                    sched,
+                    sorted_slots,
+                    route_w,
+                    out,
+                    e,
+                    mtu,
+                    h,
+                    f,
+                    chunk
+                ),
+            )?;
+        }
+        Ok(splits)
     } else {
-        ("w2_simt", ex.hidden.div_ceil(8), 256)
-    };
-    let fun = gpu.function(&SOURCE, &format!("{name}_{}", ex.w2.suffix()))?;
-    // SAFETY: argument list matches `w2_*`.
-    unsafe {
-        gpu.launch(
-            fun,
-            (mt as u32, grid_y as u32, 1),
-            (threads, 1, 1),
-            0,
-            &mut kargs!(act, p2, sched, sorted_slots, route_w, out, e, mtu, h, f),
-        )
+        let fun = gpu.function(&SOURCE, &format!("w2_simt_{}", ex.w2.suffix()))?;
+        // SAFETY: argument list matches `w2_simt_*`.
+        unsafe {
+            gpu.launch(
+                fun,
+                (mt as u32, ex.hidden.div_ceil(8) as u32, 1),
+                (256, 1, 1),
+                0,
+                &mut kargs!(act, p2, sched, sorted_slots, route_w, out, e, mtu, h, f),
+            )?;
+        }
+        Ok(1)
     }
 }

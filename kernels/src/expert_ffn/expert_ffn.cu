@@ -109,19 +109,31 @@ __device__ void w2_simt_impl(const float* __restrict__ act, const W* __restrict_
 FOR_EACH_WEIGHT(EXPERT_SIMT)
 
 // ---- Tensor cores (16-bit weights; F, H multiples of 32): a block is 4 warps × 16 features
-// and one tile of up to 64 rows (8 n-tiles). grid: (max_tiles, N / 64) — the tiles of one
+// and one tile of up to 64 rows (8 n-tiles). grid: (max_tiles, N / 64, splits) — the tiles of one
 // feature block run next to each other, so a weight slice read by one tile is still in L2 for
-// the expert's next tile.
+// the expert's next tile. When few tiles are routed (decode), K is split over grid.z so that
+// enough warps stream weights: w13 then writes f32 partial sums of gate and up
+// (part[z][row][2F], gate at f, up at F + f) and w2 finishes SwiGLU as it loads them; w2 writes
+// its partials to out[z] and combine adds them.
+//
+// Weights are read PREFETCH k-slices (32 wide) ahead into registers, so each warp keeps several
+// 16-byte loads per thread in flight while its tensor cores work on the slice before.
+
+#define PREFETCH 4
+
 template <typename W>
 __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w1,
                             const W* __restrict__ w3, const u32* __restrict__ sched,
-                            const u32* __restrict__ sorted_slots, W* __restrict__ act, u32 E,
-                            u32 max_tiles, u32 F, u32 H, u32 top_k) {
+                            const u32* __restrict__ sorted_slots, W* __restrict__ act,
+                            float* __restrict__ part, u32 E, u32 max_tiles, u32 F, u32 H,
+                            u32 top_k, u32 k_chunk) {
     Tile tl;
     if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const u32 f0 = blockIdx.y * 64 + warp * 16;
     if (f0 >= F) return;
+    const u32 k_begin = blockIdx.z * k_chunk;
+    const u32 k_end = min(H, k_begin + k_chunk);
     const u32 rows = tl.row_end - tl.row0;
     const u32 tiles = (rows + 7) / 8;
     const float* xb[8];
@@ -137,84 +149,153 @@ __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w
         for (int i = 0; i < 4; ++i) cg[j][i] = cu[j][i] = 0.f;
     const W* gb = w1 + ((u64)tl.expert * F + f0) * H + 8 * q;
     const W* ub = w3 + ((u64)tl.expert * F + f0) * H + 8 * q;
-#pragma unroll 2
-    for (u32 k = 0; k < H; k += 32) {
-        const AFrag ag = load_a(gb, H, g, k);
-        const AFrag au = load_a(ub, H, g, k);
+    AFrag pg[PREFETCH], pu[PREFETCH];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            if (j < tiles) {
-                const uint4 b = xb[j] ? load_b_f32<W>(xb[j] + k) : make_uint4(0, 0, 0, 0);
-                mma_k32<W>(cg[j], ag, b);
-                mma_k32<W>(cu[j], au, b);
+    for (int p = 0; p < PREFETCH; ++p) {
+        const u32 k = k_begin + 32 * p;
+        if (k < k_end) {
+            pg[p] = load_a(gb, H, g, k);
+            pu[p] = load_a(ub, H, g, k);
+        }
+    }
+    for (u32 k0 = k_begin; k0 < k_end; k0 += 32 * PREFETCH) {
+#pragma unroll
+        for (int p = 0; p < PREFETCH; ++p) {
+            const u32 k = k0 + 32 * p;
+            if (k < k_end) {
+                const AFrag ag = pg[p], au = pu[p];
+                if (k + 32 * PREFETCH < k_end) {
+                    pg[p] = load_a(gb, H, g, k + 32 * PREFETCH);
+                    pu[p] = load_a(ub, H, g, k + 32 * PREFETCH);
+                }
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    if (j < tiles) {
+                        const uint4 b = xb[j] ? load_b_f32<W>(xb[j] + k) : make_uint4(0, 0, 0, 0);
+                        mma_k32<W>(cg[j], ag, b);
+                        mma_k32<W>(cu[j], au, b);
+                    }
+                }
             }
         }
     }
     W tag;
     u16* out = reinterpret_cast<u16*>(act);
+    float* pz = part + (u64)blockIdx.z * max_tiles * TILE_ROWS * 2 * F;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         if (j < tiles) {
-            const u32 ra = j * 8 + 2 * q, rb = ra + 1;
-            if (ra < rows) {
-                const u64 base = (u64)(tl.row0 + ra) * F + f0 + g;
-                out[base] = to_half_bits(silu(cg[j][0]) * cu[j][0], tag);
-                out[base + 8] = to_half_bits(silu(cg[j][2]) * cu[j][2], tag);
-            }
-            if (rb < rows) {
-                const u64 base = (u64)(tl.row0 + rb) * F + f0 + g;
-                out[base] = to_half_bits(silu(cg[j][1]) * cu[j][1], tag);
-                out[base + 8] = to_half_bits(silu(cg[j][3]) * cu[j][3], tag);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const u32 r = j * 8 + 2 * q + h;
+                if (r < rows) {
+                    const u64 row = tl.row0 + r;
+                    const float g0 = cg[j][h], g8 = cg[j][2 + h], u0 = cu[j][h], u8 = cu[j][2 + h];
+                    if (gridDim.z == 1) {
+                        out[row * F + f0 + g] = to_half_bits(silu(g0) * u0, tag);
+                        out[row * F + f0 + g + 8] = to_half_bits(silu(g8) * u8, tag);
+                    } else {
+                        float* pr = pz + row * 2 * F;
+                        pr[f0 + g] = g0;
+                        pr[f0 + g + 8] = g8;
+                        pr[F + f0 + g] = u0;
+                        pr[F + f0 + g + 8] = u8;
+                    }
+                }
             }
         }
     }
 }
 
+// 8 SwiGLU activations of `row` at k from the w13 partial sums, packed to the weight dtype.
 template <typename W>
-__device__ void w2_tc_impl(const W* __restrict__ act, const W* __restrict__ w2,
+__device__ __forceinline__ uint4 act_from_parts(const float* part, u64 part_stride, u32 splits,
+                                                u64 row, u32 F, u32 k) {
+    float gs[8], us[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) gs[i] = us[i] = 0.f;
+    for (u32 z = 0; z < splits; ++z) {
+        const float* pr = part + z * part_stride + row * 2 * F;
+        const float4 g0 = __ldg(reinterpret_cast<const float4*>(pr + k));
+        const float4 g1 = __ldg(reinterpret_cast<const float4*>(pr + k + 4));
+        const float4 u0 = __ldg(reinterpret_cast<const float4*>(pr + F + k));
+        const float4 u1 = __ldg(reinterpret_cast<const float4*>(pr + F + k + 4));
+        gs[0] += g0.x; gs[1] += g0.y; gs[2] += g0.z; gs[3] += g0.w;
+        gs[4] += g1.x; gs[5] += g1.y; gs[6] += g1.z; gs[7] += g1.w;
+        us[0] += u0.x; us[1] += u0.y; us[2] += u0.z; us[3] += u0.w;
+        us[4] += u1.x; us[5] += u1.y; us[6] += u1.z; us[7] += u1.w;
+    }
+    W tag;
+    float a[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) a[i] = silu(gs[i]) * us[i];
+    return make_uint4(pack2(a[0], a[1], tag), pack2(a[2], a[3], tag), pack2(a[4], a[5], tag),
+                      pack2(a[6], a[7], tag));
+}
+
+template <typename W>
+__device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ part,
+                           u32 part_splits, const W* __restrict__ w2,
                            const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
                            const float* __restrict__ route_w, float* __restrict__ out, u32 E,
-                           u32 max_tiles, u32 H, u32 F) {
+                           u32 max_tiles, u32 H, u32 F, u32 k_chunk) {
     Tile tl;
     if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const u32 h0 = blockIdx.y * 64 + warp * 16;
     if (h0 >= H) return;
+    const u32 k_begin = blockIdx.z * k_chunk;
+    const u32 k_end = min(F, k_begin + k_chunk);
     const u32 rows = tl.row_end - tl.row0;
     const u32 tiles = (rows + 7) / 8;
+    const u64 part_stride = (u64)max_tiles * TILE_ROWS * 2 * F;
     float c[8][4];
 #pragma unroll
     for (int j = 0; j < 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
     const W* wb = w2 + ((u64)tl.expert * H + h0) * F + 8 * q;
-#pragma unroll 2
-    for (u32 k = 0; k < F; k += 32) {
-        const AFrag a = load_a(wb, F, g, k);
+    AFrag pa[PREFETCH];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            if (j < tiles) {
-                const u32 r = j * 8 + g;
-                const uint4 b = r < rows
-                    ? __ldg(reinterpret_cast<const uint4*>(act + (u64)(tl.row0 + r) * F + k + 8 * q))
-                    : make_uint4(0, 0, 0, 0);
-                mma_k32<W>(c[j], a, b);
+    for (int p = 0; p < PREFETCH; ++p) {
+        const u32 k = k_begin + 32 * p;
+        if (k < k_end) pa[p] = load_a(wb, F, g, k);
+    }
+    for (u32 k0 = k_begin; k0 < k_end; k0 += 32 * PREFETCH) {
+#pragma unroll
+        for (int p = 0; p < PREFETCH; ++p) {
+            const u32 k = k0 + 32 * p;
+            if (k < k_end) {
+                const AFrag a = pa[p];
+                if (k + 32 * PREFETCH < k_end) pa[p] = load_a(wb, F, g, k + 32 * PREFETCH);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    if (j < tiles) {
+                        const u32 r = j * 8 + g;
+                        uint4 b = make_uint4(0, 0, 0, 0);
+                        if (r < rows) {
+                            const u64 row = tl.row0 + r;
+                            b = part_splits > 1
+                                ? act_from_parts<W>(part, part_stride, part_splits, row, F, k + 8 * q)
+                                : __ldg(reinterpret_cast<const uint4*>(act + row * F + k + 8 * q));
+                        }
+                        mma_k32<W>(c[j], a, b);
+                    }
+                }
             }
         }
     }
+    float* oz = out + (u64)blockIdx.z * max_tiles * TILE_ROWS * H;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         if (j < tiles) {
-            const u32 ra = j * 8 + 2 * q, rb = ra + 1;
-            if (ra < rows) {
-                const u32 row = tl.row0 + ra;
-                const float s = route_w[sorted_slots[row]];
-                out[(u64)row * H + h0 + g] = c[j][0] * s;
-                out[(u64)row * H + h0 + g + 8] = c[j][2] * s;
-            }
-            if (rb < rows) {
-                const u32 row = tl.row0 + rb;
-                const float s = route_w[sorted_slots[row]];
-                out[(u64)row * H + h0 + g] = c[j][1] * s;
-                out[(u64)row * H + h0 + g + 8] = c[j][3] * s;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const u32 r = j * 8 + 2 * q + h;
+                if (r < rows) {
+                    const u32 row = tl.row0 + r;
+                    const float s = route_w[sorted_slots[row]];
+                    oz[(u64)row * H + h0 + g] = c[j][h] * s;
+                    oz[(u64)row * H + h0 + g + 8] = c[j][2 + h] * s;
+                }
             }
         }
     }
@@ -223,13 +304,16 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const W* __restrict__ w2,
 #define EXPERT_TC(S, W)                                                                      \
     extern "C" __global__ void __launch_bounds__(128)                                        \
         w13_tc_##S(const float* x, const W* w1, const W* w3, const u32* sched,               \
-                   const u32* sorted_slots, W* act, u32 E, u32 max_tiles, u32 F, u32 H,      \
-                   u32 top_k) {                                                              \
-        w13_tc_impl<W>(x, w1, w3, sched, sorted_slots, act, E, max_tiles, F, H, top_k);      \
+                   const u32* sorted_slots, W* act, float* part, u32 E, u32 max_tiles, u32 F, \
+                   u32 H, u32 top_k, u32 k_chunk) {                                          \
+        w13_tc_impl<W>(x, w1, w3, sched, sorted_slots, act, part, E, max_tiles, F, H, top_k, \
+                       k_chunk);                                                             \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                        \
-        w2_tc_##S(const W* act, const W* w2, const u32* sched, const u32* sorted_slots,      \
-                  const float* route_w, float* out, u32 E, u32 max_tiles, u32 H, u32 F) {    \
-        w2_tc_impl<W>(act, w2, sched, sorted_slots, route_w, out, E, max_tiles, H, F);       \
+        w2_tc_##S(const W* act, const float* part, u32 part_splits, const W* w2,             \
+                  const u32* sched, const u32* sorted_slots, const float* route_w,           \
+                  float* out, u32 E, u32 max_tiles, u32 H, u32 F, u32 k_chunk) {             \
+        w2_tc_impl<W>(act, part, part_splits, w2, sched, sorted_slots, route_w, out, E,      \
+                      max_tiles, H, F, k_chunk);                                             \
     }
 FOR_EACH_HALF(EXPERT_TC)

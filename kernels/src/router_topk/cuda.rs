@@ -33,8 +33,9 @@ pub fn add_stats(words: &[u64], load: &mut ExpertLoad) {
     load.entropy_sum += f64::from_bits(words[1 + 2 * e + e * e]);
 }
 
-/// Device buffers the router writes, each `[tokens · top_k]` (`counts`: `[n_experts]`, zeroed by
-/// the caller before the launch).
+/// Device buffers the router writes, each `[tokens · top_k]` unless said otherwise. `counts`
+/// (`[n_experts]`) and `done` (one u32) must be zero before the first call; the router's last
+/// block leaves them zero again.
 #[derive(Clone, Copy, Debug)]
 pub struct RouterOut {
     pub logits: Option<u64>,
@@ -43,6 +44,11 @@ pub struct RouterOut {
     pub counts: u64,
     pub pos: u64,
     pub stats: u64,
+    pub done: u64,
+    pub sorted_slots: u64,
+    pub slot_rows: u64,
+    /// `sched_words(n_slots, n_experts)` u32.
+    pub sched: u64,
 }
 
 pub fn check(n_experts: usize, top_k: usize) -> GpuResult<()> {
@@ -54,7 +60,8 @@ pub fn check(n_experts: usize, top_k: usize) -> GpuResult<()> {
     Ok(())
 }
 
-/// Routes `tokens` rows of `x` (f32 `[tokens, gate.cols]`) with gate `[n_experts, hidden]`.
+/// Routes `tokens` rows of `x` (f32 `[tokens, gate.cols]`) with gate `[n_experts, hidden]`, and
+/// groups the routed slots by expert (the dispatch, run by the last block).
 pub fn router(
     gpu: &Gpu,
     x: u64,
@@ -67,15 +74,33 @@ pub fn router(
     let f = gpu.function(&SOURCE, &format!("router_topk_{}", gate.suffix()))?;
     let (gp, h, e, k) = (gate.ptr(), gate.cols as u32, gate.rows as u32, top_k as u32);
     let logits = o.logits.unwrap_or(0);
-    let threads = (gate.rows.min(8) * 32) as u32;
+    let mt = max_tiles(tokens * top_k, gate.rows) as u32;
+    let threads = (gate.rows.min(8) * 32).max(64) as u32;
     // SAFETY: argument list matches `router_topk_*`.
     unsafe {
         gpu.launch(
             f,
             (tokens as u32, 1, 1),
-            (threads.max(64), 1, 1),
+            (threads, 1, 1),
             0,
-            &mut kargs!(x, gp, h, e, k, logits, o.ids, o.weights, o.counts, o.pos, o.stats),
+            &mut kargs!(
+                x,
+                gp,
+                h,
+                e,
+                k,
+                logits,
+                o.ids,
+                o.weights,
+                o.counts,
+                o.pos,
+                o.stats,
+                o.done,
+                mt,
+                o.sorted_slots,
+                o.slot_rows,
+                o.sched
+            ),
         )
     }
 }
@@ -91,47 +116,4 @@ pub fn max_tiles(n_slots: usize, n_experts: usize) -> usize {
 /// u32 words of the schedule buffer.
 pub fn sched_words(n_slots: usize, n_experts: usize) -> usize {
     2 + n_experts + 2 * max_tiles(n_slots, n_experts)
-}
-
-/// Groups the routed slots by expert on the device (see `dispatch` in the source).
-#[allow(clippy::too_many_arguments)]
-pub fn dispatch(
-    gpu: &Gpu,
-    ids: u64,
-    pos: u64,
-    counts: u64,
-    n_slots: usize,
-    n_experts: usize,
-    sorted_slots: u64,
-    slot_rows: u64,
-    sched: u64,
-) -> GpuResult<()> {
-    let f = gpu.function(&SOURCE, "dispatch")?;
-    let (ns, e, tile, mt) = (
-        n_slots as u32,
-        n_experts as u32,
-        TILE_ROWS as u32,
-        max_tiles(n_slots, n_experts) as u32,
-    );
-    // SAFETY: argument list matches `dispatch`.
-    unsafe {
-        gpu.launch(
-            f,
-            (1, 1, 1),
-            (1024, 1, 1),
-            0,
-            &mut kargs!(
-                ids,
-                pos,
-                counts,
-                ns,
-                e,
-                tile,
-                mt,
-                sorted_slots,
-                slot_rows,
-                sched
-            ),
-        )
-    }
 }

@@ -8,12 +8,19 @@
 
 #define ROUTER_MAX_E 256
 #define ROUTER_MAX_K 16
+#define TILE_ROWS 64
+
+__device__ void dispatch_body(const u32* ids, const u32* pos, u32* counts, u32 n_slots, u32 E,
+                              u32 tile, u32 max_tiles, u32* sorted_slots, u32* slot_rows,
+                              u32* sched);
 
 template <typename W>
 __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ gate, u32 H, u32 E,
                             u32 K, float* __restrict__ logits_out, u32* __restrict__ ids,
                             float* __restrict__ weights, u32* __restrict__ counts,
-                            u32* __restrict__ pos, u64* __restrict__ stats) {
+                            u32* __restrict__ pos, u64* __restrict__ stats,
+                            u32* __restrict__ done, u32 max_tiles, u32* __restrict__ sorted_slots,
+                            u32* __restrict__ slot_rows, u32* __restrict__ sched) {
     __shared__ float s_logit[ROUTER_MAX_E];
     __shared__ float s_prob[ROUTER_MAX_E];
     __shared__ u32 s_pick[ROUTER_MAX_K];
@@ -77,26 +84,39 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
         atomicAdd(&prob_mass[e], (double)s_prob[e]);
         if (logits_out) logits_out[t * E + e] = s_logit[e];
     }
+    // The last block to finish groups every slot by expert (dispatch), saving a launch.
+    __shared__ bool s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (s_last) {
+        __threadfence();
+        dispatch_body(ids, pos, counts, gridDim.x * K, E, TILE_ROWS, max_tiles, sorted_slots,
+                      slot_rows, sched);
+        if (threadIdx.x == 0) *done = 0;
+    }
 }
 
 #define ROUTER(S, W)                                                                         \
-    extern "C" __global__ void router_topk_##S(const float* x, const W* gate, u32 H, u32 E,  \
-                                               u32 K, float* logits_out, u32* ids,           \
-                                               float* weights, u32* counts, u32* pos,        \
-                                               u64* stats) {                                 \
-        router_impl<W>(x, gate, H, E, K, logits_out, ids, weights, counts, pos, stats);      \
+    extern "C" __global__ void router_topk_##S(                                              \
+        const float* x, const W* gate, u32 H, u32 E, u32 K, float* logits_out, u32* ids,     \
+        float* weights, u32* counts, u32* pos, u64* stats, u32* done, u32 max_tiles,         \
+        u32* sorted_slots, u32* slot_rows, u32* sched) {                                     \
+        router_impl<W>(x, gate, H, E, K, logits_out, ids, weights, counts, pos, stats, done, \
+                       max_tiles, sorted_slots, slot_rows, sched);                           \
     }
 FOR_EACH_WEIGHT(ROUTER)
 
-// Dispatch, one block: expert offsets from the counts, each slot's sorted row and its inverse,
-// and the tile schedule of the grouped GEMMs (tiles of `tile` rows, never across experts):
-// sched = [n_tiles, offsets[E + 1], tile_expert[max_tiles], tile_row0[max_tiles]].
-// Rows of one expert follow the order the router's atomics gave; each row is computed on its
-// own, so the order changes no value.
-extern "C" __global__ void dispatch(const u32* __restrict__ ids, const u32* __restrict__ pos,
-                                    const u32* __restrict__ counts, u32 n_slots, u32 E, u32 tile,
-                                    u32 max_tiles, u32* __restrict__ sorted_slots,
-                                    u32* __restrict__ slot_rows, u32* __restrict__ sched) {
+// Dispatch (run by the router's last block): expert offsets from the counts, each slot's sorted
+// row and its inverse, and the tile schedule of the grouped GEMMs (tiles of `tile` rows, never
+// across experts): sched = [n_tiles, offsets[E + 1], tile_expert[max_tiles],
+// tile_row0[max_tiles]]. The counts are zeroed for the next call. Rows of one expert follow the
+// order the router's atomics gave; each row is computed on its own, so the order changes no value.
+// Reads go through L2 (__ldcg): other blocks wrote them.
+__device__ void dispatch_body(const u32* ids, const u32* pos, u32* counts, u32 n_slots, u32 E,
+                              u32 tile, u32 max_tiles, u32* sorted_slots, u32* slot_rows,
+                              u32* sched) {
     __shared__ u32 s_off[ROUTER_MAX_E + 1];
     u32* offsets = sched + 1;
     u32* tile_expert = sched + 2 + E;
@@ -104,14 +124,16 @@ extern "C" __global__ void dispatch(const u32* __restrict__ ids, const u32* __re
     if (threadIdx.x == 0) {
         u32 acc = 0, nt = 0;
         for (u32 e = 0; e < E; ++e) {
+            const u32 c = __ldcg(counts + e);
             s_off[e] = acc;
             offsets[e] = acc;
-            for (u32 r = 0; r < counts[e]; r += tile) {
+            for (u32 r = 0; r < c; r += tile) {
                 tile_expert[nt] = e;
                 tile_row0[nt] = acc + r;
                 ++nt;
             }
-            acc += counts[e];
+            acc += c;
+            counts[e] = 0;
         }
         s_off[E] = acc;
         offsets[E] = acc;
@@ -119,7 +141,7 @@ extern "C" __global__ void dispatch(const u32* __restrict__ ids, const u32* __re
     }
     __syncthreads();
     for (u32 s = threadIdx.x; s < n_slots; s += blockDim.x) {
-        const u32 row = s_off[ids[s]] + pos[s];
+        const u32 row = s_off[__ldcg(ids + s)] + __ldcg(pos + s);
         sorted_slots[row] = s;
         slot_rows[s] = row;
     }
