@@ -93,7 +93,13 @@ fn main() -> Result<()> {
     };
     let dtype = positional.get(1).map(|s| s.as_str()).unwrap_or("bf16");
     let (HIDDEN, FFN, LAYERS, HEADS, KV_HEADS) = match flag("--mixtral-layers") {
-        Some(n) => (4096, 14336, n.parse::<usize>().context("--mixtral-layers")?, 32, 8),
+        Some(n) => (
+            4096,
+            14336,
+            n.parse::<usize>().context("--mixtral-layers")?,
+            32,
+            8,
+        ),
         None => (1024, 3584, 8, 16, 4),
     };
     let tokenizer_dir = flag("--tokenizer").map(PathBuf::from).unwrap_or_else(|| {

@@ -13,6 +13,10 @@ pub mod util;
 
 pub use buffer::{DevBuf, HostCopy};
 pub use compile::{compile_cubin, kernel_sources, nvrtc_available, KernelSource};
+
+// SAFETY: a function handle of a module that lives as long as its `Gpu`.
+unsafe impl Send for Kernel {}
+unsafe impl Sync for Kernel {}
 pub use mat::{suffix, DevMat};
 
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
@@ -54,7 +58,34 @@ pub fn probe() -> Result<usize, String> {
 
 struct LoadedModule {
     module: sys::CUmodule,
-    functions: HashMap<String, sys::CUfunction>,
+    functions: HashMap<String, Kernel>,
+}
+
+/// A loaded kernel and its parameter count (checked at every launch: a launch with the wrong
+/// number of arguments would otherwise crash inside the driver).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    f: sys::CUfunction,
+    params: Option<usize>,
+}
+
+fn param_count(f: sys::CUfunction) -> Option<usize> {
+    let mut n = 0;
+    loop {
+        let (mut off, mut size) = (0usize, 0usize);
+        // SAFETY: a loaded function; the driver writes two sizes.
+        let r = unsafe { sys::cuFuncGetParamInfo(f, n, &mut off, &mut size) };
+        match r {
+            sys::CUresult::CUDA_SUCCESS => n += 1,
+            // Index past the last parameter.
+            sys::CUresult::CUDA_ERROR_INVALID_VALUE => return Some(n),
+            // A driver without the query: no check.
+            _ => return None,
+        }
+        if n > 256 {
+            return None;
+        }
+    }
 }
 
 /// One device, one stream: every op is queued on it in order, so no op waits on the host.
@@ -127,7 +158,7 @@ impl Gpu {
     }
 
     /// The function `name` of `src`, compiling and loading the module at first use.
-    pub fn function(&self, src: &KernelSource, name: &str) -> GpuResult<sys::CUfunction> {
+    pub fn function(&self, src: &KernelSource, name: &str) -> GpuResult<Kernel> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if !modules.contains_key(src.name) {
             self.bind()?;
@@ -151,8 +182,12 @@ impl Gpu {
         // SAFETY: the module is loaded and stays loaded for the life of `self`.
         let f = unsafe { result::module::get_function(m.module, cname) }
             .map_err(err(&format!("kernel {name} in {}", src.name)))?;
-        m.functions.insert(name.to_string(), f);
-        Ok(f)
+        let k = Kernel {
+            f,
+            params: param_count(f),
+        };
+        m.functions.insert(name.to_string(), k);
+        Ok(k)
     }
 
     /// Queues `f` on the stream. `args` are pointers to each argument's value.
@@ -162,17 +197,25 @@ impl Gpu {
     /// pointer among them must stay valid until the kernel has run.
     pub unsafe fn launch(
         &self,
-        f: sys::CUfunction,
+        k: Kernel,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         shared_bytes: u32,
         args: &mut [*mut c_void],
     ) -> GpuResult<()> {
+        if let Some(n) = k.params {
+            if n != args.len() {
+                return Err(GpuError(format!(
+                    "kernel launch with {} arguments for {n} parameters",
+                    args.len()
+                )));
+            }
+        }
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
         self.bind()?;
-        result::launch_kernel(f, grid, block, shared_bytes, self.stream(), args)
+        result::launch_kernel(k.f, grid, block, shared_bytes, self.stream(), args)
             .map_err(err("kernel launch"))
     }
 

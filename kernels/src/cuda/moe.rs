@@ -5,7 +5,9 @@
 
 use super::{DevBuf, DevMat, Gpu, GpuResult};
 use crate::combine::cuda::combine;
-use crate::expert_ffn::cuda::{k_splits, rows_capacity, tiles_bound, w13, w2, ExpertStack};
+use crate::expert_ffn::cuda::{
+    k_splits, rows_capacity, tile_rows, tiles_bound, w13, w2, ExpertStack,
+};
 use crate::router_topk::cuda::{router, sched_words, stats_words, RouterOut};
 use std::sync::Arc;
 
@@ -117,8 +119,10 @@ impl MoeScratch {
         let (mut part_floats, mut out_floats) = (0, 0);
         let mut n = top_k;
         loop {
-            let rows = rows_capacity(n.min(slots), ex.n_experts);
-            let (s13, s2) = plan(ex, n.min(slots));
+            let m = n.min(slots);
+            let tile = tile_rows(m, ex.n_experts);
+            let rows = rows_capacity(m, ex.n_experts, tile);
+            let (s13, s2) = plan(ex, m);
             if s13 > 1 {
                 part_floats = part_floats.max(s13 * rows * 2 * ex.ffn);
             }
@@ -140,7 +144,7 @@ impl MoeScratch {
         self.pos = Some(gpu.alloc(4 * slots)?);
         self.sorted_slots = Some(gpu.alloc(4 * slots)?);
         self.slot_rows = Some(gpu.alloc(4 * slots)?);
-        self.sched = Some(gpu.alloc(4 * sched_words(slots, ex.n_experts))?);
+        self.sched = Some(gpu.alloc(4 * sched_words(slots, ex.n_experts, 8))?);
         self.act = Some(gpu.alloc(ex.act_size() * slots * ex.ffn)?);
         self.expert_out = Some(gpu.alloc(4 * out_floats)?);
         self.logits = Some(gpu.alloc(4 * cap * ex.n_experts)?);
@@ -173,7 +177,7 @@ impl MoeScratch {
 
 /// K splits of (w13, w2) for `n_slots` routed rows: more when few tiles are routed.
 fn plan(ex: &ExpertStack, n_slots: usize) -> (usize, usize) {
-    let tiles = tiles_bound(n_slots, ex.n_experts);
+    let tiles = tiles_bound(n_slots, ex.n_experts, tile_rows(n_slots, ex.n_experts));
     let s13 = k_splits(ex, tiles * ex.ffn.div_ceil(16), ex.hidden);
     let s2 = k_splits(ex, tiles * ex.hidden.div_ceil(16), ex.ffn);
     (s13, s2)
@@ -206,7 +210,8 @@ pub fn moe_forward(
     let n_slots = tokens * k;
     let s = &*scratch;
     // Splits planned for this call, reduced where the partial buffers would not hold them.
-    let rows = rows_capacity(n_slots, e);
+    let tile = tile_rows(n_slots, e);
+    let rows = rows_capacity(n_slots, e, tile);
     let (mut s13, mut s2) = plan(ex, n_slots);
     while s13 > 1 && s13 * rows * 2 * ex.ffn > s.part_floats {
         s13 -= 1;
@@ -225,6 +230,7 @@ pub fn moe_forward(
         sorted_slots: p(&s.sorted_slots),
         slot_rows: p(&s.slot_rows),
         sched: p(&s.sched),
+        tile_rows: tile,
     };
     router(gpu, x, gate, tokens, k, &out)?;
     let ran13 = w13(
@@ -238,6 +244,7 @@ pub fn moe_forward(
         s13,
         n_slots,
         k,
+        tile,
     )?;
     let ran2 = w2(
         gpu,
@@ -251,6 +258,7 @@ pub fn moe_forward(
         p(&s.expert_out),
         s2,
         n_slots,
+        tile,
     )?;
     combine(
         gpu,

@@ -2,7 +2,7 @@
 
 use crate::cuda::{DevMat, Gpu, GpuError, GpuResult, KernelSource};
 use crate::kargs;
-use crate::router_topk::cuda::{max_tiles, TILE_ROWS};
+use crate::router_topk::cuda::max_tiles;
 use crate::WeightDType;
 
 pub const SOURCE: KernelSource = KernelSource {
@@ -69,8 +69,18 @@ impl ExpertStack {
 }
 
 /// Rows per split-K partial buffer: every row the schedule can hold.
-pub fn rows_capacity(n_slots: usize, n_experts: usize) -> usize {
-    max_tiles(n_slots, n_experts) * TILE_ROWS
+pub fn rows_capacity(n_slots: usize, n_experts: usize, tile: usize) -> usize {
+    max_tiles(n_slots, n_experts, tile) * tile
+}
+
+/// Rows per tile: 8 (one n-tile per block, few registers, many blocks) while experts get about
+/// 16 rows or fewer, else 64.
+pub fn tile_rows(n_slots: usize, n_experts: usize) -> usize {
+    if n_slots <= 16 * n_experts {
+        8
+    } else {
+        64
+    }
 }
 
 /// How many K splits keep enough warps streaming weights when few tiles are routed: `warps`
@@ -89,8 +99,8 @@ pub fn k_splits(ex: &ExpertStack, warps: usize, k: usize) -> usize {
 
 /// An upper bound of the tiles routed for `n_slots` rows (each expert's rows are one tile or
 /// more, and only `n_slots` rows exist).
-pub fn tiles_bound(n_slots: usize, n_experts: usize) -> usize {
-    n_slots.min(n_experts + n_slots / TILE_ROWS)
+pub fn tiles_bound(n_slots: usize, n_experts: usize, tile: usize) -> usize {
+    n_slots.min(n_experts + n_slots / tile)
 }
 
 /// K-slice length (a multiple of 32) and the split count it gives for `splits` requested.
@@ -113,8 +123,10 @@ pub fn w13(
     splits: usize,
     n_slots: usize,
     top_k: usize,
+    tile: usize,
 ) -> GpuResult<usize> {
-    let mt = max_tiles(n_slots, ex.n_experts);
+    let mt = max_tiles(n_slots, ex.n_experts, tile);
+    let tr = tile as u32;
     let (e, mtu, f, h, k) = (
         ex.n_experts as u32,
         mt as u32,
@@ -125,7 +137,10 @@ pub fn w13(
     let (p1, p3) = (ex.w1.ptr(), ex.w3.ptr());
     if ex.tensor_cores() {
         let (chunk, splits) = split_plan(ex.hidden, splits);
-        let fun = gpu.function(&SOURCE, &format!("w13_tc_{}", ex.w1.suffix()))?;
+        let fun = gpu.function(
+            &SOURCE,
+            &format!("w13_tc_{}_nt{}", ex.w1.suffix(), tile / 8),
+        )?;
         // SAFETY: argument list matches `w13_tc_*`; buffers sized from the same n_slots.
         unsafe {
             gpu.launch(
@@ -143,6 +158,7 @@ pub fn w13(
                     part,
                     e,
                     mtu,
+                    tr,
                     f,
                     h,
                     k,
@@ -160,7 +176,7 @@ pub fn w13(
                 (mt as u32, ex.ffn.div_ceil(8) as u32, 1),
                 (256, 1, 1),
                 0,
-                &mut kargs!(x, p1, p3, sched, sorted_slots, act, e, mtu, f, h, k),
+                &mut kargs!(x, p1, p3, sched, sorted_slots, act, e, mtu, tr, f, h, k),
             )?;
         }
         Ok(1)
@@ -183,8 +199,10 @@ pub fn w2(
     out: u64,
     splits: usize,
     n_slots: usize,
+    tile: usize,
 ) -> GpuResult<usize> {
-    let mt = max_tiles(n_slots, ex.n_experts);
+    let mt = max_tiles(n_slots, ex.n_experts, tile);
+    let tr = tile as u32;
     let (e, mtu, h, f) = (
         ex.n_experts as u32,
         mt as u32,
@@ -195,7 +213,7 @@ pub fn w2(
     if ex.tensor_cores() {
         let (chunk, splits) = split_plan(ex.ffn, splits);
         let ps = part_splits as u32;
-        let fun = gpu.function(&SOURCE, &format!("w2_tc_{}", ex.w2.suffix()))?;
+        let fun = gpu.function(&SOURCE, &format!("w2_tc_{}_nt{}", ex.w2.suffix(), tile / 8))?;
         // SAFETY: argument list matches `w2_tc_*`.
         unsafe {
             gpu.launch(
@@ -214,6 +232,7 @@ pub fn w2(
                     out,
                     e,
                     mtu,
+                    tr,
                     h,
                     f,
                     chunk
@@ -230,7 +249,7 @@ pub fn w2(
                 (mt as u32, ex.hidden.div_ceil(8) as u32, 1),
                 (256, 1, 1),
                 0,
-                &mut kargs!(act, p2, sched, sorted_slots, route_w, out, e, mtu, h, f),
+                &mut kargs!(act, p2, sched, sorted_slots, route_w, out, e, mtu, tr, h, f),
             )?;
         }
         Ok(1)

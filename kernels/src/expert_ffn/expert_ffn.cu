@@ -7,17 +7,16 @@
 // Weights are [E, N, K] (one expert after another); x is f32 [T, H]; act is the weight dtype on
 // the tensor-core path and f32 on the SIMT path; out is f32 [T·k, H] in sorted-row order.
 
-#define TILE_ROWS 64
-
 struct Tile {
     u32 expert, row0, row_end;
 };
-__device__ __forceinline__ bool tile_of(const u32* sched, u32 E, u32 max_tiles, u32 idx, Tile& t) {
+__device__ __forceinline__ bool tile_of(const u32* sched, u32 E, u32 max_tiles, u32 tile_rows,
+                                        u32 idx, Tile& t) {
     if (idx >= sched[0]) return false;
     const u32* offsets = sched + 1;
     t.expert = sched[2 + E + idx];
     t.row0 = sched[2 + E + max_tiles + idx];
-    t.row_end = min(t.row0 + TILE_ROWS, offsets[t.expert + 1]);
+    t.row_end = min(t.row0 + tile_rows, offsets[t.expert + 1]);
     return true;
 }
 
@@ -27,9 +26,9 @@ template <typename W>
 __device__ void w13_simt_impl(const float* __restrict__ x, const W* __restrict__ w1,
                               const W* __restrict__ w3, const u32* __restrict__ sched,
                               const u32* __restrict__ sorted_slots, float* __restrict__ act,
-                              u32 E, u32 max_tiles, u32 F, u32 H, u32 top_k) {
+                              u32 E, u32 max_tiles, u32 tile_rows, u32 F, u32 H, u32 top_k) {
     Tile tl;
-    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u32 f = blockIdx.y * (blockDim.x >> 5) + warp;
     if (f >= F) return;
@@ -65,9 +64,9 @@ template <typename W>
 __device__ void w2_simt_impl(const float* __restrict__ act, const W* __restrict__ w2,
                              const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
                              const float* __restrict__ route_w, float* __restrict__ out, u32 E,
-                             u32 max_tiles, u32 H, u32 F) {
+                             u32 max_tiles, u32 tile_rows, u32 H, u32 F) {
     Tile tl;
-    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u32 h = blockIdx.y * (blockDim.x >> 5) + warp;
     if (h >= H) return;
@@ -97,19 +96,22 @@ __device__ void w2_simt_impl(const float* __restrict__ act, const W* __restrict_
 #define EXPERT_SIMT(S, W)                                                                    \
     extern "C" __global__ void w13_simt_##S(const float* x, const W* w1, const W* w3,        \
                                             const u32* sched, const u32* sorted_slots,       \
-                                            float* act, u32 E, u32 max_tiles, u32 F, u32 H,  \
-                                            u32 top_k) {                                     \
-        w13_simt_impl<W>(x, w1, w3, sched, sorted_slots, act, E, max_tiles, F, H, top_k);    \
+                                            float* act, u32 E, u32 max_tiles, u32 tile_rows, \
+                                            u32 F, u32 H, u32 top_k) {                       \
+        w13_simt_impl<W>(x, w1, w3, sched, sorted_slots, act, E, max_tiles, tile_rows, F, H, \
+                         top_k);                                                             \
     }                                                                                        \
     extern "C" __global__ void w2_simt_##S(const float* act, const W* w2, const u32* sched,  \
                                            const u32* sorted_slots, const float* route_w,    \
-                                           float* out, u32 E, u32 max_tiles, u32 H, u32 F) { \
-        w2_simt_impl<W>(act, w2, sched, sorted_slots, route_w, out, E, max_tiles, H, F);     \
+                                           float* out, u32 E, u32 max_tiles, u32 tile_rows,  \
+                                           u32 H, u32 F) {                                   \
+        w2_simt_impl<W>(act, w2, sched, sorted_slots, route_w, out, E, max_tiles, tile_rows, \
+                        H, F);                                                               \
     }
 FOR_EACH_WEIGHT(EXPERT_SIMT)
 
 // ---- Tensor cores (16-bit weights; F, H multiples of 32): a block is 4 warps × 16 features
-// and one tile of up to 64 rows (8 n-tiles). grid: (max_tiles, N / 64, splits) — the tiles of one
+// and one tile of up to 8·NT rows (NT n-tiles: 1 for decode-sized batches, 8 otherwise). grid: (max_tiles, N / 64, splits) — the tiles of one
 // feature block run next to each other, so a weight slice read by one tile is still in L2 for
 // the expert's next tile. When few tiles are routed (decode), K is split over grid.z so that
 // enough warps stream weights: w13 then writes f32 partial sums of gate and up
@@ -121,14 +123,14 @@ FOR_EACH_WEIGHT(EXPERT_SIMT)
 
 #define PREFETCH 4
 
-template <typename W>
+template <typename W, int NT>
 __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w1,
                             const W* __restrict__ w3, const u32* __restrict__ sched,
                             const u32* __restrict__ sorted_slots, W* __restrict__ act,
-                            float* __restrict__ part, u32 E, u32 max_tiles, u32 F, u32 H,
-                            u32 top_k, u32 k_chunk) {
+                            float* __restrict__ part, u32 E, u32 max_tiles, u32 tile_rows,
+                            u32 F, u32 H, u32 top_k, u32 k_chunk) {
     Tile tl;
-    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const u32 f0 = blockIdx.y * 64 + warp * 16;
     if (f0 >= F) return;
@@ -136,15 +138,15 @@ __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w
     const u32 k_end = min(H, k_begin + k_chunk);
     const u32 rows = tl.row_end - tl.row0;
     const u32 tiles = (rows + 7) / 8;
-    const float* xb[8];
+    const float* xb[NT];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < NT; ++j) {
         const u32 r = j * 8 + g;
         xb[j] = r < rows ? x + (u64)(sorted_slots[tl.row0 + r] / top_k) * H + 8 * q : nullptr;
     }
-    float cg[8][4], cu[8][4];
+    float cg[NT][4], cu[NT][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) cg[j][i] = cu[j][i] = 0.f;
     const W* gb = w1 + ((u64)tl.expert * F + f0) * H + 8 * q;
@@ -169,7 +171,7 @@ __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w
                     pu[p] = load_a(ub, H, g, k + 32 * PREFETCH);
                 }
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
+                for (int j = 0; j < NT; ++j) {
                     if (j < tiles) {
                         const uint4 b = xb[j] ? load_b_f32<W>(xb[j] + k) : make_uint4(0, 0, 0, 0);
                         mma_k32<W>(cg[j], ag, b);
@@ -181,9 +183,9 @@ __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w
     }
     W tag;
     u16* out = reinterpret_cast<u16*>(act);
-    float* pz = part + (u64)blockIdx.z * max_tiles * TILE_ROWS * 2 * F;
+    float* pz = part + (u64)blockIdx.z * max_tiles * tile_rows * 2 * F;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < NT; ++j) {
         if (j < tiles) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
@@ -233,14 +235,14 @@ __device__ __forceinline__ uint4 act_from_parts(const float* part, u64 part_stri
                       pack2(a[6], a[7], tag));
 }
 
-template <typename W>
+template <typename W, int NT>
 __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ part,
                            u32 part_splits, const W* __restrict__ w2,
                            const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
                            const float* __restrict__ route_w, float* __restrict__ out, u32 E,
-                           u32 max_tiles, u32 H, u32 F, u32 k_chunk) {
+                           u32 max_tiles, u32 tile_rows, u32 H, u32 F, u32 k_chunk) {
     Tile tl;
-    if (!tile_of(sched, E, max_tiles, blockIdx.x, tl)) return;
+    if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const u32 h0 = blockIdx.y * 64 + warp * 16;
     if (h0 >= H) return;
@@ -248,10 +250,10 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
     const u32 k_end = min(F, k_begin + k_chunk);
     const u32 rows = tl.row_end - tl.row0;
     const u32 tiles = (rows + 7) / 8;
-    const u64 part_stride = (u64)max_tiles * TILE_ROWS * 2 * F;
-    float c[8][4];
+    const u64 part_stride = (u64)max_tiles * tile_rows * 2 * F;
+    float c[NT][4];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
     const W* wb = w2 + ((u64)tl.expert * H + h0) * F + 8 * q;
     AFrag pa[PREFETCH];
 #pragma unroll
@@ -267,7 +269,7 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
                 const AFrag a = pa[p];
                 if (k + 32 * PREFETCH < k_end) pa[p] = load_a(wb, F, g, k + 32 * PREFETCH);
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
+                for (int j = 0; j < NT; ++j) {
                     if (j < tiles) {
                         const u32 r = j * 8 + g;
                         uint4 b = make_uint4(0, 0, 0, 0);
@@ -283,9 +285,9 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
             }
         }
     }
-    float* oz = out + (u64)blockIdx.z * max_tiles * TILE_ROWS * H;
+    float* oz = out + (u64)blockIdx.z * max_tiles * tile_rows * H;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < NT; ++j) {
         if (j < tiles) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
@@ -301,19 +303,22 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
     }
 }
 
-#define EXPERT_TC(S, W)                                                                      \
+#define EXPERT_TC_NT(S, W, NT)                                                               \
     extern "C" __global__ void __launch_bounds__(128)                                        \
-        w13_tc_##S(const float* x, const W* w1, const W* w3, const u32* sched,               \
-                   const u32* sorted_slots, W* act, float* part, u32 E, u32 max_tiles, u32 F, \
-                   u32 H, u32 top_k, u32 k_chunk) {                                          \
-        w13_tc_impl<W>(x, w1, w3, sched, sorted_slots, act, part, E, max_tiles, F, H, top_k, \
-                       k_chunk);                                                             \
+        w13_tc_##S##_nt##NT(const float* x, const W* w1, const W* w3, const u32* sched,      \
+                            const u32* sorted_slots, W* act, float* part, u32 E,             \
+                            u32 max_tiles, u32 tile_rows, u32 F, u32 H, u32 top_k,           \
+                            u32 k_chunk) {                                                   \
+        w13_tc_impl<W, NT>(x, w1, w3, sched, sorted_slots, act, part, E, max_tiles,          \
+                           tile_rows, F, H, top_k, k_chunk);                                 \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                        \
-        w2_tc_##S(const W* act, const float* part, u32 part_splits, const W* w2,             \
-                  const u32* sched, const u32* sorted_slots, const float* route_w,           \
-                  float* out, u32 E, u32 max_tiles, u32 H, u32 F, u32 k_chunk) {             \
-        w2_tc_impl<W>(act, part, part_splits, w2, sched, sorted_slots, route_w, out, E,      \
-                      max_tiles, H, F, k_chunk);                                             \
+        w2_tc_##S##_nt##NT(const W* act, const float* part, u32 part_splits, const W* w2,    \
+                           const u32* sched, const u32* sorted_slots, const float* route_w,  \
+                           float* out, u32 E, u32 max_tiles, u32 tile_rows, u32 H, u32 F,    \
+                           u32 k_chunk) {                                                    \
+        w2_tc_impl<W, NT>(act, part, part_splits, w2, sched, sorted_slots, route_w, out, E,  \
+                          max_tiles, tile_rows, H, F, k_chunk);                              \
     }
+#define EXPERT_TC(S, W) EXPERT_TC_NT(S, W, 1) EXPERT_TC_NT(S, W, 8)
 FOR_EACH_HALF(EXPERT_TC)

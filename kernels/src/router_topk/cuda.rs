@@ -47,8 +47,10 @@ pub struct RouterOut {
     pub done: u64,
     pub sorted_slots: u64,
     pub slot_rows: u64,
-    /// `sched_words(n_slots, n_experts)` u32.
+    /// `sched_words(n_slots, n_experts, tile_rows)` u32.
     pub sched: u64,
+    /// Rows per tile of the grouped GEMMs' schedule (8 or 64).
+    pub tile_rows: usize,
 }
 
 pub fn check(n_experts: usize, top_k: usize) -> GpuResult<()> {
@@ -74,7 +76,8 @@ pub fn router(
     let f = gpu.function(&SOURCE, &format!("router_topk_{}", gate.suffix()))?;
     let (gp, h, e, k) = (gate.ptr(), gate.cols as u32, gate.rows as u32, top_k as u32);
     let logits = o.logits.unwrap_or(0);
-    let mt = max_tiles(tokens * top_k, gate.rows) as u32;
+    let mt = max_tiles(tokens * top_k, gate.rows, o.tile_rows) as u32;
+    let tr = o.tile_rows as u32;
     let threads = (gate.rows.min(8) * 32).max(64) as u32;
     // SAFETY: argument list matches `router_topk_*`.
     unsafe {
@@ -97,6 +100,7 @@ pub fn router(
                 o.stats,
                 o.done,
                 mt,
+                tr,
                 o.sorted_slots,
                 o.slot_rows,
                 o.sched
@@ -105,15 +109,12 @@ pub fn router(
     }
 }
 
-/// Rows per tile of the grouped expert GEMMs.
-pub const TILE_ROWS: usize = 64;
-
-/// Upper bound of the tile count for `n_slots` routed rows over `n_experts`.
-pub fn max_tiles(n_slots: usize, n_experts: usize) -> usize {
-    n_slots.div_ceil(TILE_ROWS) + n_experts
+/// Upper bound of the tile count for `n_slots` routed rows over `n_experts`, tiles of `tile`.
+pub fn max_tiles(n_slots: usize, n_experts: usize, tile: usize) -> usize {
+    n_slots.div_ceil(tile) + n_experts
 }
 
 /// u32 words of the schedule buffer.
-pub fn sched_words(n_slots: usize, n_experts: usize) -> usize {
-    2 + n_experts + 2 * max_tiles(n_slots, n_experts)
+pub fn sched_words(n_slots: usize, n_experts: usize, tile: usize) -> usize {
+    2 + n_experts + 2 * max_tiles(n_slots, n_experts, tile)
 }

@@ -8,7 +8,6 @@
 
 #define ROUTER_MAX_E 256
 #define ROUTER_MAX_K 16
-#define TILE_ROWS 64
 
 __device__ void dispatch_body(const u32* ids, const u32* pos, u32* counts, u32 n_slots, u32 E,
                               u32 tile, u32 max_tiles, u32* sorted_slots, u32* slot_rows,
@@ -19,7 +18,8 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
                             u32 K, float* __restrict__ logits_out, u32* __restrict__ ids,
                             float* __restrict__ weights, u32* __restrict__ counts,
                             u32* __restrict__ pos, u64* __restrict__ stats,
-                            u32* __restrict__ done, u32 max_tiles, u32* __restrict__ sorted_slots,
+                            u32* __restrict__ done, u32 max_tiles, u32 tile_rows,
+                            u32* __restrict__ sorted_slots,
                             u32* __restrict__ slot_rows, u32* __restrict__ sched) {
     __shared__ float s_logit[ROUTER_MAX_E];
     __shared__ float s_prob[ROUTER_MAX_E];
@@ -35,54 +35,84 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
         if (lane == 0) s_logit[e] = s;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
+    // Warp 0 finishes the token: lane l holds experts l, l + 32, …
+    if (warp == 0) {
+        constexpr int PER = ROUTER_MAX_E / 32;
+        float p[PER];
         float m = NEG_INF;
-        for (u32 e = 0; e < E; ++e) m = fmaxf(m, s_logit[e]);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const u32 e = lane + 32 * i;
+            p[i] = e < E ? s_logit[e] : NEG_INF;
+            m = fmaxf(m, p[i]);
+        }
+        m = warp_max(m);
         float z = 0.f;
-        for (u32 e = 0; e < E; ++e) {
-            s_prob[e] = expf(s_logit[e] - m);
-            z += s_prob[e];
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const u32 e = lane + 32 * i;
+            p[i] = e < E ? expf(p[i] - m) : 0.f;
+            z += p[i];
         }
+        z = warp_sum(z);
         double entropy = 0.0;
-        for (u32 e = 0; e < E; ++e) {
-            const float p = s_prob[e] / z;
-            s_prob[e] = p;
-            if (p > 0.f) entropy -= (double)p * log((double)p);
-        }
-        float top_sum = 0.f;
-        u32 taken[ROUTER_MAX_E / 32];
-        for (u32 i = 0; i < (E + 31) / 32; ++i) taken[i] = 0;
-        for (u32 j = 0; j < K; ++j) {
-            u32 best = 0xffffffffu;
-            for (u32 e = 0; e < E; ++e) {
-                if (taken[e >> 5] & (1u << (e & 31))) continue;
-                if (best == 0xffffffffu || s_prob[e] > s_prob[best]) best = e;
+        double* prob_mass = (double*)(stats + 1 + E + (u64)E * E);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const u32 e = lane + 32 * i;
+            if (e < E) {
+                p[i] = p[i] / z;
+                s_prob[e] = p[i];
+                atomicAdd(&prob_mass[e], (double)p[i]);
+                if (logits_out) logits_out[t * E + e] = s_logit[e];
+                if (p[i] > 0.f) entropy -= (double)p[i] * log((double)p[i]);
             }
-            taken[best >> 5] |= 1u << (best & 31);
-            s_pick[j] = best;
-            top_sum += s_prob[best];
         }
-        u64* tokens = stats;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) entropy += __shfl_xor_sync(0xffffffffu, entropy, o);
+        // Top-k by repeated warp argmax; ties go to the lower id.
+        u32 taken = 0;
+        float top_sum = 0.f;
+        for (u32 j = 0; j < K; ++j) {
+            float best = -1.f;
+            u32 best_e = 0xffffffffu;
+#pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const u32 e = lane + 32 * i;
+                if (e < E && !(taken & (1u << i)) && p[i] > best) {
+                    best = p[i];
+                    best_e = e;
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+                const u32 oe = __shfl_xor_sync(0xffffffffu, best_e, o);
+                if (ob > best || (ob == best && oe < best_e)) {
+                    best = ob;
+                    best_e = oe;
+                }
+            }
+            if ((best_e & 31) == lane) taken |= 1u << (best_e >> 5);
+            if (lane == 0) s_pick[j] = best_e;
+            top_sum += best;
+        }
+        __syncwarp();
         u64* expert_tokens = stats + 1;
         u64* coselect = expert_tokens + E;
-        double* entropy_sum = (double*)(coselect + (u64)E * E + E);
-        atomicAdd(tokens, 1ull);
-        atomicAdd(entropy_sum, entropy);
-        for (u32 j = 0; j < K; ++j) {
-            const u32 e = s_pick[j];
-            ids[t * K + j] = e;
-            weights[t * K + j] = s_prob[e] / top_sum;
-            pos[t * K + j] = atomicAdd(&counts[e], 1u);
+        if (lane < K) {
+            const u32 e = s_pick[lane];
+            ids[t * K + lane] = e;
+            weights[t * K + lane] = s_prob[e] / top_sum;
+            pos[t * K + lane] = atomicAdd(&counts[e], 1u);
             atomicAdd(&expert_tokens[e], 1ull);
             for (u32 i = 0; i < K; ++i)
-                if (i != j) atomicAdd(&coselect[(u64)e * E + s_pick[i]], 1ull);
+                if (i != lane) atomicAdd(&coselect[(u64)e * E + s_pick[i]], 1ull);
         }
-    }
-    __syncthreads();
-    double* prob_mass = (double*)(stats + 1 + E + (u64)E * E);
-    for (u32 e = threadIdx.x; e < E; e += blockDim.x) {
-        atomicAdd(&prob_mass[e], (double)s_prob[e]);
-        if (logits_out) logits_out[t * E + e] = s_logit[e];
+        if (lane == 0) {
+            atomicAdd(stats, 1ull);
+            atomicAdd((double*)(coselect + (u64)E * E + E), entropy);
+        }
     }
     // The last block to finish groups every slot by expert (dispatch), saving a launch.
     __shared__ bool s_last;
@@ -92,7 +122,7 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
     __syncthreads();
     if (s_last) {
         __threadfence();
-        dispatch_body(ids, pos, counts, gridDim.x * K, E, TILE_ROWS, max_tiles, sorted_slots,
+        dispatch_body(ids, pos, counts, gridDim.x * K, E, tile_rows, max_tiles, sorted_slots,
                       slot_rows, sched);
         if (threadIdx.x == 0) *done = 0;
     }
@@ -102,9 +132,9 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
     extern "C" __global__ void router_topk_##S(                                              \
         const float* x, const W* gate, u32 H, u32 E, u32 K, float* logits_out, u32* ids,     \
         float* weights, u32* counts, u32* pos, u64* stats, u32* done, u32 max_tiles,         \
-        u32* sorted_slots, u32* slot_rows, u32* sched) {                                     \
+        u32 tile_rows, u32* sorted_slots, u32* slot_rows, u32* sched) {                      \
         router_impl<W>(x, gate, H, E, K, logits_out, ids, weights, counts, pos, stats, done, \
-                       max_tiles, sorted_slots, slot_rows, sched);                           \
+                       max_tiles, tile_rows, sorted_slots, slot_rows, sched);                \
     }
 FOR_EACH_WEIGHT(ROUTER)
 
@@ -121,23 +151,43 @@ __device__ void dispatch_body(const u32* ids, const u32* pos, u32* counts, u32 n
     u32* offsets = sched + 1;
     u32* tile_expert = sched + 2 + E;
     u32* tile_row0 = tile_expert + max_tiles;
-    if (threadIdx.x == 0) {
-        u32 acc = 0, nt = 0;
-        for (u32 e = 0; e < E; ++e) {
-            const u32 c = __ldcg(counts + e);
-            s_off[e] = acc;
-            offsets[e] = acc;
-            for (u32 r = 0; r < c; r += tile) {
-                tile_expert[nt] = e;
-                tile_row0[nt] = acc + r;
-                ++nt;
+    if (threadIdx.x < 32) {
+        const u32 lane = threadIdx.x;
+        u32 rows_before = 0, tiles_before = 0;
+        for (u32 base = 0; base < E; base += 32) {
+            const u32 e = base + lane;
+            const u32 c = e < E ? __ldcg(counts + e) : 0;
+            const u32 nt = (c + tile - 1) / tile;
+            // Inclusive warp scans of rows and tiles.
+            u32 rc = c, tc = nt;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const u32 r2 = __shfl_up_sync(0xffffffffu, rc, o);
+                const u32 t2 = __shfl_up_sync(0xffffffffu, tc, o);
+                if (lane >= o) {
+                    rc += r2;
+                    tc += t2;
+                }
             }
-            acc += c;
-            counts[e] = 0;
+            if (e < E) {
+                const u32 off = rows_before + rc - c;
+                const u32 t0 = tiles_before + tc - nt;
+                s_off[e] = off;
+                offsets[e] = off;
+                for (u32 i = 0; i < nt; ++i) {
+                    tile_expert[t0 + i] = e;
+                    tile_row0[t0 + i] = off + i * tile;
+                }
+                counts[e] = 0;
+            }
+            rows_before += __shfl_sync(0xffffffffu, rc, 31);
+            tiles_before += __shfl_sync(0xffffffffu, tc, 31);
         }
-        s_off[E] = acc;
-        offsets[E] = acc;
-        sched[0] = nt;
+        if (lane == 0) {
+            s_off[E] = rows_before;
+            offsets[E] = rows_before;
+            sched[0] = tiles_before;
+        }
     }
     __syncthreads();
     for (u32 s = threadIdx.x; s < n_slots; s += blockDim.x) {
