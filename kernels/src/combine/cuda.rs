@@ -8,13 +8,15 @@ pub const SOURCE: KernelSource = KernelSource {
     code: include_str!("combine.cu"),
 };
 
-/// `residual[t] += Σ_j Σ_z expert_out[z][slot_rows[t·k + j]]` for `n` tokens, `splits` partials
-/// `split_stride` floats apart.
+/// `residual[t] += Σ_j w_j · Σ_z expert_out[z][slot_rows[t·k + j]]` for `n` tokens, `splits`
+/// partials `split_stride` floats apart; `w_j = route_w[t·k + j]` when `route_w` is not 0, else 1
+/// (the weights already applied).
 #[allow(clippy::too_many_arguments)]
 pub fn combine(
     gpu: &Gpu,
     expert_out: u64,
     slot_rows: u64,
+    route_w: u64,
     residual: u64,
     n: usize,
     hidden: usize,
@@ -29,15 +31,16 @@ pub fn combine(
         splits as u32,
         split_stride as u64,
     );
-    let threads = (hidden.div_ceil(32) * 32).clamp(32, 512) as u32;
+    let threads = 256u32;
+    let grid = (n as u32, hidden.div_ceil(256) as u32, 1);
     // SAFETY: argument list matches `combine_f32`.
     unsafe {
         gpu.launch(
             f,
-            (n as u32, 1, 1),
+            grid,
             (threads, 1, 1),
             0,
-            &mut kargs!(expert_out, slot_rows, residual, h, k, z, zs),
+            &mut kargs!(expert_out, slot_rows, route_w, residual, h, k, z, zs),
         )
     }
 }

@@ -114,3 +114,20 @@ __device__ __forceinline__ void mma_k32(float (&c)[4], const AFrag& a, const uin
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 __device__ __forceinline__ u16 to_half_bits(float v, bf16 tag) { return (u16)(pack2(v, 0.f, tag) & 0xffff); }
 __device__ __forceinline__ u16 to_half_bits(float v, f16 tag) { return (u16)(pack2(v, 0.f, tag) & 0xffff); }
+
+// 8 consecutive weights (16-byte aligned) widened to f32.
+__device__ __forceinline__ void load8(const float* p, float (&w)[8]) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(p + 4));
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+}
+template <typename W>
+__device__ __forceinline__ void load8(const W* p, float (&w)[8]) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    W tag;
+    w[0] = lo_f32(v.x, tag); w[1] = hi_f32(v.x, tag);
+    w[2] = lo_f32(v.y, tag); w[3] = hi_f32(v.y, tag);
+    w[4] = lo_f32(v.z, tag); w[5] = hi_f32(v.z, tag);
+    w[6] = lo_f32(v.w, tag); w[7] = hi_f32(v.w, tag);
+}

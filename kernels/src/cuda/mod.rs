@@ -5,6 +5,7 @@
 //! machines without CUDA; [`Gpu::new`] turns "no library / no device" into a reason string instead
 //! of the panic a call into a missing library would be.
 
+mod blas;
 mod buffer;
 mod compile;
 mod mat;
@@ -98,6 +99,7 @@ pub struct Gpu {
     pub sm_count: u32,
     pub total_mem: usize,
     modules: Mutex<HashMap<&'static str, LoadedModule>>,
+    blas: Mutex<Option<blas::BlasHandle>>,
 }
 
 // SAFETY: the raw module/function handles are process-wide driver objects; access to the map is
@@ -130,6 +132,7 @@ impl Gpu {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
         }))
     }
 
@@ -247,6 +250,13 @@ impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.bind();
         let _ = self.synchronize();
+        // The cuBLAS handle goes before the context it was made in.
+        drop(
+            self.blas
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         for (_, m) in self
             .modules
             .get_mut()

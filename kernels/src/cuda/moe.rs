@@ -6,9 +6,10 @@
 use super::{DevBuf, DevMat, Gpu, GpuResult};
 use crate::combine::cuda::combine;
 use crate::expert_ffn::cuda::{
-    k_splits, rows_capacity, tile_rows, tiles_bound, w13, w2, ExpertStack,
+    gather, k_splits, rows_capacity, swiglu, tile_rows, tiles_bound, w13, w2, ExpertStack,
 };
 use crate::router_topk::cuda::{router, sched_words, stats_words, RouterOut};
+use crate::WeightDType;
 use std::sync::Arc;
 
 /// One layer's router and experts.
@@ -65,6 +66,10 @@ pub struct MoeScratch {
     pub act: Option<DevBuf>,
     pub expert_out: Option<DevBuf>,
     pub logits: Option<DevBuf>,
+    /// Large-batch path: gathered rows, gate and up outputs (weight dtype).
+    pub xs: Option<DevBuf>,
+    pub gate_out: Option<DevBuf>,
+    pub up_out: Option<DevBuf>,
 }
 
 impl Default for MoeScratch {
@@ -86,6 +91,9 @@ impl Default for MoeScratch {
             act: None,
             expert_out: None,
             logits: None,
+            xs: None,
+            gate_out: None,
+            up_out: None,
         }
     }
 }
@@ -148,6 +156,13 @@ impl MoeScratch {
         self.act = Some(gpu.alloc(ex.act_size() * slots * ex.ffn)?);
         self.expert_out = Some(gpu.alloc(4 * out_floats)?);
         self.logits = Some(gpu.alloc(4 * cap * ex.n_experts)?);
+        if ex.tensor_cores() && slots >= blas_min_slots() {
+            self.xs = Some(gpu.alloc(2 * slots * ex.hidden)?);
+            self.gate_out = Some(gpu.alloc(2 * slots * ex.ffn)?);
+            self.up_out = Some(gpu.alloc(2 * slots * ex.ffn)?);
+        } else {
+            (self.xs, self.gate_out, self.up_out) = (None, None, None);
+        }
         self.capacity = cap;
         self.key = key;
         Ok(())
@@ -175,11 +190,29 @@ impl MoeScratch {
     }
 }
 
+/// From this many routed rows on (and 16-bit weights), the experts run as cuBLAS GEMMs, one per
+/// expert, after one read of the expert offsets: at that size the arithmetic dominates, the
+/// host round trip costs well under 1% of the layer, and cuBLAS's tiled kernels reuse each
+/// weight tile across many rows where the fused kernels re-read it per 64-row tile.
+/// `MOE_BLAS_MIN_SLOTS` overrides it (0 disables the path).
+pub fn blas_min_slots() -> usize {
+    match std::env::var("MOE_BLAS_MIN_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None => 1024,
+    }
+}
+
 /// K splits of (w13, w2) for `n_slots` routed rows: more when few tiles are routed.
 fn plan(ex: &ExpertStack, n_slots: usize) -> (usize, usize) {
     let tiles = tiles_bound(n_slots, ex.n_experts, tile_rows(n_slots, ex.n_experts));
-    let s13 = k_splits(ex, tiles * ex.ffn.div_ceil(16), ex.hidden);
-    let s2 = k_splits(ex, tiles * ex.hidden.div_ceil(16), ex.ffn);
+    // w13 splits only when very few warps would run (its partials cost w2 extra loads); w2
+    // splits to about two waves of resident warps on a 132-SM device.
+    let s13 = k_splits(ex, tiles * ex.ffn.div_ceil(16), ex.hidden, 1024);
+    let s2 = k_splits(ex, tiles * ex.hidden.div_ceil(16), ex.ffn, 3072);
     (s13, s2)
 }
 
@@ -233,6 +266,9 @@ pub fn moe_forward(
         tile_rows: tile,
     };
     router(gpu, x, gate, tokens, k, &out)?;
+    if s.xs.is_some() && n_slots >= blas_min_slots() {
+        return experts_by_blas(gpu, ex, s, &out, x, residual, tokens, k);
+    }
     let ran13 = w13(
         gpu,
         ex,
@@ -264,11 +300,92 @@ pub fn moe_forward(
         gpu,
         p(&s.expert_out),
         out.slot_rows,
+        0,
         residual,
         tokens,
         ex.hidden,
         k,
         ran2,
         rows * ex.hidden,
+    )
+}
+
+/// The large-batch expert path: gather → per expert gate and up GEMMs → SwiGLU → per expert
+/// down GEMM → weighted combine.
+#[allow(clippy::too_many_arguments)]
+fn experts_by_blas(
+    gpu: &Arc<Gpu>,
+    ex: &ExpertStack,
+    s: &MoeScratch,
+    out: &RouterOut,
+    x: u64,
+    residual: u64,
+    tokens: usize,
+    k: usize,
+) -> GpuResult<()> {
+    let n_slots = tokens * k;
+    let (e, h, f) = (ex.n_experts, ex.hidden, ex.ffn);
+    let dt = ex.dtype();
+    let (xs, g, u, act) = (p(&s.xs), p(&s.gate_out), p(&s.up_out), p(&s.act));
+    gather(gpu, ex, x, out.sorted_slots, k, n_slots, xs)?;
+    let offsets = s.sched.as_ref().expect("allocated").read::<u32>(4, e + 1)?;
+    let esz = dt.size();
+    for i in 0..e {
+        let (r0, r1) = (offsets[i] as usize, offsets[i + 1] as usize);
+        if r1 <= r0 {
+            continue;
+        }
+        let a = xs + (r0 * h * esz) as u64;
+        let w_off = (i * f * h * esz) as u64;
+        gpu.gemm_rows_by_weights(
+            a,
+            ex.w1.ptr() + w_off,
+            dt,
+            g + (r0 * f * esz) as u64,
+            dt,
+            r1 - r0,
+            f,
+            h,
+        )?;
+        gpu.gemm_rows_by_weights(
+            a,
+            ex.w3.ptr() + w_off,
+            dt,
+            u + (r0 * f * esz) as u64,
+            dt,
+            r1 - r0,
+            f,
+            h,
+        )?;
+    }
+    swiglu(gpu, ex, g, u, act, n_slots * f)?;
+    let eo = p(&s.expert_out);
+    for i in 0..e {
+        let (r0, r1) = (offsets[i] as usize, offsets[i + 1] as usize);
+        if r1 <= r0 {
+            continue;
+        }
+        gpu.gemm_rows_by_weights(
+            act + (r0 * f * esz) as u64,
+            ex.w2.ptr() + (i * h * f * esz) as u64,
+            dt,
+            eo + (r0 * h * 4) as u64,
+            WeightDType::F32,
+            r1 - r0,
+            h,
+            f,
+        )?;
+    }
+    combine(
+        gpu,
+        eo,
+        out.slot_rows,
+        out.weights,
+        residual,
+        tokens,
+        h,
+        k,
+        1,
+        0,
     )
 }

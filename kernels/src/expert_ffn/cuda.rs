@@ -83,15 +83,14 @@ pub fn tile_rows(n_slots: usize, n_experts: usize) -> usize {
     }
 }
 
-/// How many K splits keep enough warps streaming weights when few tiles are routed: `warps`
-/// is the warp count without splitting, `k` the reduction length. 1 on the SIMT path.
-pub fn k_splits(ex: &ExpertStack, warps: usize, k: usize) -> usize {
+/// How many K splits keep about `target_warps` warps streaming weights when few tiles are
+/// routed: `warps` is the warp count without splitting, `k` the reduction length. 1 on the SIMT
+/// path.
+pub fn k_splits(ex: &ExpertStack, warps: usize, k: usize, target_warps: usize) -> usize {
     if !ex.tensor_cores() {
         return 1;
     }
-    // About two waves of the largest resident grid on a 132-SM device.
-    const TARGET_WARPS: usize = 3072;
-    TARGET_WARPS
+    target_warps
         .div_ceil(warps.max(1))
         .clamp(1, 16)
         .min((k / 256).max(1))
@@ -253,5 +252,48 @@ pub fn w2(
             )?;
         }
         Ok(1)
+    }
+}
+
+/// Gathers routed rows into expert order in the weight dtype: `out[row] = x[token(row)]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gather(
+    gpu: &Gpu,
+    ex: &ExpertStack,
+    x: u64,
+    sorted_slots: u64,
+    top_k: usize,
+    n_rows: usize,
+    out: u64,
+) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, &format!("gather_{}", ex.w1.suffix()))?;
+    let (k, h) = (top_k as u32, ex.hidden as u32);
+    let grid = (n_rows as u32, ex.hidden.div_ceil(8 * 128) as u32, 1);
+    // SAFETY: argument list matches `gather_*`; hidden is a multiple of 32 on this path.
+    unsafe {
+        gpu.launch(
+            f,
+            grid,
+            (128, 1, 1),
+            0,
+            &mut kargs!(x, sorted_slots, k, h, out),
+        )
+    }
+}
+
+/// `act = silu(g) · u` over `n` elements (a multiple of 8) of the weight dtype.
+pub fn swiglu(gpu: &Gpu, ex: &ExpertStack, g: u64, u: u64, act: u64, n: usize) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, &format!("swiglu_{}", ex.w1.suffix()))?;
+    let n8 = (n / 8) as u64;
+    let blocks = (n / 8).div_ceil(256).min(gpu.sm_count as usize * 16) as u32;
+    // SAFETY: argument list matches `swiglu_*`.
+    unsafe {
+        gpu.launch(
+            f,
+            (blocks, 1, 1),
+            (256, 1, 1),
+            0,
+            &mut kargs!(g, u, act, n8),
+        )
     }
 }

@@ -256,10 +256,19 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
     for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
     const W* wb = w2 + ((u64)tl.expert * H + h0) * F + 8 * q;
     AFrag pa[PREFETCH];
+    // With one n-tile and the activations stored (no w13 partials), the activation slice is
+    // prefetched with the weights: the loop then waits on nothing it did not ask for ahead.
+    const bool pre_b = NT == 1 && part_splits <= 1 && g < rows;
+    const W* ab = act + (u64)(tl.row0 + g) * F + 8 * q;
+    uint4 pb[PREFETCH];
 #pragma unroll
     for (int p = 0; p < PREFETCH; ++p) {
         const u32 k = k_begin + 32 * p;
-        if (k < k_end) pa[p] = load_a(wb, F, g, k);
+        pb[p] = make_uint4(0, 0, 0, 0);
+        if (k < k_end) {
+            pa[p] = load_a(wb, F, g, k);
+            if (pre_b) pb[p] = __ldg(reinterpret_cast<const uint4*>(ab + k));
+        }
     }
     for (u32 k0 = k_begin; k0 < k_end; k0 += 32 * PREFETCH) {
 #pragma unroll
@@ -267,7 +276,15 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
             const u32 k = k0 + 32 * p;
             if (k < k_end) {
                 const AFrag a = pa[p];
-                if (k + 32 * PREFETCH < k_end) pa[p] = load_a(wb, F, g, k + 32 * PREFETCH);
+                const uint4 bp = pb[p];
+                if (k + 32 * PREFETCH < k_end) {
+                    pa[p] = load_a(wb, F, g, k + 32 * PREFETCH);
+                    if (pre_b) pb[p] = __ldg(reinterpret_cast<const uint4*>(ab + k + 32 * PREFETCH));
+                }
+                if (NT == 1 && part_splits <= 1) {
+                    mma_k32<W>(c[0], a, bp);
+                    continue;
+                }
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
                     if (j < tiles) {
@@ -322,3 +339,44 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
     }
 #define EXPERT_TC(S, W) EXPERT_TC_NT(S, W, 1) EXPERT_TC_NT(S, W, 8)
 FOR_EACH_HALF(EXPERT_TC)
+
+// ---- Large batches through cuBLAS (one GEMM per expert; see cuda/moe.rs): the routed rows
+// gathered into expert order in the weight dtype, and SwiGLU between the two GEMMs.
+// grid: (n_rows, ceil(H / (8 · blockDim))).
+template <typename W>
+__device__ void gather_impl(const float* __restrict__ x, const u32* __restrict__ sorted_slots,
+                            u32 top_k, u32 H, W* __restrict__ out) {
+    const u64 row = blockIdx.x;
+    const u32 k = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (k >= H) return;
+    const float* src = x + (u64)(sorted_slots[row] / top_k) * H + k;
+    *reinterpret_cast<uint4*>(out + row * H + k) = load_b_f32<W>(src);
+}
+
+// act = silu(g) · u over n pairs of 16-bit values (8 per thread).
+template <typename W>
+__device__ void swiglu_impl(const W* __restrict__ g, const W* __restrict__ u, W* __restrict__ act,
+                            u64 n8) {
+    W tag;
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n8; i += (u64)gridDim.x * blockDim.x) {
+        const uint4 gv = __ldg(reinterpret_cast<const uint4*>(g) + i);
+        const uint4 uv = __ldg(reinterpret_cast<const uint4*>(u) + i);
+        const u32 gw[4] = {gv.x, gv.y, gv.z, gv.w}, uw[4] = {uv.x, uv.y, uv.z, uv.w};
+        u32 o[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            o[j] = pack2(silu(lo_f32(gw[j], tag)) * lo_f32(uw[j], tag),
+                         silu(hi_f32(gw[j], tag)) * hi_f32(uw[j], tag), tag);
+        reinterpret_cast<uint4*>(act)[i] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+}
+
+#define EXPERT_BLAS(S, W)                                                                    \
+    extern "C" __global__ void gather_##S(const float* x, const u32* sorted_slots, u32 top_k, \
+                                          u32 H, W* out) {                                   \
+        gather_impl<W>(x, sorted_slots, top_k, H, out);                                      \
+    }                                                                                        \
+    extern "C" __global__ void swiglu_##S(const W* g, const W* u, W* act, u64 n8) {          \
+        swiglu_impl<W>(g, u, act, n8);                                                       \
+    }
+FOR_EACH_HALF(EXPERT_BLAS)

@@ -27,11 +27,24 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
     const u64 t = blockIdx.x;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     const float* xr = x + t * H;
+    // Gate logits: a warp per expert; with H a multiple of 8, each lane reads 8 consecutive
+    // weights at a time (16-byte loads for 16-bit weights) to keep loads in flight.
     for (u32 e = warp; e < E; e += nw) {
         const W* gr = gate + (u64)e * H;
-        float s = 0.f;
-        for (u32 k = lane; k < H; k += 32) s += xr[k] * to_f32(gr[k]);
-        s = warp_sum(s);
+        float s0 = 0.f, s1 = 0.f;
+        if (H % 8 == 0) {
+            for (u32 k = lane * 8; k < H; k += 256) {
+                float w[8];
+                load8(gr + k, w);
+                const float4 a = *reinterpret_cast<const float4*>(xr + k);
+                const float4 b = *reinterpret_cast<const float4*>(xr + k + 4);
+                s0 += a.x * w[0] + a.y * w[1] + a.z * w[2] + a.w * w[3];
+                s1 += b.x * w[4] + b.y * w[5] + b.z * w[6] + b.w * w[7];
+            }
+        } else {
+            for (u32 k = lane; k < H; k += 32) s0 += xr[k] * to_f32(gr[k]);
+        }
+        const float s = warp_sum(s0 + s1);
         if (lane == 0) s_logit[e] = s;
     }
     __syncthreads();
