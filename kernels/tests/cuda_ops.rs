@@ -214,6 +214,7 @@ fn rope_matches_cpu() {
         let positions: Vec<u32> = (0..n).map(|_| r.below(30000) as u32).collect();
         let mut x = r.vec(n * heads * hd, 1.0);
         let dx = g.upload(&x).unwrap();
+        let dx2 = g.upload(&x).unwrap();
         let (dp, df) = (
             g.upload(&positions).unwrap(),
             g.upload(&rope_p.inv_freq).unwrap(),
@@ -221,6 +222,17 @@ fn rope_matches_cpu() {
         rope::cuda::rope(&g, dx.ptr(), dp.ptr(), df.ptr(), n, heads, hd).unwrap();
         rope::cpu::run(&rope_p, &mut x, &positions).unwrap();
         assert_close(&format!("rope hd {hd}"), &read(&dx, x.len()), &x, 1e-5);
+        // The table path (cos/sin built once per forward) gives the same rotation.
+        let half = hd / 2;
+        let (cos, sin) = (poisoned(&g, n * half), poisoned(&g, n * half));
+        rope::cuda::rope_table(&g, dp.ptr(), df.ptr(), n, hd, cos.ptr(), sin.ptr()).unwrap();
+        rope::cuda::rope_apply(&g, dx2.ptr(), cos.ptr(), sin.ptr(), n, heads, hd).unwrap();
+        assert_close(
+            &format!("rope table hd {hd}"),
+            &read(&dx2, x.len()),
+            &x,
+            1e-5,
+        );
     }
 }
 
@@ -322,6 +334,8 @@ fn linear_tensor_cores_and_simt() {
             (7, 64, 4096),
             (64, 1024, 512),
             (130, 80, 96),
+            (12, 128, 512),
+            (20, 64, 256),
             (5, 24, 40),
         ] {
             let x = r.vec(t * k, 1.0);

@@ -27,10 +27,10 @@ struct State {
     scratch: MoeScratch,
     /// Per layer: the router's counters, `stats_words(E)` u64.
     load: Vec<Option<DevBuf>>,
-    /// The last uploaded positions and RoPE frequencies (RoPE runs twice per layer on the same
-    /// positions).
-    positions: Option<(Vec<u32>, DevBuf)>,
+    /// RoPE frequencies, and the cos/sin table of the last positions (q, k and every layer of
+    /// a forward share it).
     inv_freq: Option<(Vec<f32>, DevBuf)>,
+    rope_table: Option<(Vec<u32>, usize, DevBuf, DevBuf)>,
     /// This forward's attention rows, built at layer 0 and reused by every layer.
     meta: Option<(Vec<RowMeta>, DevBuf)>,
 }
@@ -249,13 +249,31 @@ impl Backend for CudaBackend {
         }
         let mut st = self.state();
         let st = &mut *st;
-        let pos = upload_cached(&self.gpu, &mut st.positions, positions)?;
-        let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
-        Ok(rope::cuda::rope(
+        // One cos/sin table per set of positions (a forward's q, k and every layer share it).
+        let fresh = !matches!(&st.rope_table, Some((p, hd, _, _)) if p.as_slice() == positions && *hd == r.head_dim);
+        if fresh {
+            let pos = self.gpu.upload(positions)?;
+            let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
+            let half = r.head_dim / 2;
+            let cos = self.gpu.alloc(4 * positions.len() * half)?;
+            let sin = self.gpu.alloc(4 * positions.len() * half)?;
+            rope::cuda::rope_table(
+                &self.gpu,
+                pos.ptr(),
+                freq,
+                positions.len(),
+                r.head_dim,
+                cos.ptr(),
+                sin.ptr(),
+            )?;
+            st.rope_table = Some((positions.to_vec(), r.head_dim, cos, sin));
+        }
+        let (_, _, cos, sin) = st.rope_table.as_ref().expect("built above");
+        Ok(rope::cuda::rope_apply(
             &self.gpu,
             x.ptr(),
-            pos,
-            freq,
+            cos.ptr(),
+            sin.ptr(),
             x.rows,
             x.cols / r.head_dim,
             r.head_dim,

@@ -191,9 +191,10 @@ impl MoeScratch {
 }
 
 /// From this many routed rows on (and 16-bit weights), the experts run as cuBLAS GEMMs, one per
-/// expert, after one read of the expert offsets: at that size the arithmetic dominates, the
-/// host round trip costs well under 1% of the layer, and cuBLAS's tiled kernels reuse each
-/// weight tile across many rows where the fused kernels re-read it per 64-row tile.
+/// expert, after one read of the expert offsets. Measured on an H100 at the Mixtral shape, this
+/// path is faster from 8 tokens (16 rows) up: cuBLAS's tiled kernels stream each expert's
+/// weights once for all its rows, where the fused kernels re-read them per row tile; the host
+/// round trip (≈10 µs) is 1% of such a layer. Single tokens stay on the fused kernels.
 /// `MOE_BLAS_MIN_SLOTS` overrides it (0 disables the path).
 pub fn blas_min_slots() -> usize {
     match std::env::var("MOE_BLAS_MIN_SLOTS")
@@ -202,7 +203,7 @@ pub fn blas_min_slots() -> usize {
     {
         Some(0) => usize::MAX,
         Some(n) => n,
-        None => 1024,
+        None => 16,
     }
 }
 

@@ -31,3 +31,51 @@ pub fn rope(
         )
     }
 }
+
+/// Builds the cos/sin table (`[n, head_dim / 2]` each) of `n` positions.
+pub fn rope_table(
+    gpu: &Gpu,
+    positions: u64,
+    inv_freq: u64,
+    n: usize,
+    head_dim: usize,
+    cos: u64,
+    sin: u64,
+) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, "rope_table")?;
+    let half = (head_dim / 2) as u32;
+    // SAFETY: argument list matches `rope_table`.
+    unsafe {
+        gpu.launch(
+            f,
+            (n as u32, 1, 1),
+            (64, 1, 1),
+            0,
+            &mut kargs!(positions, inv_freq, half, cos, sin),
+        )
+    }
+}
+
+/// Rotates `n` rows of `n_heads · head_dim` in place with a table from [`rope_table`].
+pub fn rope_apply(
+    gpu: &Gpu,
+    x: u64,
+    cos: u64,
+    sin: u64,
+    n: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, "rope_apply")?;
+    let (nh, hd) = (n_heads as u32, head_dim as u32);
+    // SAFETY: argument list matches `rope_apply`.
+    unsafe {
+        gpu.launch(
+            f,
+            (n as u32, 1, 1),
+            (128, 1, 1),
+            0,
+            &mut kargs!(x, cos, sin, nh, hd),
+        )
+    }
+}

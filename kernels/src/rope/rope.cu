@@ -17,3 +17,31 @@ extern "C" __global__ void rope_f32(float* x, const u32* positions, const float*
         v[i + half] = b * c + a * s;
     }
 }
+
+// The same rotation from a table of each row's cos/sin (`[n, head_dim / 2]` each), built once per
+// forward by `rope_table` and shared by q, k and every layer.
+extern "C" __global__ void rope_table(const u32* positions, const float* inv_freq, u32 half,
+                                      float* cos_out, float* sin_out) {
+    const u64 t = blockIdx.x;
+    const float pos = (float)positions[t];
+    for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
+        const float angle = pos * inv_freq[i];
+        cos_out[t * half + i] = (float)cos((double)angle);
+        sin_out[t * half + i] = (float)sin((double)angle);
+    }
+}
+
+extern "C" __global__ void rope_apply(float* x, const float* cos_t, const float* sin_t,
+                                      u32 n_heads, u32 head_dim) {
+    const u64 t = blockIdx.x;
+    const u32 half = head_dim / 2;
+    float* row = x + t * (u64)n_heads * head_dim;
+    for (u32 j = threadIdx.x; j < n_heads * half; j += blockDim.x) {
+        const u32 h = j / half, i = j % half;
+        const float c = cos_t[t * half + i], s = sin_t[t * half + i];
+        float* v = row + h * head_dim;
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
