@@ -47,6 +47,10 @@ fn options(arch: &str) -> Vec<String> {
         "--std=c++17".into(),
         "--device-as-default-execution-space".into(),
     ]);
+    // Extra `-D` definitions for tuning sweeps (part of the cache key, like every option).
+    if let Ok(defs) = std::env::var("MOE_NVRTC_DEFINES") {
+        o.extend(defs.split_whitespace().map(str::to_string));
+    }
     o
 }
 

@@ -156,7 +156,7 @@ impl MoeScratch {
         self.act = Some(gpu.alloc(ex.act_size() * slots * ex.ffn)?);
         self.expert_out = Some(gpu.alloc(4 * out_floats)?);
         self.logits = Some(gpu.alloc(4 * cap * ex.n_experts)?);
-        if ex.tensor_cores() && slots >= blas_min_slots() {
+        if use_blas(ex, slots) {
             self.xs = Some(gpu.alloc(2 * slots * ex.hidden)?);
             self.gate_out = Some(gpu.alloc(2 * slots * ex.ffn)?);
             self.up_out = Some(gpu.alloc(2 * slots * ex.ffn)?);
@@ -190,6 +190,26 @@ impl MoeScratch {
     }
 }
 
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether a batch of `n_slots` routed rows runs its experts on cuBLAS: 16-bit weights, at least
+/// [`blas_min_slots`] rows, and expert matrices of at least 16 M elements or at least 1024 rows.
+/// Measured on an H100: at the Mixtral shape (4096 × 14336) cuBLAS wins from 8 tokens up (0.97
+/// vs 1.27 ms at 8 tokens, 1.13 vs 2.21 ms at 64); at 1024 × 3584 the fused kernels win up to 64
+/// tokens (0.10 vs 0.45 ms at 8 tokens), where the per-expert launches and the host round trip
+/// cost more than the weight re-reads they save, and lose from 512 (0.69 vs 0.32–0.46 ms).
+pub fn use_blas(ex: &ExpertStack, n_slots: usize) -> bool {
+    ex.tensor_cores()
+        && n_slots >= blas_min_slots()
+        && (ex.hidden * ex.ffn >= env_or("MOE_BLAS_MIN_EXPERT_ELEMS", 16 << 20)
+            || n_slots >= env_or("MOE_BLAS_MIN_SLOTS_SMALL", 1024))
+}
+
 /// From this many routed rows on (and 16-bit weights), the experts run as cuBLAS GEMMs, one per
 /// expert, after one read of the expert offsets. Measured on an H100 at the Mixtral shape, this
 /// path is faster from 8 tokens (16 rows) up: cuBLAS's tiled kernels stream each expert's
@@ -210,10 +230,21 @@ pub fn blas_min_slots() -> usize {
 /// K splits of (w13, w2) for `n_slots` routed rows: more when few tiles are routed.
 fn plan(ex: &ExpertStack, n_slots: usize) -> (usize, usize) {
     let tiles = tiles_bound(n_slots, ex.n_experts, tile_rows(n_slots, ex.n_experts));
-    // w13 splits only when very few warps would run (its partials cost w2 extra loads); w2
-    // splits to about two waves of resident warps on a 132-SM device.
-    let s13 = k_splits(ex, tiles * ex.ffn.div_ceil(16), ex.hidden, 1024);
-    let s2 = k_splits(ex, tiles * ex.hidden.div_ceil(16), ex.ffn, 3072);
+    // w13 splits only when very few warps would run (its partials cost w2 extra loads: 0.66 vs
+    // 0.39 ms at the Mixtral shape, one token, with four times the warps); w2 splits to about
+    // 8192 warps (0.368 vs 0.377 ms at 3072).
+    let s13 = k_splits(
+        ex,
+        tiles * ex.ffn.div_ceil(16),
+        ex.hidden,
+        env_or("MOE_W13_SPLIT_WARPS", 1024),
+    );
+    let s2 = k_splits(
+        ex,
+        tiles * ex.hidden.div_ceil(16),
+        ex.ffn,
+        env_or("MOE_W2_SPLIT_WARPS", 8192),
+    );
     (s13, s2)
 }
 
@@ -267,7 +298,7 @@ pub fn moe_forward(
         tile_rows: tile,
     };
     router(gpu, x, gate, tokens, k, &out)?;
-    if s.xs.is_some() && n_slots >= blas_min_slots() {
+    if s.xs.is_some() && use_blas(ex, n_slots) {
         return experts_by_blas(gpu, ex, s, &out, x, residual, tokens, k);
     }
     let ran13 = w13(
