@@ -509,6 +509,27 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
     Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
 }
 
+/// Loads every model with `load` and starts the server on them.
+fn serve_on<B: Backend>(
+    names: &[Option<String>],
+    load: impl Fn(&ModelArg) -> Result<Engine<B>>,
+    config: moe::server::ServerConfig,
+) -> Result<moe::server::ServerHandle> {
+    let mut engines = vec![];
+    for m in names {
+        let engine = load(&ModelArg { model: m.clone() })?;
+        let name = engine.info.name.clone();
+        if engines
+            .iter()
+            .any(|(n, _): &(String, Engine<B>)| *n == name)
+        {
+            bail!("two models are named `{name}`");
+        }
+        engines.push((name, engine));
+    }
+    moe::server::start(engines, config).context("starting the server")
+}
+
 /// Runs `$body` with `$engine` bound to the model loaded on `$device` (the body is compiled once
 /// per backend; the choice is made here, once).
 macro_rules! on_device {
@@ -575,12 +596,8 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()?;
     }
     let device = Device::parse(&cli.device)?;
-    let cpu_only = matches!(cli.command, Command::Serve { .. } | Command::Loop { .. });
-    if device != Device::Cpu && cpu_only {
-        bail!(
-            "device `{device}`: `moe serve` and `moe loop` run on the CPU in this version; \
-             use `--device cpu`"
-        );
+    if device != Device::Cpu && matches!(cli.command, Command::Loop { .. }) {
+        bail!("device `{device}`: `moe loop` runs its local models on the CPU in this version; use `--device cpu`");
     }
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -717,15 +734,6 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 model.into_iter().map(Some).collect()
             };
-            let mut engines = vec![];
-            for m in names {
-                let engine = load(&ModelArg { model: m })?;
-                let name = engine.info.name.clone();
-                if engines.iter().any(|(n, _)| *n == name) {
-                    bail!("two models are named `{name}`");
-                }
-                engines.push((name, engine));
-            }
             let config = moe::server::ServerConfig {
                 host,
                 port,
@@ -735,8 +743,11 @@ fn run(cli: Cli) -> Result<()> {
                 handle_signals: true,
                 ..Default::default()
             };
-            let names: Vec<String> = engines.iter().map(|(n, _)| n.clone()).collect();
-            let handle = moe::server::start(engines, config).context("starting the server")?;
+            let handle = match device {
+                Device::Cpu => serve_on(&names, load, config)?,
+                Device::Cuda(n) => serve_on(&names, |m| load_cuda(m, n), config)?,
+            };
+            let names: Vec<String> = handle.models.clone();
             writeln!(
                 out,
                 "listening on {} (models: {})",

@@ -10,8 +10,13 @@ mod metrics;
 mod routes;
 pub mod types;
 
-use crate::engine::Engine;
+use crate::backend::Backend;
+use crate::config::ModelConfig;
+use crate::engine::{Engine, ModelInfo};
+use crate::generate::{Prompt, PromptTokenLogprob};
 use crate::scheduler::{self, SchedulerConfig, SchedulerGauges, Submission};
+use crate::stats::StatsReport;
+use crate::tokenizer::Tokenizer;
 use metrics::{ModelMetrics, RequestCounters};
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
@@ -46,10 +51,42 @@ impl Default for ServerConfig {
     }
 }
 
+/// What the HTTP side asks of a served model, on whichever device it runs (its generation goes
+/// through the scheduler thread, which holds the concrete engine).
+pub(crate) trait ServedEngine: Send + Sync {
+    fn tokenizer(&self) -> &Tokenizer;
+    fn info(&self) -> &ModelInfo;
+    fn config(&self) -> &ModelConfig;
+    fn prompt_ids(&self, p: &Prompt) -> crate::Result<Vec<u32>>;
+    fn prompt_logprobs(&self, p: &Prompt, top_k: usize) -> crate::Result<Vec<PromptTokenLogprob>>;
+    fn stats(&self) -> StatsReport;
+}
+
+impl<B: Backend> ServedEngine for Engine<B> {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn config(&self) -> &ModelConfig {
+        Engine::config(self)
+    }
+    fn prompt_ids(&self, p: &Prompt) -> crate::Result<Vec<u32>> {
+        Engine::prompt_ids(self, p)
+    }
+    fn prompt_logprobs(&self, p: &Prompt, top_k: usize) -> crate::Result<Vec<PromptTokenLogprob>> {
+        Engine::prompt_logprobs(self, p, top_k)
+    }
+    fn stats(&self) -> StatsReport {
+        Engine::stats(self)
+    }
+}
+
 /// A served model: its engine, the channel to its scheduler thread and its metrics.
 pub(crate) struct Served {
     pub name: String,
-    pub engine: Arc<Engine>,
+    pub engine: Arc<dyn ServedEngine>,
     pub submit: std::sync::Mutex<Sender<Submission>>,
     pub metrics: Arc<ModelMetrics>,
     pub kv_block_bytes: usize,
@@ -83,6 +120,8 @@ impl AppState {
 /// A running server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The served models' names, in order.
+    pub models: Vec<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -112,7 +151,10 @@ impl ServerHandle {
 
 /// Starts the engine threads and the HTTP server on its own tokio runtime; returns once the
 /// socket is bound.
-pub fn start(models: Vec<(String, Engine)>, config: ServerConfig) -> std::io::Result<ServerHandle> {
+pub fn start<B: Backend>(
+    models: Vec<(String, Engine<B>)>,
+    config: ServerConfig,
+) -> std::io::Result<ServerHandle> {
     if models.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -139,11 +181,12 @@ pub fn start(models: Vec<(String, Engine)>, config: ServerConfig) -> std::io::Re
         served.push(Served {
             kv_block_bytes: scheduler::kv_bytes_per_token(&engine) * scheduler::KV_BLOCK,
             name,
-            engine,
+            engine: engine as Arc<dyn ServedEngine>,
             submit: std::sync::Mutex::new(tx),
             metrics,
         });
     }
+    let names: Vec<String> = served.iter().map(|m| m.name.clone()).collect();
     let state = Arc::new(AppState {
         models: served,
         requests: RequestCounters::default(),
@@ -181,6 +224,7 @@ pub fn start(models: Vec<(String, Engine)>, config: ServerConfig) -> std::io::Re
         })?;
     Ok(ServerHandle {
         addr,
+        models: names,
         shutdown: Some(tx),
         thread: Some(thread),
     })

@@ -97,7 +97,7 @@ fn text_offsets(m: &Served, ids: &[u32]) -> Vec<usize> {
     (0..ids.len())
         .map(|i| {
             m.engine
-                .tokenizer
+                .tokenizer()
                 .decode(&ids[..i], true)
                 .map_or(0, |t| t.len())
         })
@@ -116,7 +116,7 @@ fn label(m: &Served, id: u32, as_ids: bool) -> String {
 /// Text of one token as OpenAI clients show it: SentencePiece's `▁` as a space, byte pieces as
 /// their character.
 fn piece(m: &Served, id: u32) -> String {
-    let t = m.engine.tokenizer.id_to_token(id).unwrap_or_default();
+    let t = m.engine.tokenizer().id_to_token(id).unwrap_or_default();
     if let Some(hex) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
         if let Ok(b) = u8::from_str_radix(hex, 16) {
             return if b.is_ascii() {
@@ -192,7 +192,7 @@ fn check_budget(
     max_tokens: usize,
     explicit: bool,
 ) -> Result<usize, ApiError> {
-    let ctx = m.engine.info.context_length;
+    let ctx = m.engine.info().context_length;
     if prompt_len >= ctx {
         return Err(ApiError::bad(
             format!("the prompt has {prompt_len} tokens; this model's context is {ctx} tokens"),
@@ -402,7 +402,7 @@ async fn completions_inner(
         let done = collect(job).await?;
         let prompt_text = if req.echo {
             m.engine
-                .tokenizer
+                .tokenizer()
                 .decode(&job.prompt_ids, true)
                 .map_err(ApiError::from)?
         } else {
@@ -490,7 +490,7 @@ async fn prompt_only(
             Value::Null
         };
         choices.push(json!({
-            "index": i, "text": m.engine.tokenizer.decode(&ids, true)?, "logprobs": logprobs, "finish_reason": "length",
+            "index": i, "text": m.engine.tokenizer().decode(&ids, true)?, "logprobs": logprobs, "finish_reason": "length",
         }));
     }
     Ok(Json(json!({
@@ -558,7 +558,7 @@ impl StreamState {
                         let text = self
                             .served()
                             .engine
-                            .tokenizer
+                            .tokenizer()
                             .decode(&self.job.prompt_ids, true)
                             .unwrap_or_default();
                         json!([{"index": c, "text": text, "logprobs": null, "finish_reason": null}])
@@ -679,7 +679,7 @@ async fn models(State(state): St) -> Response {
         .iter()
         .map(|m| {
             json!({"id": m.name, "object": "model", "created": state.created, "owned_by": "moe",
-                   "max_model_len": m.engine.info.context_length})
+                   "max_model_len": m.engine.info().context_length})
         })
         .collect();
     state.requests.count("models", 200);
