@@ -206,20 +206,49 @@ impl<'t, K> Sequence<'t, K> {
         }
         let p = &self.params;
         let tok = self.sampler.sample(last, &self.context, self.n_prompt);
-        self.context.push(tok);
         let logprob = if p.logprobs || p.top_logprobs > 0 {
             self.scratch.resize(vocab, 0.0);
             log_softmax_into(last, &mut self.scratch);
-            let e = TokenLogprob {
+            Some(TokenLogprob {
                 token_id: tok,
                 logprob: self.scratch[tok as usize],
                 top_logprobs: tops(&self.scratch, p.top_logprobs),
-            };
-            self.logprobs.push(e.clone());
-            Some(e)
+            })
         } else {
             None
         };
+        self.accept_token(tok, logprob, eos_ids)
+    }
+
+    /// Greedy with nothing that needs the logits on the host (no penalties or bias, no
+    /// logprobs, no prompt logprobs still to compute).
+    pub fn plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.is_greedy()
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+            && !p.logprobs
+            && p.top_logprobs == 0
+            && !self.wants_all_logits()
+    }
+
+    /// Appends a chosen token (and its logprob when computed) and applies the stop rules.
+    pub fn accept_token(
+        &mut self,
+        tok: u32,
+        logprob: Option<TokenLogprob>,
+        eos_ids: &[u32],
+    ) -> Result<Step> {
+        if !self.prefilled {
+            self.prefilled = true;
+        }
+        let p = &self.params;
+        self.context.push(tok);
+        if let Some(e) = &logprob {
+            self.logprobs.push(e.clone());
+        }
         let mut released = String::new();
         if (!p.ignore_eos && eos_ids.contains(&tok)) || p.stop_token_ids.contains(&tok) {
             self.finish = Some(FinishReason::Stop);
@@ -330,6 +359,7 @@ impl<B: Backend> Engine<B> {
     /// by one token.
     pub fn step(&self, seqs: &mut [&mut Sequence<'_, B::Kv>]) -> Result<Vec<Step>> {
         let want_experts = seqs.iter().any(|s| s.want_experts);
+        let all_greedy = seqs.iter().all(|s| s.plain_greedy());
         let mut inputs: Vec<SeqStep<B::Kv>> = seqs
             .iter_mut()
             .map(|s| {
@@ -354,10 +384,21 @@ impl<B: Backend> Engine<B> {
             .collect();
         let lens: Vec<usize> = inputs.iter().map(|s| s.tokens.len()).collect();
         let mut routes = RoutingRecorder::default();
-        let logits = if want_experts {
-            self.model.forward(&mut inputs, &mut routes)?
+        let trace: &mut dyn crate::trace::Trace = if want_experts {
+            &mut routes
         } else {
-            self.model.forward(&mut inputs, &mut NoTrace)?
+            &mut NoTrace
+        };
+        // Plain greedy steps need only each row's argmax: picked by the backend, so a GPU sends
+        // back token ids instead of vocabulary-wide logits.
+        let picked = if all_greedy {
+            Some(self.model.forward_argmax(&mut inputs, trace)?)
+        } else {
+            None
+        };
+        let logits = match picked {
+            Some(_) => vec![],
+            None => self.model.forward(&mut inputs, trace)?,
         };
         if want_experts {
             let mut row = 0;
@@ -378,10 +419,18 @@ impl<B: Backend> Engine<B> {
             }
         }
         let vocab = self.model.cfg.vocab_size;
-        seqs.iter_mut()
-            .zip(logits)
-            .map(|(s, l)| s.accept(&l, vocab, &self.eos_ids))
-            .collect()
+        match picked {
+            Some(ids) => seqs
+                .iter_mut()
+                .zip(ids)
+                .map(|(s, tok)| s.accept_token(tok, None, &self.eos_ids))
+                .collect(),
+            None => seqs
+                .iter_mut()
+                .zip(logits)
+                .map(|(s, l)| s.accept(&l, vocab, &self.eos_ids))
+                .collect(),
+        }
     }
 
     /// Generates for every request; see [`Engine::generate_stream`].

@@ -480,3 +480,36 @@ fn moe_block_matches_cpu_chain() {
 fn e_size(_e: usize, f: usize, h: usize) -> (usize, usize) {
     (f * h, h * f)
 }
+
+#[test]
+fn argmax_rows_ties_to_the_lowest_index() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(seed());
+    let (rows, cols) = (7, 32000);
+    let mut x = r.vec(rows * cols, 4.0);
+    // Row 1: an exact tie between two far-apart columns; row 2: NaNs and a tie; row 3: all -inf.
+    x[cols + 100] = 9.0;
+    x[cols + 31000] = 9.0;
+    x[2 * cols + 5] = f32::NAN;
+    x[2 * cols + 7] = 8.5;
+    x[2 * cols + 8] = 8.5;
+    for v in &mut x[3 * cols..4 * cols] {
+        *v = f32::NEG_INFINITY;
+    }
+    let dx = g.upload(&x).unwrap();
+    let out = g.alloc(4 * rows).unwrap();
+    out.fill_u32(0, rows, 0xdead_beef).unwrap();
+    rms_norm::cuda::argmax_rows(&g, dx.ptr(), rows, cols, out.ptr()).unwrap();
+    let got = out.read::<u32>(0, rows).unwrap();
+    for (i, row) in x.chunks(cols).enumerate() {
+        let mut best = (0u32, f32::NEG_INFINITY);
+        for (c, &v) in row.iter().enumerate() {
+            if v > best.1 {
+                best = (c as u32, v);
+            }
+        }
+        assert_eq!(got[i], best.0, "row {i}");
+    }
+    assert_eq!(got[1], 100);
+    assert_eq!(got[3], 0);
+}

@@ -405,6 +405,12 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn argmax_rows(&self, x: &CudaAct) -> Result<Vec<u32>> {
+        let out = self.gpu.alloc(4 * x.rows)?;
+        rms_norm::cuda::argmax_rows(&self.gpu, x.ptr(), x.rows, x.cols, out.ptr())?;
+        Ok(out.read::<u32>(0, x.rows)?)
+    }
+
     fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<()> {
         if (x.rows, x.cols) != (y.rows, y.cols) {
             return Err(shape_err("add", x.rows * x.cols, y.rows * y.cols));

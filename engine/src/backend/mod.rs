@@ -128,6 +128,14 @@ pub trait Backend: Send + Sync + 'static {
     fn sync_load(&self, _loads: &mut [ExpertLoad]) -> Result<()> {
         Ok(())
     }
+    /// Each row's argmax (exact ties to the lowest index; NaN never wins).
+    fn argmax_rows(&self, x: &Self::Act) -> Result<Vec<u32>> {
+        let v = self.to_host(x)?;
+        let rows = self.rows(x).max(1);
+        Ok(v.chunks(v.len() / rows)
+            .map(crate::sampling::argmax)
+            .collect())
+    }
     /// `x += y`
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     /// `x += y; out = rmsnorm(x) · w` (one pass on backends that fuse it).

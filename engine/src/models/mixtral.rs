@@ -192,6 +192,46 @@ impl<B: Backend> Mixtral<B> {
         seqs: &mut [SeqStep<'_, B::Kv>],
         trace: &mut dyn Trace,
     ) -> Result<Vec<Vec<f32>>> {
+        let (logits, taken) = self.forward_logits(seqs, trace)?;
+        let logits = self.backend.to_host(&logits)?;
+        if trace.wants("logits") {
+            trace.record("logits", self.cfg.vocab_size, &logits);
+        }
+        let v = self.cfg.vocab_size;
+        let mut out = Vec::with_capacity(taken.len());
+        let mut at = 0;
+        for t in taken {
+            out.push(logits[at * v..(at + t) * v].to_vec());
+            at += t;
+        }
+        Ok(out)
+    }
+
+    /// Like [`Mixtral::forward`] for sequences that each want their next token's argmax only:
+    /// picked where the logits are (on a GPU only the ids cross to the host). Exact ties go to
+    /// the lowest id, as the host sampler's greedy path.
+    pub fn forward_argmax(
+        &self,
+        seqs: &mut [SeqStep<'_, B::Kv>],
+        trace: &mut dyn Trace,
+    ) -> Result<Vec<u32>> {
+        if seqs.iter().any(|s| s.all_logits) || trace.wants("logits") {
+            return Ok(self
+                .forward(seqs, trace)?
+                .iter()
+                .map(|l| crate::sampling::argmax(&l[l.len() - self.cfg.vocab_size..]))
+                .collect());
+        }
+        let (logits, _) = self.forward_logits(seqs, trace)?;
+        self.backend.argmax_rows(&logits)
+    }
+
+    /// The logits of every wanted row (on the backend), and how many rows each sequence got.
+    fn forward_logits(
+        &self,
+        seqs: &mut [SeqStep<'_, B::Kv>],
+        trace: &mut dyn Trace,
+    ) -> Result<(B::Act, Vec<usize>)> {
         let b = &self.backend;
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
@@ -338,19 +378,11 @@ impl<B: Backend> Mixtral<B> {
             self.lm_head.as_ref().unwrap_or(&self.embed),
             &mut logits,
         )?;
-        let logits = b.to_host(&logits)?;
-        if trace.wants("logits") {
-            trace.record("logits", cfg.vocab_size, &logits);
-        }
-
-        let v = cfg.vocab_size;
-        let mut out = Vec::with_capacity(seqs.len());
-        let mut at = 0;
-        for (s, &(_, len)) in seqs.iter().zip(&rows) {
-            let taken = if s.all_logits { len } else { 1 };
-            out.push(logits[at * v..(at + taken) * v].to_vec());
-            at += taken;
-        }
-        Ok(out)
+        let taken = seqs
+            .iter()
+            .zip(&rows)
+            .map(|(s, &(_, len))| if s.all_logits { len } else { 1 })
+            .collect();
+        Ok((logits, taken))
     }
 }

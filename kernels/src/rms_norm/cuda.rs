@@ -76,3 +76,19 @@ pub fn gather_rows(gpu: &Gpu, x: u64, rows: u64, n: usize, cols: usize, out: u64
         )
     }
 }
+
+/// `out[r]` = argmax of row `r` of `x` (`rows × cols` f32); ties to the lowest index.
+pub fn argmax_rows(gpu: &Gpu, x: u64, rows: usize, cols: usize, out: u64) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, "argmax_rows_f32")?;
+    let c = cols as u32;
+    // SAFETY: argument list matches `argmax_rows_f32`.
+    unsafe {
+        gpu.launch(
+            f,
+            (rows as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &mut kargs!(x, c, out),
+        )
+    }
+}

@@ -43,3 +43,43 @@ extern "C" __global__ void gather_rows_f32(const float* x, const u32* rows, floa
     const float* src = x + (u64)rows[i] * cols;
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = src[c];
 }
+
+// out[r] = the index of row r's largest value (`cols` floats); exact ties go to the lowest index
+// and NaN never wins (a row with no value above -inf gives 0), as the host sampler's argmax.
+extern "C" __global__ void argmax_rows_f32(const float* __restrict__ x, u32 cols, u32* out) {
+    __shared__ float s_v[32];
+    __shared__ u32 s_i[32];
+    const float* row = x + (u64)blockIdx.x * cols;
+    float bv = NEG_INF;
+    u32 bi = 0xffffffffu;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = row[c];
+        if (v > bv) {
+            bv = v;
+            bi = c;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        s_v[warp] = bv;
+        s_i[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (u32 w = 1; w < blockDim.x / 32; ++w)
+            if (s_v[w] > bv || (s_v[w] == bv && s_i[w] < bi)) {
+                bv = s_v[w];
+                bi = s_i[w];
+            }
+        out[blockIdx.x] = bi == 0xffffffffu ? 0 : bi;
+    }
+}
