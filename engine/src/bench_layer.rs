@@ -8,7 +8,7 @@
 //! both measured in the same run; the floor is the larger.
 
 use crate::error::{Error, Result};
-use moe_kernels::cuda::moe::{stats_bytes, MoeLayer, MoeScratch};
+use moe_kernels::cuda::moe::{stats_bytes, use_blas, MoeLayer, MoeScratch};
 use moe_kernels::cuda::util::{fill_uniform, measure_ceilings, time_ms, Ceilings};
 use moe_kernels::cuda::{DevBuf, DevMat, Gpu, GpuError};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
@@ -32,6 +32,9 @@ pub struct LayerBenchOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerBenchRow {
     pub tokens: usize,
+    /// `fused` (router, two grouped GEMMs, combine: no host round trip) or `cublas` (one GEMM
+    /// per expert after one read of the expert offsets).
+    pub path: &'static str,
     /// Experts the router touched per call, averaged over the input sets.
     pub uniq_experts: f64,
     /// Median device time per layer call, calls queued back to back.
@@ -60,7 +63,6 @@ pub struct LayerBenchReport {
     pub read_gbps: f64,
     pub gemm_tflops: f64,
     pub weight_sets: usize,
-    pub launches_per_layer: usize,
     pub rows: Vec<LayerBenchRow>,
 }
 
@@ -219,6 +221,11 @@ pub fn run_layer_bench(
         let floor_ms = floor_bw_ms.max(floor_fl_ms);
         let row = LayerBenchRow {
             tokens: t,
+            path: if use_blas(&sets[0].layer.experts, t * k) {
+                "cublas"
+            } else {
+                "fused"
+            },
             uniq_experts: uniq,
             gpu_ms,
             wall_ms,
@@ -246,7 +253,6 @@ pub fn run_layer_bench(
         read_gbps: ceil.read_gbps,
         gemm_tflops: ceil.gemm_tflops,
         weight_sets: n_sets,
-        launches_per_layer: 5,
         rows,
     })
 }
@@ -254,13 +260,14 @@ pub fn run_layer_bench(
 impl LayerBenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "moe-layer {} H{} F{} E{} top-{} {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | experts touched | gpu ms | wall ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|\n",
+            "moe-layer {} H{} F{} E{} top-{} {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | path | experts touched | gpu ms | wall ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n",
             self.device, self.hidden, self.ffn, self.experts, self.top_k, self.dtype, self.copy_gbps, self.gemm_tflops
         );
         for r in &self.rows {
             s += &format!(
-                "| {} | {:.2} | {:.4} | {:.4} | {:.4} | {:.2} | {:.0} | {:.1} |\n",
+                "| {} | {} | {:.2} | {:.4} | {:.4} | {:.4} | {:.2} | {:.0} | {:.1} |\n",
                 r.tokens,
+                r.path,
                 r.uniq_experts,
                 r.gpu_ms,
                 r.wall_ms,
