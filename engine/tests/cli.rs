@@ -241,3 +241,42 @@ fn loop_distill_writes_rows_divergences_and_a_manifest() {
             || String::from_utf8_lossy(&bad.stderr).contains("vocabulary")
     );
 }
+
+/// Device choice: a name that is no device is refused; where CUDA is missing, `--device cuda`
+/// exits 1 naming the reason (on a GPU machine the same command generates).
+#[test]
+fn device_errors_name_the_problem() {
+    fails_with(
+        &["--device", "tpu", "generate", "--prompt", "hi"],
+        "unknown device `tpu`",
+    );
+    match moe::CudaBackend::new(0) {
+        Ok(_) => {
+            let out = moe(&[
+                "--device",
+                "cuda",
+                "generate",
+                "--prompt",
+                "hi",
+                "--max-tokens",
+                "2",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(reason) => {
+            println!("no CUDA here ({reason}); checking the refusal");
+            for cmd in [
+                vec!["--device", "cuda", "generate", "--prompt", "hi"],
+                vec!["--device", "cuda:1", "stats", "--prompt", "hi"],
+                vec!["--device", "cuda", "serve"],
+                vec!["--device", "cuda", "bench", "moe-layer", "--tokens", "1"],
+            ] {
+                fails_with(&cmd, "device");
+            }
+        }
+    }
+}
