@@ -100,7 +100,10 @@ pub struct ActiveConfig {
 
 /// Up to `k` labelled examples of `topic`, latest last.
 fn shots_for(labelled: &[(Task, String)], topic: &str, k: usize) -> Vec<(String, String)> {
-    let same: Vec<&(Task, String)> = labelled.iter().filter(|(t, _)| t.topic() == topic).collect();
+    let same: Vec<&(Task, String)> = labelled
+        .iter()
+        .filter(|(t, _)| t.topic() == topic)
+        .collect();
     same[same.len().saturating_sub(k)..]
         .iter()
         .map(|(t, a)| (t.question.clone(), a.clone()))
@@ -142,7 +145,14 @@ fn evaluate(
     labelled: &[(Task, String)],
     stats: &mut PrefillStats,
 ) -> Result<(Vec<bool>, Value)> {
-    let ans = answer_all(student, &cfg.heldout, labelled, cfg.shots, cfg.max_tokens, stats)?;
+    let ans = answer_all(
+        student,
+        &cfg.heldout,
+        labelled,
+        cfg.shots,
+        cfg.max_tokens,
+        stats,
+    )?;
     let correct: Vec<bool> = cfg
         .heldout
         .iter()
@@ -242,7 +252,9 @@ fn uncertainty(
                     let ps: Vec<SamplingParams> = idx
                         .iter()
                         .map(|&i| SamplingParams {
-                            seed: params.seed.map(|s| s ^ (i as u64).wrapping_mul(0x2545_F491)),
+                            seed: params
+                                .seed
+                                .map(|s| s ^ (i as u64).wrapping_mul(0x2545_F491)),
                             ..params.clone()
                         })
                         .collect();
@@ -273,7 +285,11 @@ fn uncertainty(
 }
 
 /// The teacher's labels for `items` (greedy answers, the label extracted).
-pub fn teacher_labels(teacher: &dyn ModelClient, items: &[Task], max_tokens: usize) -> Result<Vec<String>> {
+pub fn teacher_labels(
+    teacher: &dyn ModelClient,
+    items: &[Task],
+    max_tokens: usize,
+) -> Result<Vec<String>> {
     let reqs: Vec<GenerateRequest> = items
         .iter()
         .map(|t| {
@@ -291,7 +307,9 @@ pub fn teacher_labels(teacher: &dyn ModelClient, items: &[Task], max_tokens: usi
         .into_iter()
         .zip(items)
         .map(|(c, t)| match &t.labels {
-            Some(l) => tasks::extract_label(&c.text, l).unwrap_or_else(|| tasks::extract_answer(&c.text)),
+            Some(l) => {
+                tasks::extract_label(&c.text, l).unwrap_or_else(|| tasks::extract_answer(&c.text))
+            }
             None => tasks::extract_answer(&c.text),
         })
         .collect())
@@ -305,7 +323,9 @@ pub fn run(
 ) -> Result<Value> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if cfg.pool.is_empty() || cfg.heldout.is_empty() {
-        return Err(Error::InvalidRequest("the pool and the held-out set must not be empty".into()));
+        return Err(Error::InvalidRequest(
+            "the pool and the held-out set must not be empty".into(),
+        ));
     }
     for s in &cfg.strategies {
         if !STRATEGIES.contains(&s.as_str()) {
@@ -366,7 +386,10 @@ pub fn run(
             if !need.is_empty() {
                 let asked: Vec<Task> = need.iter().map(|&i| cfg.pool[i].clone()).collect();
                 teacher_calls += asked.len();
-                for (i, l) in need.iter().zip(teacher_labels(teacher, &asked, cfg.max_tokens)?) {
+                for (i, l) in need
+                    .iter()
+                    .zip(teacher_labels(teacher, &asked, cfg.max_tokens)?)
+                {
                     label_cache.insert(*i, l);
                 }
             }

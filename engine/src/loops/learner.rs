@@ -88,7 +88,14 @@ pub fn shared_prefix_len(prompts: &[Vec<u32>]) -> usize {
     for p in &prompts[1..] {
         n = n.min(first.iter().zip(p).take_while(|(a, b)| a == b).count());
     }
-    n.min(prompts.iter().map(Vec::len).min().unwrap_or(0).saturating_sub(1))
+    n.min(
+        prompts
+            .iter()
+            .map(Vec::len)
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(1),
+    )
 }
 
 /// Generates for every prompt (token ids) with its own parameters; stops at eos or
@@ -311,7 +318,11 @@ pub fn answer_scores(
 }
 
 /// Softmax over the label set of the labels' log-likelihoods.
-pub fn label_probs(engine: &Engine, messages: &[ChatMessage], labels: &[String]) -> Result<Vec<f64>> {
+pub fn label_probs(
+    engine: &Engine,
+    messages: &[ChatMessage],
+    labels: &[String],
+) -> Result<Vec<f64>> {
     let s = answer_scores(engine, messages, labels)?;
     Ok(softmax(&s.iter().map(|x| x.total).collect::<Vec<_>>()))
 }

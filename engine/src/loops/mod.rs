@@ -9,7 +9,9 @@ pub mod distill;
 pub mod learner;
 pub mod rouge;
 pub mod self_instruct;
+pub mod social;
 pub mod tasks;
+pub mod teach;
 
 /// Writes a loop's summary as `manifest.json` in its run directory.
 pub(crate) fn write_manifest(

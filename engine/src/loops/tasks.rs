@@ -94,7 +94,10 @@ pub fn generate(families: &str, n: usize, seed: u64) -> Result<Vec<Task>> {
             .filter(|s| !s.is_empty())
             .collect()
     };
-    if let Some(bad) = fams.iter().find(|f| !FAMILIES.contains(f) || **f == "canary") {
+    if let Some(bad) = fams
+        .iter()
+        .find(|f| !FAMILIES.contains(f) || **f == "canary")
+    {
         return Err(Error::InvalidRequest(format!(
             "unknown task family `{bad}` (known: models, {})",
             FAMILIES[..13].join(", ")
@@ -276,7 +279,10 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
                     0 => {
                         let x = range(rng, 2, 20);
                         total += x;
-                        q += &format!(" {then}{} buys {x} more.", if s == 0 { "She" } else { "she" });
+                        q += &format!(
+                            " {then}{} buys {x} more.",
+                            if s == 0 { "She" } else { "she" }
+                        );
                     }
                     1 => {
                         let x = range(rng, 1, total.max(1));
@@ -319,14 +325,7 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
         }
         "sentiment" => {
             const ITEMS: [&str; 8] = [
-                "movie",
-                "meal",
-                "hotel",
-                "concert",
-                "book",
-                "phone",
-                "service",
-                "game",
+                "movie", "meal", "hotel", "concert", "book", "phone", "service", "game",
             ];
             const POS: [&str; 6] = [
                 "wonderful",
@@ -374,10 +373,16 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
         }
         "subject" => {
             const S: [(&str, [&str; 4]); 4] = [
-                ("sport", ["football", "tennis", "the marathon", "the swimming final"]),
+                (
+                    "sport",
+                    ["football", "tennis", "the marathon", "the swimming final"],
+                ),
                 ("food", ["the soup", "the bread", "the curry", "the cake"]),
                 ("weather", ["the rain", "the storm", "the snow", "the fog"]),
-                ("music", ["the violin", "the choir", "the album", "the drummer"]),
+                (
+                    "music",
+                    ["the violin", "the choir", "the album", "the drummer"],
+                ),
             ];
             let (label, nouns) = S[rng.below(S.len())];
             let noun = pick(rng, &nouns);
@@ -511,9 +516,8 @@ pub fn extract_label(response: &str, labels: &[String]) -> Option<String> {
 /// of the normalised extracted answer.
 pub fn is_correct(task: &Task, response: &str) -> bool {
     match &task.labels {
-        Some(labels) => {
-            extract_label(response, labels).is_some_and(|l| normalize(&l) == normalize(&task.answer))
-        }
+        Some(labels) => extract_label(response, labels)
+            .is_some_and(|l| normalize(&l) == normalize(&task.answer)),
         None => normalize(&extract_answer(response)) == normalize(&task.answer),
     }
 }
