@@ -120,6 +120,13 @@ fn range(rng: &mut LoopRng, lo: i64, hi: i64) -> i64 {
     lo + rng.below((hi - lo + 1) as usize) as i64
 }
 
+/// An operand with 1 to `max_digits` digits, the digit count uniform (small numbers are as common
+/// as large ones, as in the models' training data).
+fn operand(rng: &mut LoopRng, max_digits: u32) -> i64 {
+    let d = 1 + rng.below(max_digits as usize) as u32;
+    rng.below(10usize.pow(d)) as i64
+}
+
 fn pseudo_word(rng: &mut LoopRng, lo: usize, hi: usize) -> String {
     const C: &[u8] = b"bcdfghjklmnprstvwz";
     const V: &[u8] = b"aeiou";
@@ -153,7 +160,7 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
     let f = family;
     match family {
         "add" => {
-            let (a, b) = (range(rng, 0, 999), range(rng, 0, 999));
+            let (a, b) = (operand(rng, 3), operand(rng, 3));
             let q = match rng.below(5) {
                 0 => format!("Add {a} and {b}."),
                 1 => format!("Compute {a} plus {b}."),
@@ -164,7 +171,7 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
             Task::new(f, q, (a + b).to_string())
         }
         "sub" => {
-            let (a, b) = (range(rng, 0, 999), range(rng, 0, 999));
+            let (a, b) = (operand(rng, 3), operand(rng, 3));
             let q = match rng.below(5) {
                 0 => format!("Compute {a} minus {b}."),
                 1 => format!("{a} - {b} = ?"),
@@ -175,7 +182,7 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
             Task::new(f, q, (a - b).to_string())
         }
         "mul" => {
-            let (a, b) = (range(rng, 0, 99), range(rng, 0, 99));
+            let (a, b) = (operand(rng, 2), operand(rng, 2));
             let q = match rng.below(5) {
                 0 => format!("Multiply {a} by {b}."),
                 1 => format!("{a} x {b} = ?"),
@@ -186,8 +193,8 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
             Task::new(f, q, (a * b).to_string())
         }
         "cmp" => {
-            let a = range(rng, 0, 999);
-            let mut b = range(rng, 0, 999);
+            let a = operand(rng, 3);
+            let mut b = operand(rng, 3);
             if a == b {
                 b = (a + 1) % 1000;
             }
@@ -239,19 +246,28 @@ fn one(family: &str, rng: &mut LoopRng) -> Task {
             Task::new(f, q, a)
         }
         "count" => {
-            let mut w = pseudo_word(rng, 4, 8).into_bytes();
-            let letter = w[rng.below(w.len())];
-            // Repeat the letter sometimes so counts above one occur.
-            for _ in 0..rng.below(3) {
-                let i = rng.below(w.len());
-                w[i] = letter;
+            const L: &[u8] = b"abcdeghijklmnoprstuvwz";
+            let len = 4 + rng.below(5);
+            let mut w: Vec<u8> = (0..len).map(|_| L[rng.below(L.len())]).collect();
+            // The letter is absent a fifth of the time, and sometimes repeated.
+            let letter = if rng.below(5) == 0 {
+                L[rng.below(L.len())]
+            } else {
+                w[rng.below(w.len())]
+            };
+            if rng.below(2) == 0 {
+                for _ in 0..1 + rng.below(2) {
+                    let i = rng.below(w.len());
+                    w[i] = letter;
+                }
             }
             let w = String::from_utf8(w).unwrap_or_default();
             let l = letter as char;
             let n = w.chars().filter(|&c| c == l).count();
-            let q = match rng.below(3) {
+            let q = match rng.below(4) {
                 0 => format!("Count how many times {l} occurs in: {}", spaced(&w)),
                 1 => format!("Count the letter {l} in {w}."),
+                2 => format!("How many times does the letter {l} appear in {w}?"),
                 _ => format!("How many {l}'s are in {w}?"),
             };
             Task::new(f, q, n.to_string())

@@ -15,8 +15,8 @@
 //! Adaptive rounds (`rounds > 0`): the student is examined on a held-out set with one in-context
 //! example per topic; each round the teacher writes new material for the topics the student
 //! failed (shown the student's wrong answers in the `cot` style), the material is scored by LbT
-//! on pool problems of the topic, and the best replaces the topic's example when it scores
-//! higher. Accuracy per round and topic is reported.
+//! on pool problems of the topic, and the best replaces the topic's example (or its absence) when
+//! the student scores higher with it on that exam. Accuracy per round and topic is reported.
 //!
 //! Output: `rationales.jsonl`, `problems.jsonl` (one line per teaching problem; `--resume` skips
 //! the problems already there), `rounds.jsonl`, `manifest.json`.
@@ -510,6 +510,16 @@ fn adaptive_rounds(
             };
             let seed = mix(cfg.seed ^ 0xADA9, (round * 1000) as u64 + picked[0] as u64);
             let responses = teacher_samples(teacher, cfg, &prompt, cfg.rationales, seed)?;
+            // The material to beat: the topic's current example (or none) on the same exam.
+            let current = material.get(&topic).map(|(q, a, _)| (q.clone(), a.clone()));
+            let (base, _) = exam_score(
+                student,
+                cfg,
+                current.as_ref().map(|(q, a)| (q.as_str(), a.as_str())),
+                &exam,
+                seed,
+                stats,
+            )?;
             let mut best: Option<(String, usize)> = None;
             for r in responses {
                 let (score, _) =
@@ -518,13 +528,8 @@ fn adaptive_rounds(
                     best = Some((r, score));
                 }
             }
-            if let Some((r, score)) = best {
-                // Scores from different exams of one topic are compared as fractions.
-                let frac = |s: usize| s as f64 / (exam.len() * cfg.repeats.max(1)).max(1) as f64;
-                let current = material.get(&topic).map(|m| frac(m.2));
-                if current.is_none_or(|c| frac(score) > c) {
-                    material.insert(topic, (tp.question.clone(), r, score));
-                }
+            if let Some((r, score)) = best.filter(|b| b.1 > base) {
+                material.insert(topic, (tp.question.clone(), r, score));
             }
         }
     }
