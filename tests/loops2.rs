@@ -237,6 +237,8 @@ fn active_cfg(out: PathBuf) -> active::ActiveConfig {
         committee: 2,
         max_tokens: 8,
         seed: 3,
+        resume: false,
+        stop_after_strategies: None,
     }
 }
 
@@ -258,6 +260,33 @@ fn active_loop_runs_and_is_deterministic() {
         assert_eq!(m["strategies"][s]["curve"][2]["labels"], 4);
     }
     assert!(d1.join("manifest.json").exists());
+    // A run stopped after two strategies and resumed gives the uninterrupted result.
+    let d3 = tmp("active3");
+    active::run(
+        &teacher,
+        &e,
+        &[],
+        &active::ActiveConfig {
+            stop_after_strategies: Some(2),
+            ..active_cfg(d3.clone())
+        },
+    )
+    .unwrap();
+    assert_eq!(read(&d3.join("curves.jsonl")).lines().count(), 2 * 3);
+    let m3 = active::run(
+        &teacher,
+        &e,
+        &[],
+        &active::ActiveConfig {
+            resume: true,
+            ..active_cfg(d3.clone())
+        },
+    )
+    .unwrap();
+    for f in ["curves.jsonl", "queries.jsonl"] {
+        assert_eq!(read(&d1.join(f)), read(&d3.join(f)), "{f}");
+    }
+    assert_eq!(m["strategies"], m3["strategies"]);
     // Different strategies ask for different items.
     let q = read(&d1.join("queries.jsonl"));
     let asked = |s: &str| -> Vec<u64> {

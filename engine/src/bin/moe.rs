@@ -276,6 +276,9 @@ enum LoopCommand {
         max_tokens: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Keep the strategies an interrupted run in --out finished; run the rest.
+        #[arg(long)]
+        resume: bool,
     },
     /// Learning by teaching (LbT M1): teacher rationales scored by how well the student does on
     /// an exam with each as its in-context example; answers by MAJ, MAX and SUM.
@@ -670,6 +673,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             committee_model,
             max_tokens,
             seed,
+            resume,
         } => {
             let (pool, heldout) = match (&source.tasks, &heldout) {
                 (_, Some(h)) => (source.load(pool_size, seed)?, source.file(h)?),
@@ -704,6 +708,8 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 committee,
                 max_tokens,
                 seed,
+                resume,
+                stop_after_strategies: None,
             };
             let refs: Vec<&Engine<CpuBackend>> = committee_engines.iter().collect();
             let summary = moe::loops::active::run(teacher.as_ref(), &student, &refs, &cfg)?;

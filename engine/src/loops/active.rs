@@ -18,7 +18,8 @@
 //! Each round every strategy queries `batch` items; the student is evaluated on the held-out set
 //! before the first query and after every round, with up to `shots` labelled examples of the
 //! question's topic in context. Output: `curves.jsonl` (one line per strategy and round),
-//! `queries.jsonl` (what each strategy asked and the label it got), `manifest.json`.
+//! `queries.jsonl` (what each strategy asked and the label it got), `state.json` (the strategies
+//! finished, for `--resume`), `manifest.json`.
 
 use super::client::ModelClient;
 use super::learner::{self, entropy, gate_entropy, label_probs, messages, PrefillStats};
@@ -96,6 +97,10 @@ pub struct ActiveConfig {
     pub committee: usize,
     pub max_tokens: usize,
     pub seed: u64,
+    /// Keep the strategies an earlier run in `out` finished and run the rest.
+    pub resume: bool,
+    /// Stop after this many strategies in this invocation (a run in slices; `resume` goes on).
+    pub stop_after_strategies: Option<usize>,
 }
 
 /// Up to `k` labelled examples of `topic`, latest last.
@@ -339,19 +344,83 @@ pub fn run(
     let mut stats = PrefillStats::default();
     let curves_path = cfg.out.join("curves.jsonl");
     let queries_path = cfg.out.join("queries.jsonl");
+    let state_path = cfg.out.join("state.json");
+    // Strategies finished by an earlier run: their lines are kept, the rest are dropped.
+    let mut finished: Vec<String> = vec![];
+    let (mut kept_curves, mut kept_queries) = (vec![], vec![]);
+    if cfg.resume && state_path.exists() {
+        let st: Value = serde_json::from_str(
+            &std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?,
+        )
+        .unwrap_or(Value::Null);
+        finished = st["finished"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Lines are kept as written: a float parsed and printed again may change its last digit.
+        let keep = |path: &std::path::Path| -> Result<Vec<(Value, String)>> {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            Ok(text
+                .lines()
+                .filter_map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .map(|v| (v, l.to_string()))
+                })
+                .filter(|(v, _)| finished.iter().any(|f| v["strategy"] == f.as_str()))
+                .collect())
+        };
+        kept_curves = keep(&curves_path)?;
+        kept_queries = keep(&queries_path)?;
+    }
     let mut curves = std::fs::File::create(&curves_path).map_err(|e| Error::io(&curves_path, e))?;
     let mut queries =
         std::fs::File::create(&queries_path).map_err(|e| Error::io(&queries_path, e))?;
+    for (_, v) in &kept_curves {
+        writeln!(curves, "{v}").map_err(|e| Error::io(&curves_path, e))?;
+    }
+    for (_, v) in &kept_queries {
+        writeln!(queries, "{v}").map_err(|e| Error::io(&queries_path, e))?;
+    }
     let mut tiebreak_rng = LoopRng(cfg.seed);
     let tiebreak: Vec<u64> = cfg.pool.iter().map(|_| tiebreak_rng.next_u64()).collect();
     // Labels are cached so every strategy that asks for an item gets the same label.
     let mut label_cache: BTreeMap<usize, String> = BTreeMap::new();
+    for (q, _) in &kept_queries {
+        if let (Some(i), Some(l)) = (q["pool_index"].as_u64(), q["teacher_label"].as_str()) {
+            label_cache.insert(i as usize, l.to_string());
+        }
+    }
     let mut teacher_calls = 0usize;
     let (_, zero_shot) = evaluate(student, cfg, &[], &mut stats)?;
     let mut summary: BTreeMap<String, Value> = BTreeMap::new();
     let total_rounds = cfg.strategies.len() * cfg.rounds;
     let mut done_rounds = 0;
     for strategy in &cfg.strategies {
+        if finished.contains(strategy) {
+            let curve: Vec<Value> = kept_curves
+                .iter()
+                .map(|(v, _)| v)
+                .filter(|v| v["strategy"] == strategy.as_str())
+                .map(|v| json!({"labels": v["labels"], "accuracy": v["accuracy"]}))
+                .collect();
+            let qs: Vec<&Value> = kept_queries
+                .iter()
+                .map(|(v, _)| v)
+                .filter(|v| v["strategy"] == strategy.as_str())
+                .collect();
+            let right = qs.iter().filter(|v| v["label_correct"] == true).count();
+            summary.insert(
+                strategy.clone(),
+                json!({"curve": curve, "teacher_label_accuracy": right as f64 / qs.len().max(1) as f64}),
+            );
+            done_rounds += cfg.rounds;
+            continue;
+        }
         let mut labelled: Vec<(Task, String)> = vec![];
         let mut remaining: Vec<usize> = (0..cfg.pool.len()).collect();
         let mut curve = vec![json!({"labels": 0, "accuracy": zero_shot})];
@@ -424,6 +493,15 @@ pub fn run(
             strategy.clone(),
             json!({"curve": curve, "teacher_label_accuracy": label_right as f64 / label_total.max(1) as f64}),
         );
+        finished.push(strategy.clone());
+        std::fs::write(&state_path, json!({"finished": finished}).to_string())
+            .map_err(|e| Error::io(&state_path, e))?;
+        if cfg
+            .stop_after_strategies
+            .is_some_and(|n| summary.len() >= n)
+        {
+            break;
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
