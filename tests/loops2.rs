@@ -209,6 +209,13 @@ fn shared_prefix_generation_matches_whole_prompts() {
     let lcp = learner::shared_prefix_len(&ids);
     assert!(lcp > 5);
     assert_eq!(a.prefilled_tokens, a.prompt_tokens - 2 * lcp);
+    let inline = learner::messages_in(learner::ContextFormat::Inline, &shots, None, "Q?");
+    assert_eq!(inline.len(), 1);
+    assert_eq!(inline[0].content, "What is 3 times 4? 12\nQ?");
+    assert_eq!(
+        learner::messages_in(learner::ContextFormat::Turns, &shots, None, "Q?").len(),
+        3
+    );
     // The engine's own generation agrees on the greedy request.
     let c = e
         .generate(&[moe::GenerateRequest::new(
@@ -239,6 +246,7 @@ fn active_cfg(out: PathBuf) -> active::ActiveConfig {
         seed: 3,
         resume: false,
         stop_after_strategies: None,
+        context: Default::default(),
     }
 }
 
@@ -352,6 +360,7 @@ fn teach_cfg(out: PathBuf) -> teach::TeachConfig {
         rounds: 1,
         seed: 9,
         resume: false,
+        context: Default::default(),
     }
 }
 
@@ -390,6 +399,19 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
         read(&d4.join("problems.jsonl"))
     );
     assert_eq!(m4["prefix_cache"]["student"]["saved_tokens"], 0);
+    let d5 = tmp("teach5");
+    let m5 = teach::run(
+        &teacher,
+        &e,
+        &teach::TeachConfig {
+            context: learner::ContextFormat::Inline,
+            teach_problems: 1,
+            rounds: 0,
+            ..teach_cfg(d5.clone())
+        },
+    )
+    .unwrap();
+    assert_eq!(m5["context"], "inline");
     // An interrupted run (one problem done) resumed gives the uninterrupted result.
     std::fs::create_dir_all(&d3).unwrap();
     let first = read(&d1.join("problems.jsonl"))
@@ -430,6 +452,7 @@ fn social_cfg(out: PathBuf) -> social::SocialConfig {
         canary_candidates: 64,
         max_tokens: 16,
         seed: 11,
+        context: Default::default(),
     }
 }
 

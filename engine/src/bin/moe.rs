@@ -391,6 +391,10 @@ struct LoopModels {
     /// embedded model).
     #[arg(long)]
     student: Option<String>,
+    /// How in-context examples reach the student: `turns` (earlier chat turns) or `inline`
+    /// (lines inside the one user turn).
+    #[arg(long, default_value = "turns")]
+    context: String,
 }
 
 /// Where a loop's tasks come from.
@@ -710,6 +714,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 seed,
                 resume,
                 stop_after_strategies: None,
+                context: moe::loops::learner::ContextFormat::parse(&models.context)?,
             };
             let refs: Vec<&Engine<CpuBackend>> = committee_engines.iter().collect();
             let summary = moe::loops::active::run(teacher.as_ref(), &student, &refs, &cfg)?;
@@ -760,6 +765,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 rounds,
                 seed,
                 resume,
+                context: moe::loops::learner::ContextFormat::parse(&models.context)?,
             };
             let summary = moe::loops::teach::run(teacher.as_ref(), &student, &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
@@ -804,6 +810,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 canary_candidates,
                 max_tokens,
                 seed,
+                context: moe::loops::learner::ContextFormat::parse(&models.context)?,
             };
             let summary = moe::loops::social::run(teacher.as_ref(), &student, &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

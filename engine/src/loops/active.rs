@@ -22,7 +22,9 @@
 //! finished, for `--resume`), `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, entropy, gate_entropy, label_probs, messages, PrefillStats};
+use super::learner::{
+    self, entropy, gate_entropy, label_probs, messages, messages_in, ContextFormat, PrefillStats,
+};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
 use crate::engine::Engine;
@@ -97,6 +99,7 @@ pub struct ActiveConfig {
     pub committee: usize,
     pub max_tokens: usize,
     pub seed: u64,
+    pub context: ContextFormat,
     /// Keep the strategies an earlier run in `out` finished and run the rest.
     pub resume: bool,
     /// Stop after this many strategies in this invocation (a run in slices; `resume` goes on).
@@ -122,6 +125,7 @@ fn answer_all(
     labelled: &[(Task, String)],
     shots: usize,
     max_tokens: usize,
+    format: ContextFormat,
     stats: &mut PrefillStats,
 ) -> Result<Vec<learner::Answer>> {
     let mut out = vec![learner::Answer::default(); tasks.len()];
@@ -133,7 +137,7 @@ fn answer_all(
         let sh = shots_for(labelled, topic, shots);
         let prompts: Vec<Vec<ChatMessage>> = idx
             .iter()
-            .map(|&i| messages(&sh, None, &tasks[i].question))
+            .map(|&i| messages_in(format, &sh, None, &tasks[i].question))
             .collect();
         let ans = learner::greedy(student, &prompts, max_tokens, true, stats)?;
         for (i, a) in idx.into_iter().zip(ans) {
@@ -156,6 +160,7 @@ fn evaluate(
         labelled,
         cfg.shots,
         cfg.max_tokens,
+        cfg.context,
         stats,
     )?;
     let correct: Vec<bool> = cfg
@@ -182,7 +187,15 @@ fn uncertainty(
 ) -> Result<Vec<f64>> {
     let needs_answers = matches!(strategy, "least_confidence" | "margin" | "entropy" | "nll");
     let answers = if needs_answers {
-        answer_all(student, items, labelled, cfg.shots, cfg.max_tokens, stats)?
+        answer_all(
+            student,
+            items,
+            labelled,
+            cfg.shots,
+            cfg.max_tokens,
+            cfg.context,
+            stats,
+        )?
     } else {
         vec![]
     };
@@ -197,7 +210,11 @@ fn uncertainty(
                 let v = match &t.labels {
                     Some(labels) => {
                         let sh = shots_for(labelled, t.topic(), cfg.shots);
-                        let p = label_probs(student, &messages(&sh, None, &t.question), labels)?;
+                        let p = label_probs(
+                            student,
+                            &messages_in(cfg.context, &sh, None, &t.question),
+                            labels,
+                        )?;
                         match strategy {
                             "least_confidence" => least_confidence(&p),
                             "margin" => -margin(&p),
@@ -249,9 +266,10 @@ fn uncertainty(
                     let ids: Vec<Vec<u32>> = idx
                         .iter()
                         .map(|&i| {
-                            engine
-                                .tokenizer
-                                .encode_chat(&messages(&sh, None, &items[i].question), true)
+                            engine.tokenizer.encode_chat(
+                                &messages_in(cfg.context, &sh, None, &items[i].question),
+                                true,
+                            )
                         })
                         .collect::<Result<_>>()?;
                     let ps: Vec<SamplingParams> = idx
@@ -508,8 +526,7 @@ pub fn run(
         "loop": "active", "teacher": teacher.name(), "student": student.info.name,
         "committee_models": committee_models.iter().map(|e| e.info.name.clone()).collect::<Vec<_>>(),
         "seed": cfg.seed, "pool": cfg.pool.len(), "heldout": cfg.heldout.len(), "rounds": cfg.rounds,
-        "batch": cfg.batch, "shots": cfg.shots, "committee": cfg.committee, "max_tokens": cfg.max_tokens,
-        "strategies": summary, "teacher_labels_requested": teacher_calls,
+        "batch": cfg.batch, "shots": cfg.shots, "committee": cfg.committee, "max_tokens": cfg.max_tokens, "context": format!("{:?}", cfg.context).to_lowercase(),"strategies": summary, "teacher_labels_requested": teacher_calls,
         "student_prefill": stats.json(), "seconds": secs, "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &manifest)?;

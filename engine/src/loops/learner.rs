@@ -16,6 +16,52 @@ use crate::trace::{NoTrace, Trace};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
+/// How in-context examples are shown to the student.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ContextFormat {
+    /// Earlier user/assistant turns.
+    #[default]
+    Turns,
+    /// Lines `question answer` inside the one user turn, before the question: for models
+    /// trained on single turns only, which lose their skill after an end-of-turn.
+    Inline,
+}
+
+impl ContextFormat {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "turns" => Ok(ContextFormat::Turns),
+            "inline" => Ok(ContextFormat::Inline),
+            _ => Err(Error::InvalidRequest(format!(
+                "unknown context format `{s}` (turns, inline)"
+            ))),
+        }
+    }
+}
+
+/// The student's prompt: in-context examples (question, answer) in `format`, then the question;
+/// an instruction, when given, opens the last user turn.
+pub fn messages_in(
+    format: ContextFormat,
+    shots: &[(String, String)],
+    instruction: Option<&str>,
+    question: &str,
+) -> Vec<ChatMessage> {
+    if format == ContextFormat::Turns || shots.is_empty() {
+        return messages(shots, instruction, question);
+    }
+    let mut q = String::new();
+    if let Some(i) = instruction.map(str::trim).filter(|i| !i.is_empty()) {
+        q += i;
+        q += "\n\n";
+    }
+    for (eq, ea) in shots {
+        q += &format!("{} {}\n", eq.trim(), ea.trim());
+    }
+    q += question;
+    vec![ChatMessage::user(q)]
+}
+
 /// In-context examples (question, answer) as alternating turns, then the question; an
 /// instruction, when given, opens the last user turn.
 pub fn messages(
@@ -63,6 +109,8 @@ pub struct PrefillStats {
     pub prompt_tokens: usize,
     pub prefilled_tokens: usize,
     pub generated_tokens: usize,
+    /// Time to the first generated token's logits: the shared prefix and every prompt's rest.
+    pub prefill_seconds: f64,
     pub seconds: f64,
 }
 
@@ -74,7 +122,7 @@ impl PrefillStats {
         serde_json::json!({
             "prompts": self.prompts, "prompt_tokens": self.prompt_tokens,
             "prefilled_tokens": self.prefilled_tokens, "saved_tokens": self.prompt_tokens - self.prefilled_tokens,
-            "saved_fraction": self.saved_fraction(), "generated_tokens": self.generated_tokens, "seconds": self.seconds,
+            "saved_fraction": self.saved_fraction(), "generated_tokens": self.generated_tokens, "prefill_seconds": self.prefill_seconds, "seconds": self.seconds,
         })
     }
 }
@@ -172,6 +220,7 @@ pub fn generate_shared(
     let mut done = vec![false; n];
     let mut lp = vec![0f32; vocab];
     let mut first = true;
+    let mut first_step = true;
     loop {
         let active: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
         if active.is_empty() {
@@ -207,6 +256,10 @@ pub fn generate_shared(
         }
         let logits = model.forward(&mut steps, &mut NoTrace)?;
         drop(steps);
+        if first_step {
+            stats.prefill_seconds += t0.elapsed().as_secs_f64();
+            first_step = false;
+        }
         for (&i, l) in active.iter().zip(logits) {
             let row = &l[l.len() - vocab..];
             log_softmax_into(row, &mut lp);

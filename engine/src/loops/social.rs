@@ -27,7 +27,7 @@
 //! reported too. Output: `shared.jsonl`, `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, answer_scores, messages, PrefillStats};
+use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillStats};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
 use crate::engine::Engine;
@@ -92,6 +92,8 @@ pub struct SocialConfig {
     pub canary_candidates: usize,
     pub max_tokens: usize,
     pub seed: u64,
+    /// How shared examples are shown to the student (and private ones to a relabelling teacher).
+    pub context: ContextFormat,
 }
 
 struct Shared {
@@ -261,7 +263,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
                     .map(|t| (t.question.clone(), t.answer.clone()))
                     .collect();
                 GenerateRequest::new(
-                    Prompt::Chat(messages(&shots, None, &q.question)),
+                    Prompt::Chat(messages_in(cfg.context, &shots, None, &q.question)),
                     SamplingParams {
                         max_tokens: cfg.max_tokens,
                         ..SamplingParams::greedy()
@@ -351,7 +353,14 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
         let prompts: Vec<Vec<ChatMessage>> = cfg
             .test
             .iter()
-            .map(|t| messages(&sh.shots, sh.instruction.as_deref(), &t.question))
+            .map(|t| {
+                messages_in(
+                    cfg.context,
+                    &sh.shots,
+                    sh.instruction.as_deref(),
+                    &t.question,
+                )
+            })
             .collect();
         Ok(
             learner::greedy(student, &prompts, cfg.max_tokens, true, stats)?
@@ -371,7 +380,12 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
     let mut candidates = vec![secret.clone()];
     candidates.extend(alternatives);
     let expose = |sh: &Shared| -> Result<Value> {
-        let msgs = messages(&sh.shots, sh.instruction.as_deref(), &canary.question);
+        let msgs = messages_in(
+            cfg.context,
+            &sh.shots,
+            sh.instruction.as_deref(),
+            &canary.question,
+        );
         let s = answer_scores(student, &msgs, &candidates)?;
         let per_token: Vec<f64> = s
             .iter()
@@ -453,7 +467,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
     let manifest = json!({
         "loop": "social", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
         "teachers": m, "private_per_teacher": k, "shared": cfg.shared, "n_gen": cfg.n_gen, "samples": cfg.samples,
-        "keep": cfg.keep, "temperature": cfg.temperature, "test": cfg.test.len(),
+        "keep": cfg.keep, "temperature": cfg.temperature, "context": format!("{:?}", cfg.context).to_lowercase(),"test": cfg.test.len(),
         "canary": {"question": canary.question, "secret": secret},
         "synthetic_candidates": {"sampled": sampled, "faulty_format": faulty, "kept": synthetic.iter().map(Vec::len).sum::<usize>()},
         "instruction": instruction, "modes": report, "student_prefill": stats.json(), "seconds": secs,

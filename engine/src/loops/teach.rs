@@ -22,7 +22,7 @@
 //! the problems already there), `rounds.jsonl`, `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, messages, PrefillStats};
+use super::learner::{self, messages_in, ContextFormat, PrefillStats};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
 use crate::engine::Engine;
@@ -83,6 +83,7 @@ pub struct TeachConfig {
     pub rounds: usize,
     pub seed: u64,
     pub resume: bool,
+    pub context: ContextFormat,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -137,7 +138,7 @@ pub fn exam_score(
     let mut which = vec![];
     for (e, t) in exam.iter().enumerate() {
         let p = student.tokenizer.encode_chat(
-            &messages(&shots, None, &cfg.style.question(&t.question)),
+            &messages_in(cfg.context, &shots, None, &cfg.style.question(&t.question)),
             true,
         )?;
         for r in 0..cfg.repeats.max(1) {
@@ -372,7 +373,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
         "loop": "teach", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
-        "style": format!("{:?}", cfg.style).to_lowercase(), "teach_problems": done.len(), "rationales": cfg.rationales,
+        "style": format!("{:?}", cfg.style).to_lowercase(), "context": format!("{:?}", cfg.context).to_lowercase(),"teach_problems": done.len(), "rationales": cfg.rationales,
         "exam_problems": cfg.exam_problems, "repeats": cfg.repeats, "teacher_temperature": cfg.teacher_temperature,
         "teacher_top_k": cfg.teacher_top_k, "exam_temperature": cfg.exam_temperature, "max_tokens": cfg.max_tokens,
         "selection_accuracy": {"maj": rate("maj_correct"), "max": rate("max_correct"), "sum": rate("sum_correct")},
@@ -417,7 +418,14 @@ fn heldout_exam(
             .unwrap_or_default();
         let prompts: Vec<Vec<ChatMessage>> = idx
             .iter()
-            .map(|&i| messages(&shots, None, &cfg.style.question(&cfg.heldout[i].question)))
+            .map(|&i| {
+                messages_in(
+                    cfg.context,
+                    &shots,
+                    None,
+                    &cfg.style.question(&cfg.heldout[i].question),
+                )
+            })
             .collect();
         let ans = learner::greedy(student, &prompts, cfg.max_tokens, cfg.share_prefix, stats)?;
         for (i, a) in idx.into_iter().zip(ans) {
