@@ -24,7 +24,8 @@
 //! average, up to log2(candidates)). `canary_in_context` puts the canary itself in the prompt, to
 //! show what a leak looks like. The word-trigram overlap of the shared text with the private
 //! data, verbatim copies of private questions and whether the code occurs in the shared text are
-//! reported too. Output: `shared.jsonl`, `manifest.json`.
+//! reported too. Output: `shared.jsonl` (what was shared, and the discarded candidates),
+//! `manifest.json`.
 
 use super::client::ModelClient;
 use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillStats};
@@ -236,7 +237,11 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
                 .unwrap_or(0.0);
             match parse_candidate(&c.text) {
                 Some(pair) => cands.push((pair, nll)),
-                None => faulty += 1,
+                None => {
+                    faulty += 1;
+                    let line = json!({"mode": "synthetic_discarded", "teacher": i, "text": c.text});
+                    writeln!(shared_file, "{line}").map_err(|e| Error::io(&shared_path, e))?;
+                }
             }
         }
         cands.sort_by(|a, b| a.1.total_cmp(&b.1));
