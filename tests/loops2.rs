@@ -307,9 +307,9 @@ fn active_loop_runs_and_is_deterministic() {
     assert_ne!(asked("random"), asked("nll"));
 }
 
-/// The annotator behind `moe serve` gives the same labels as in process.
+/// The annotator and the teacher behind `moe serve` give what they give in process.
 #[test]
-fn active_loop_with_the_teacher_behind_moe_serve() {
+fn loops_with_the_teacher_behind_moe_serve() {
     let e = embedded();
     let h = start(
         vec![(
@@ -338,6 +338,19 @@ fn active_loop_with_the_teacher_behind_moe_serve() {
     assert_eq!(
         read(&d1.join("curves.jsonl")),
         read(&d2.join("curves.jsonl"))
+    );
+    // Seeded teacher samples over HTTP are the ones sampled in process.
+    let (d3, d4) = (tmp("teach-http"), tmp("teach-local"));
+    let cfg = |out| teach::TeachConfig {
+        teach_problems: 2,
+        rounds: 0,
+        ..teach_cfg(out)
+    };
+    teach::run(&remote, &e, &cfg(d3.clone())).unwrap();
+    teach::run(&here, &e, &cfg(d4.clone())).unwrap();
+    assert_eq!(
+        read(&d3.join("rationales.jsonl")),
+        read(&d4.join("rationales.jsonl"))
     );
     h.shutdown();
 }

@@ -788,8 +788,19 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             seed,
         } => {
             let need = teachers * private + 1;
-            let data = source.load(if source.tasks.is_some() { 0 } else { need }, seed)?;
-            let fresh = source.load(teachers * shared.max(1), seed ^ 0xF2E5)?;
+            let n_fresh = teachers * shared.max(1);
+            let (data, fresh) = if source.tasks.is_some() {
+                // One file: the public questions are split off so none is private.
+                let mut all = source.load(0, seed)?;
+                moe::loops::self_instruct::LoopRng(seed ^ 0xF2E5).shuffle(&mut all);
+                let data = all.split_off(n_fresh.min(all.len()));
+                (data, all)
+            } else {
+                (
+                    source.load(need, seed)?,
+                    source.load(n_fresh, seed ^ 0xF2E5)?,
+                )
+            };
             let test = match &test {
                 Some(p) => source.file(p)?,
                 None => source.load(test_size, seed ^ 0x4E1D)?,
