@@ -741,11 +741,21 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             seed,
             resume,
         } => {
-            let pool = source.load(pool_size, seed)?;
-            let heldout = match (&heldout, rounds) {
-                (_, 0) => vec![],
-                (Some(h), _) => source.file(h)?,
-                (None, _) => source.load(heldout_size, seed ^ 0x4E1D)?,
+            let (pool, heldout) = match (&source.tasks, &heldout, rounds) {
+                (_, _, 0) => (source.load(pool_size, seed)?, vec![]),
+                (_, Some(h), _) => (source.load(pool_size, seed)?, source.file(h)?),
+                (Some(_), None, _) => {
+                    // One file: the held-out exam is split off the pool.
+                    let mut all = source.load(0, seed)?;
+                    moe::loops::self_instruct::LoopRng(seed).shuffle(&mut all);
+                    let h = all.split_off(all.len().saturating_sub(heldout_size));
+                    all.truncate(pool_size);
+                    (all, h)
+                }
+                (None, None, _) => (
+                    source.load(pool_size, seed)?,
+                    source.load(heldout_size, seed ^ 0x4E1D)?,
+                ),
             };
             let (teacher, student) = models.open()?;
             let cfg = moe::loops::teach::TeachConfig {
@@ -789,21 +799,29 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
         } => {
             let need = teachers * private + 1;
             let n_fresh = teachers * shared.max(1);
-            let (data, fresh) = if source.tasks.is_some() {
-                // One file: the public questions are split off so none is private.
+            let (data, fresh, test) = if source.tasks.is_some() {
+                // One file: public questions and (without --test) the test set are split off,
+                // so none of them is private.
                 let mut all = source.load(0, seed)?;
                 moe::loops::self_instruct::LoopRng(seed ^ 0xF2E5).shuffle(&mut all);
-                let data = all.split_off(n_fresh.min(all.len()));
-                (data, all)
+                let mut rest = all.split_off(n_fresh.min(all.len()));
+                let test = match &test {
+                    Some(p) => source.file(p)?,
+                    None => {
+                        let data = rest.split_off(test_size.min(rest.len()));
+                        std::mem::replace(&mut rest, data)
+                    }
+                };
+                (rest, all, test)
             } else {
                 (
                     source.load(need, seed)?,
                     source.load(n_fresh, seed ^ 0xF2E5)?,
+                    match &test {
+                        Some(p) => source.file(p)?,
+                        None => source.load(test_size, seed ^ 0x4E1D)?,
+                    },
                 )
-            };
-            let test = match &test {
-                Some(p) => source.file(p)?,
-                None => source.load(test_size, seed ^ 0x4E1D)?,
             };
             let (teacher, student) = models.open()?;
             let cfg = moe::loops::social::SocialConfig {
