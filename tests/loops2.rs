@@ -452,7 +452,7 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
 fn social_cfg(out: PathBuf) -> social::SocialConfig {
     social::SocialConfig {
         out,
-        data: tasks::generate("mul", 13, 6).unwrap(),
+        data: tasks::generate("mul", 14, 6).unwrap(),
         fresh: tasks::generate("mul", 6, 7).unwrap(),
         test: tasks::generate("mul", 10, 8).unwrap(),
         teachers: 3,
@@ -463,6 +463,7 @@ fn social_cfg(out: PathBuf) -> social::SocialConfig {
         keep: 2,
         temperature: 0.7,
         canary_candidates: 64,
+        canaries: 2,
         max_tokens: 16,
         seed: 11,
         context: Default::default(),
@@ -490,8 +491,11 @@ fn social_loop_runs_and_is_deterministic() {
         "canary_in_context",
     ] {
         let x = &m1["modes"][mode];
-        let rank = x["exposure"]["rank"].as_u64().unwrap();
-        assert!((1..=64).contains(&rank), "{mode}: {x}");
+        let ranks = x["exposure"]["ranks"].as_array().unwrap();
+        assert_eq!(ranks.len(), 2);
+        for r in ranks {
+            assert!((1..=64).contains(&r.as_u64().unwrap()), "{mode}: {x}");
+        }
         assert!(x["accuracy"]["all"].as_f64().is_some());
     }
     assert!(m1["modes"]["vote_relabel"]["accuracy"]["all"]

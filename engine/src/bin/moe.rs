@@ -365,9 +365,12 @@ enum LoopCommand {
         /// Test tasks from a file instead (e.g. eval.jsonl).
         #[arg(long)]
         test: Option<std::path::PathBuf>,
-        /// The secret and its alternatives.
+        /// A canary's secret and its alternatives.
         #[arg(long, default_value_t = 1000)]
         canary_candidates: usize,
+        /// Canaries in every teacher's private data (exposure is averaged over them).
+        #[arg(long, default_value_t = 3)]
+        canaries: usize,
         #[arg(long, default_value_t = 48)]
         max_tokens: usize,
         #[arg(long, default_value_t = 42)]
@@ -794,10 +797,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             test_size,
             test,
             canary_candidates,
+            canaries,
             max_tokens,
             seed,
         } => {
-            let need = teachers * private + 1;
+            let need = teachers * private + canaries.max(1);
             let n_fresh = teachers * shared.max(1);
             let (data, fresh, test) = if source.tasks.is_some() {
                 // One file: public questions and (without --test) the test set are split off,
@@ -837,6 +841,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 keep,
                 temperature,
                 canary_candidates,
+                canaries,
                 max_tokens,
                 seed,
                 context: moe::loops::learner::ContextFormat::parse(&models.context)?,

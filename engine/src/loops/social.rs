@@ -16,13 +16,13 @@
 //! - `vote_synthetic`, `vote_relabel`: the student answers once with each teacher's own shared
 //!   examples; the majority answer counts.
 //!
-//! Privacy: one canary (a task-shaped question whose answer is a random 4-digit code) is put in
-//! every teacher's private data. For each mode its exposure is measured as in the Secret Sharer:
-//! the code and `canary_candidates − 1` other codes are scored as the answer to the canary's
-//! question after the student's prompt (log-likelihood per token); `rank` = 1 + the number of
-//! codes scored higher and `exposure = log2(candidates) − log2(rank)` (0 when nothing leaked on
-//! average, up to log2(candidates)). `canary_in_context` puts the canary itself in the prompt, to
-//! show what a leak looks like. The word-trigram overlap of the shared text with the private
+//! Privacy: `canaries` canaries (task-shaped questions whose answers are random 4-digit codes)
+//! are put in every teacher's private data. For each mode their exposure is measured as in the
+//! Secret Sharer: a canary's code and `canary_candidates − 1` other codes are scored as the answer
+//! to its question after the student's prompt (log-likelihood per token); its rank = 1 + the
+//! number of codes scored higher and `exposure = log2(candidates) − log2(rank)`, averaged over
+//! the canaries (about 1.44 bits expected when nothing leaked, up to log2(candidates)).
+//! `canary_in_context` puts the canaries themselves in the prompt, to show what a leak looks like. The word-trigram overlap of the shared text with the private
 //! data, verbatim copies of private questions and whether the code occurs in the shared text are
 //! reported too. Output: `shared.jsonl` (what was shared, and the discarded candidates),
 //! `manifest.json`.
@@ -91,6 +91,8 @@ pub struct SocialConfig {
     pub keep: usize,
     pub temperature: f32,
     pub canary_candidates: usize,
+    /// Canaries, each with its own secret, all in every teacher's data.
+    pub canaries: usize,
     pub max_tokens: usize,
     pub seed: u64,
     /// How shared examples are shown to the student (and private ones to a relabelling teacher).
@@ -170,27 +172,40 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let m = cfg.teachers.max(1);
     let k = cfg.private_per_teacher.max(1);
-    if cfg.data.len() < m * k + 1 || cfg.test.is_empty() {
+    let nc = cfg.canaries.max(1);
+    if cfg.data.len() < m * k + nc || cfg.test.is_empty() {
         return Err(Error::InvalidRequest(format!(
-            "social needs {} data items for {m} teachers × {k} private examples plus the canary, and a test set",
-            m * k + 1
+            "social needs {} data items for {m} teachers × {k} private examples plus {nc} canaries, and a test set",
+            m * k + nc
         )));
     }
     let t0 = std::time::Instant::now();
     let mut rng = LoopRng(cfg.seed ^ 0x50C1A1);
     let mut data = cfg.data.clone();
     rng.shuffle(&mut data);
-    let secret = tasks::canary_code(&mut rng);
-    let canary = Task {
-        question: data[m * k].question.clone(),
-        answer: secret.clone(),
-        topic: data[m * k].topic.clone(),
-        labels: None,
-    };
+    let mut secrets: Vec<String> = vec![];
+    while secrets.len() < nc {
+        let c = tasks::canary_code(&mut rng);
+        if !secrets.contains(&c) {
+            secrets.push(c);
+        }
+    }
+    let canaries: Vec<Task> = secrets
+        .iter()
+        .enumerate()
+        .map(|(c, secret)| Task {
+            question: data[m * k + c].question.clone(),
+            answer: secret.clone(),
+            topic: data[m * k + c].topic.clone(),
+            labels: None,
+        })
+        .collect();
     let mut private: Vec<Vec<Task>> = (0..m).map(|i| data[i * k..(i + 1) * k].to_vec()).collect();
     for p in private.iter_mut() {
-        let at = rng.below(p.len() + 1);
-        p.insert(at, canary.clone());
+        for canary in &canaries {
+            let at = rng.below(p.len() + 1);
+            p.insert(at, canary.clone());
+        }
     }
     let private_text: String = private
         .iter()
@@ -376,35 +391,48 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
     };
     let mut alt_rng = LoopRng(cfg.seed ^ 0xA17);
     let mut alternatives: BTreeSet<String> = BTreeSet::new();
-    while alternatives.len() + 1 < cfg.canary_candidates.min(10_000) {
+    while alternatives.len() + 1 < cfg.canary_candidates.min(10_000 - nc + 1) {
         let c = tasks::canary_code(&mut alt_rng);
-        if c != secret {
+        if !secrets.contains(&c) {
             alternatives.insert(c);
         }
     }
-    let mut candidates = vec![secret.clone()];
-    candidates.extend(alternatives);
+    let n_candidates = alternatives.len() + 1;
     let expose = |sh: &Shared| -> Result<Value> {
-        let msgs = messages_in(
-            cfg.context,
-            &sh.shots,
-            sh.instruction.as_deref(),
-            &canary.question,
-        );
-        let s = answer_scores(student, &msgs, &candidates)?;
-        let per_token: Vec<f64> = s
+        let mut ranks = vec![];
+        for canary in &canaries {
+            let msgs = messages_in(
+                cfg.context,
+                &sh.shots,
+                sh.instruction.as_deref(),
+                &canary.question,
+            );
+            let mut candidates = vec![canary.answer.clone()];
+            candidates.extend(alternatives.iter().cloned());
+            let s = answer_scores(student, &msgs, &candidates)?;
+            let per_token: Vec<f64> = s
+                .iter()
+                .map(|x| x.total / x.logprobs.len().max(1) as f64)
+                .collect();
+            ranks.push(rank_of(per_token[0], &per_token[1..]));
+        }
+        let mean_exposure = ranks
             .iter()
-            .map(|x| x.total / x.logprobs.len().max(1) as f64)
-            .collect();
-        let rank = rank_of(per_token[0], &per_token[1..]);
+            .map(|&r| exposure(r, n_candidates))
+            .sum::<f64>()
+            / ranks.len() as f64;
         Ok(
-            json!({"rank": rank, "candidates": candidates.len(), "exposure": exposure(rank, candidates.len())}),
+            json!({"ranks": ranks, "mean_rank": ranks.iter().sum::<usize>() as f64 / ranks.len() as f64,
+                  "candidates": n_candidates, "exposure": mean_exposure}),
         )
     };
     modes.push((
         "canary_in_context",
         Shared {
-            shots: vec![(canary.question.clone(), canary.answer.clone())],
+            shots: canaries
+                .iter()
+                .map(|c| (c.question.clone(), c.answer.clone()))
+                .collect(),
             instruction: None,
         },
     ));
@@ -429,13 +457,13 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
         if !matches!(*name, "none" | "private" | "canary_in_context") {
             v["ngram_overlap"] = json!(ngram_overlap(&shared_text, &private_text));
             v["verbatim_private_questions"] = json!(verbatim);
-            v["secret_in_shared_text"] = json!(shared_text.contains(&secret));
+            v["secret_in_shared_text"] = json!(secrets.iter().any(|x| shared_text.contains(x)));
         }
         eprintln!(
-            "social {name}: accuracy {:.3}, canary rank {} of {} ({:.1}s)",
+            "social {name}: accuracy {:.3}, canary mean rank {} of {} ({:.1}s)",
             v["accuracy"]["all"].as_f64().unwrap_or(0.0),
-            v["exposure"]["rank"],
-            candidates.len(),
+            v["exposure"]["mean_rank"],
+            n_candidates,
             t0.elapsed().as_secs_f64()
         );
         report.insert(name.to_string(), v);
@@ -473,7 +501,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
         "loop": "social", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
         "teachers": m, "private_per_teacher": k, "shared": cfg.shared, "n_gen": cfg.n_gen, "samples": cfg.samples,
         "keep": cfg.keep, "temperature": cfg.temperature, "context": format!("{:?}", cfg.context).to_lowercase(),"test": cfg.test.len(),
-        "canary": {"question": canary.question, "secret": secret},
+        "canaries": canaries.iter().map(|c| json!({"question": c.question, "secret": c.answer})).collect::<Vec<_>>(),
         "synthetic_candidates": {"sampled": sampled, "faulty_format": faulty, "kept": synthetic.iter().map(Vec::len).sum::<usize>()},
         "instruction": instruction, "modes": report, "student_prefill": stats.json(), "seconds": secs,
         "version": env!("CARGO_PKG_VERSION"),
