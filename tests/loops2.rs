@@ -374,6 +374,7 @@ fn teach_cfg(out: PathBuf) -> teach::TeachConfig {
         seed: 9,
         resume: false,
         context: Default::default(),
+        prefill: None,
     }
 }
 
@@ -419,12 +420,13 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
         &teach::TeachConfig {
             context: learner::ContextFormat::Inline,
             teach_problems: 1,
-            rounds: 0,
+            prefill: Some("The answer is".into()),
             ..teach_cfg(d5.clone())
         },
     )
     .unwrap();
     assert_eq!(m5["context"], "inline");
+    assert_eq!(m5["prefill"], "The answer is");
     // An interrupted run (one problem done) resumed gives the uninterrupted result.
     std::fs::create_dir_all(&d3).unwrap();
     let first = read(&d1.join("problems.jsonl"))

@@ -313,6 +313,9 @@ enum LoopCommand {
         /// `plain` (the bare question) or `cot` (asks for steps and `Answer: …`).
         #[arg(long, default_value = "plain")]
         style: String,
+        /// Text that opens the student's answer on the exam (the assistant turn prefilled).
+        #[arg(long)]
+        prefill: Option<String>,
         /// Prefill every exam prompt whole (to measure what prefix caching saves).
         #[arg(long)]
         no_prefix_cache: bool,
@@ -736,6 +739,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             top_k,
             exam_temperature,
             style,
+            prefill,
             no_prefix_cache,
             rounds,
             heldout,
@@ -779,6 +783,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 seed,
                 resume,
                 context: moe::loops::learner::ContextFormat::parse(&models.context)?,
+                prefill,
             };
             let summary = moe::loops::teach::run(teacher.as_ref(), &student, &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

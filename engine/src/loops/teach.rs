@@ -84,6 +84,19 @@ pub struct TeachConfig {
     pub seed: u64,
     pub resume: bool,
     pub context: ContextFormat,
+    /// Opens the student's answer on the exam (LbT's prefilled assistant turn, e.g.
+    /// `[[Solution]]: Let's think step by step.`); examples are shown starting with it too.
+    pub prefill: Option<String>,
+}
+
+impl TeachConfig {
+    /// An example's answer as the student sees it: after the prefill, when there is one.
+    fn demo_answer(&self, response: &str) -> String {
+        match &self.prefill {
+            Some(p) => format!("{p} {response}"),
+            None => response.to_string(),
+        }
+    }
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -131,16 +144,13 @@ pub fn exam_score(
     stats: &mut PrefillStats,
 ) -> Result<(usize, Vec<String>)> {
     let shots: Vec<(String, String)> = demo
-        .map(|(q, a)| vec![(cfg.style.question(q), a.to_string())])
+        .map(|(q, a)| vec![(cfg.style.question(q), cfg.demo_answer(a))])
         .unwrap_or_default();
     let mut ids = vec![];
     let mut params = vec![];
     let mut which = vec![];
     for (e, t) in exam.iter().enumerate() {
-        let p = student.tokenizer.encode_chat(
-            &messages_in(cfg.context, &shots, None, &cfg.style.question(&t.question)),
-            true,
-        )?;
+        let p = exam_ids(student, cfg, &shots, &t.question)?;
         for r in 0..cfg.repeats.max(1) {
             ids.push(p.clone());
             params.push(SamplingParams {
@@ -160,6 +170,28 @@ pub fn exam_score(
         .filter(|(&e, a)| tasks::is_correct(&exam[e], a))
         .count();
     Ok((score, texts))
+}
+
+/// An exam prompt: the example, the question, and the assistant's turn opened (with the prefill
+/// when there is one).
+fn exam_ids(
+    student: &Engine,
+    cfg: &TeachConfig,
+    shots: &[(String, String)],
+    question: &str,
+) -> Result<Vec<u32>> {
+    let mut m = messages_in(cfg.context, shots, None, &cfg.style.question(question));
+    let Some(prefill) = cfg.prefill.as_deref() else {
+        return student.tokenizer.encode_chat(&m, true);
+    };
+    // Rendered as a finished assistant turn, then its end-of-turn dropped, so the prefill is
+    // tokenised exactly as the template writes it.
+    m.push(ChatMessage::assistant(prefill.to_string()));
+    let mut ids = student.tokenizer.encode_chat(&m, false)?;
+    while ids.last().is_some_and(|t| student.eos_ids.contains(t)) {
+        ids.pop();
+    }
+    Ok(ids)
 }
 
 /// MAJ, MAX and SUM over (answer, score) pairs. Ties go to the answer seen first.
@@ -373,7 +405,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
         "loop": "teach", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
-        "style": format!("{:?}", cfg.style).to_lowercase(), "context": format!("{:?}", cfg.context).to_lowercase(),"teach_problems": done.len(), "rationales": cfg.rationales,
+        "style": format!("{:?}", cfg.style).to_lowercase(), "context": format!("{:?}", cfg.context).to_lowercase(), "prefill": cfg.prefill,"teach_problems": done.len(), "rationales": cfg.rationales,
         "exam_problems": cfg.exam_problems, "repeats": cfg.repeats, "teacher_temperature": cfg.teacher_temperature,
         "teacher_top_k": cfg.teacher_top_k, "exam_temperature": cfg.exam_temperature, "max_tokens": cfg.max_tokens,
         "selection_accuracy": {"maj": rate("maj_correct"), "max": rate("max_correct"), "sum": rate("sum_correct")},
@@ -414,20 +446,20 @@ fn heldout_exam(
     for (topic, idx) in groups {
         let shots: Vec<(String, String)> = material
             .get(topic)
-            .map(|(q, a, _)| vec![(cfg.style.question(q), a.clone())])
+            .map(|(q, a, _)| vec![(cfg.style.question(q), cfg.demo_answer(a))])
             .unwrap_or_default();
-        let prompts: Vec<Vec<ChatMessage>> = idx
+        let prompts: Vec<Vec<u32>> = idx
             .iter()
-            .map(|&i| {
-                messages_in(
-                    cfg.context,
-                    &shots,
-                    None,
-                    &cfg.style.question(&cfg.heldout[i].question),
-                )
-            })
-            .collect();
-        let ans = learner::greedy(student, &prompts, cfg.max_tokens, cfg.share_prefix, stats)?;
+            .map(|&i| exam_ids(student, cfg, &shots, &cfg.heldout[i].question))
+            .collect::<Result<_>>()?;
+        let params = vec![
+            SamplingParams {
+                max_tokens: cfg.max_tokens,
+                ..SamplingParams::greedy()
+            };
+            prompts.len()
+        ];
+        let ans = learner::generate_shared(student, &prompts, &params, cfg.share_prefix, stats)?;
         for (i, a) in idx.into_iter().zip(ans) {
             texts[i] = a.text;
         }
