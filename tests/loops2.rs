@@ -352,6 +352,15 @@ fn loops_with_the_teacher_behind_moe_serve() {
         read(&d3.join("rationales.jsonl")),
         read(&d4.join("rationales.jsonl"))
     );
+    // Social learning's teachers over HTTP: token-id prompts, logprobs, chat.
+    let (d5, d6) = (tmp("social-http"), tmp("social-local"));
+    let m5 = social::run(&remote, &e, &social_cfg(d5.clone())).unwrap();
+    let m6 = social::run(&here, &e, &social_cfg(d6.clone())).unwrap();
+    assert_eq!(
+        read(&d5.join("shared.jsonl")),
+        read(&d6.join("shared.jsonl"))
+    );
+    assert_eq!(m5["modes"], m6["modes"]);
     h.shutdown();
 }
 
