@@ -513,6 +513,7 @@ fn social_loop_runs_and_is_deterministic() {
         .as_f64()
         .is_some());
     assert_eq!(m1["modes"]["relabel"]["shared_examples"], 2);
+    assert_eq!(m1["modes"]["relabel_voted"]["shared_examples"], 2);
     assert_eq!(m1["modes"]["private"]["shared_examples"], 2);
     assert!(social::run(
         &teacher,

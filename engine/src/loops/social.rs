@@ -15,6 +15,9 @@
 //!   which opens the student's prompt.
 //! - `vote_synthetic`, `vote_relabel`: the student answers once with each teacher's own shared
 //!   examples; the majority answer counts.
+//! - `synthetic_voted`, `relabel_voted`: the voting aggregator picks the shared examples instead
+//!   of chance: every teacher scores every candidate as a continuation of its own private
+//!   examples (log-likelihood) and votes for its `shared` best.
 //!
 //! Privacy: `canaries` canaries (task-shaped questions whose answers are random 4-digit codes)
 //! are put in every teacher's private data. For each mode their exposure is measured as in the
@@ -127,6 +130,65 @@ fn generation_prompt(student: &Engine, examples: &[Task]) -> Result<Vec<u32>> {
         .collect();
     let text = student.tokenizer.apply_chat_template(&m, false)? + "[INST]";
     student.tokenizer.encode(&text, false)
+}
+
+/// Chat text without the leading beginning-of-sequence (the client adds its own).
+fn chat_text(student: &Engine, m: &[ChatMessage]) -> Result<String> {
+    let t = student.tokenizer.apply_chat_template(m, false)?;
+    let bos = student.tokenizer.bos_token().unwrap_or("");
+    Ok(t.strip_prefix(bos).unwrap_or(&t).to_string())
+}
+
+/// The voting aggregator: every teacher scores every candidate as a continuation of its own
+/// private examples and votes for its `n` best; the `n` candidates with the most votes win (ties
+/// in pool order). Scores are total log-likelihoods, not per token: clients may count a few
+/// prompt tokens into every continuation, an offset that must not reorder the candidates.
+pub fn vote_candidates(
+    teacher: &dyn ModelClient,
+    student: &Engine,
+    private: &[Vec<Task>],
+    pool: &[(String, String)],
+    n_gen: usize,
+    n: usize,
+) -> Result<Vec<(String, String)>> {
+    if pool.is_empty() {
+        return Ok(vec![]);
+    }
+    let conts: Vec<String> = pool
+        .iter()
+        .map(|(q, a)| {
+            chat_text(
+                student,
+                &[
+                    ChatMessage::user(q.clone()),
+                    ChatMessage::assistant(a.clone()),
+                ],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mut votes = vec![0usize; pool.len()];
+    for p in private {
+        let held: Vec<ChatMessage> = p
+            .iter()
+            .take(n_gen.max(1))
+            .flat_map(|t| {
+                [
+                    ChatMessage::user(t.question.clone()),
+                    ChatMessage::assistant(t.answer.clone()),
+                ]
+            })
+            .collect();
+        let prompt = chat_text(student, &held)?;
+        let s = teacher.score(&prompt, &conts)?;
+        let mut idx: Vec<usize> = (0..pool.len()).collect();
+        idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+        for &i in idx.iter().take(n) {
+            votes[i] += 1;
+        }
+    }
+    let mut idx: Vec<usize> = (0..pool.len()).collect();
+    idx.sort_by(|&a, &b| votes[b].cmp(&votes[a]).then(a.cmp(&b)));
+    Ok(idx.into_iter().take(n).map(|i| pool[i].clone()).collect())
 }
 
 /// `question [/INST] answer` → the pair, or `None` for a faulty format.
@@ -349,6 +411,34 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
             "synthetic",
             Shared {
                 shots: pick(&synthetic, 0x5E1),
+                instruction: None,
+            },
+        ),
+        (
+            "relabel_voted",
+            Shared {
+                shots: vote_candidates(
+                    teacher,
+                    student,
+                    &private,
+                    &relabel.iter().flatten().cloned().collect::<Vec<_>>(),
+                    cfg.n_gen,
+                    cfg.shared,
+                )?,
+                instruction: None,
+            },
+        ),
+        (
+            "synthetic_voted",
+            Shared {
+                shots: vote_candidates(
+                    teacher,
+                    student,
+                    &private,
+                    &synthetic.iter().flatten().cloned().collect::<Vec<_>>(),
+                    cfg.n_gen,
+                    cfg.shared,
+                )?,
                 instruction: None,
             },
         ),
