@@ -266,6 +266,232 @@ enum LoopCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Active learning: the student picks the pool items it is least sure of, the teacher
+    /// labels them, and the labels join the student's in-context examples.
+    Active {
+        #[command(flatten)]
+        models: LoopModels,
+        #[command(flatten)]
+        source: TaskSource,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Unlabelled pool size (generated tasks; a --tasks file is split into pool and held-out).
+        #[arg(long, default_value_t = 120)]
+        pool_size: usize,
+        /// Held-out items.
+        #[arg(long, default_value_t = 80)]
+        heldout_size: usize,
+        /// Held-out tasks from a file instead (e.g. eval.jsonl).
+        #[arg(long)]
+        heldout: Option<std::path::PathBuf>,
+        /// Comma-separated: random, least_confidence, margin, entropy, nll, committee, gate.
+        #[arg(
+            long,
+            default_value = "random,least_confidence,margin,entropy,nll,committee,gate"
+        )]
+        strategies: String,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Labels asked per round.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Most in-context examples per question (same topic).
+        #[arg(long, default_value_t = 4)]
+        shots: usize,
+        /// Sampling committee members besides the greedy student.
+        #[arg(long, default_value_t = 3)]
+        committee: usize,
+        /// Extra committee models (directories or presets, repeatable).
+        #[arg(long)]
+        committee_model: Vec<String>,
+        #[arg(long, default_value_t = 24)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the strategies an interrupted run in --out finished; run the rest.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Learning by teaching (LbT M1): teacher rationales scored by how well the student does on
+    /// an exam with each as its in-context example; answers by MAJ, MAX and SUM.
+    Teach {
+        #[command(flatten)]
+        models: LoopModels,
+        #[command(flatten)]
+        source: TaskSource,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Pool of problems (teaching and exam problems come from it).
+        #[arg(long, default_value_t = 200)]
+        pool_size: usize,
+        #[arg(long, default_value_t = 8)]
+        teach_problems: usize,
+        /// Rationale+answer pairs per teaching problem.
+        #[arg(long, default_value_t = 4)]
+        rationales: usize,
+        /// Exam problems per teaching problem (same topic).
+        #[arg(long, default_value_t = 3)]
+        exam_problems: usize,
+        /// Student samples per exam problem.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long, default_value_t = 20)]
+        top_k: usize,
+        /// Student's sampling temperature on the exam (0: greedy).
+        #[arg(long, default_value_t = 0.7)]
+        exam_temperature: f32,
+        /// `plain` (the bare question) or `cot` (asks for steps and `Answer: …`).
+        #[arg(long, default_value = "plain")]
+        style: String,
+        /// Text that opens the student's answer on the exam (the assistant turn prefilled).
+        #[arg(long)]
+        prefill: Option<String>,
+        /// Prefill every exam prompt whole (to measure what prefix caching saves).
+        #[arg(long)]
+        no_prefix_cache: bool,
+        /// Adaptive teaching rounds on a held-out exam (0: none).
+        #[arg(long, default_value_t = 0)]
+        rounds: usize,
+        /// Held-out exam of the adaptive rounds (default: generated).
+        #[arg(long)]
+        heldout: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 80)]
+        heldout_size: usize,
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Continue an interrupted run in --out.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Social learning: teachers share synthetic examples or instructions, never their private
+    /// data; student accuracy per mode and the canary's exposure.
+    Social {
+        #[command(flatten)]
+        models: LoopModels,
+        #[command(flatten)]
+        source: TaskSource,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value_t = 4)]
+        teachers: usize,
+        /// Private examples per teacher.
+        #[arg(long, default_value_t = 8)]
+        private: usize,
+        /// Examples in the student's prompt.
+        #[arg(long, default_value_t = 4)]
+        shared: usize,
+        /// Private examples in a teacher's generation prompt.
+        #[arg(long, default_value_t = 4)]
+        n_gen: usize,
+        /// Candidates sampled per teacher.
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        /// Candidates kept per teacher (lowest perplexity).
+        #[arg(long, default_value_t = 4)]
+        keep: usize,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        #[arg(long, default_value_t = 60)]
+        test_size: usize,
+        /// Test tasks from a file instead (e.g. eval.jsonl).
+        #[arg(long)]
+        test: Option<std::path::PathBuf>,
+        /// A canary's secret and its alternatives.
+        #[arg(long, default_value_t = 1000)]
+        canary_candidates: usize,
+        /// Canaries in every teacher's private data (exposure is averaged over them).
+        #[arg(long, default_value_t = 3)]
+        canaries: usize,
+        #[arg(long, default_value_t = 48)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+/// Teacher and student of a loop.
+#[derive(Args, Clone)]
+struct LoopModels {
+    /// Teacher: directory or preset (default: the `teacher` role in models.toml).
+    #[arg(long)]
+    teacher: Option<String>,
+    /// Teacher behind an OpenAI-compatible endpoint instead (`http://host:port/v1`).
+    #[arg(long)]
+    teacher_url: Option<String>,
+    /// Model name at --teacher-url.
+    #[arg(long, default_value = "teacher")]
+    teacher_model: String,
+    /// Student, in process: directory or preset (default: the `student` role, else the
+    /// embedded model).
+    #[arg(long)]
+    student: Option<String>,
+    /// How in-context examples reach the student: `turns` (earlier chat turns) or `inline`
+    /// (lines inside the one user turn).
+    #[arg(long, default_value = "turns")]
+    context: String,
+}
+
+/// Where a loop's tasks come from.
+#[derive(Args, Clone)]
+struct TaskSource {
+    /// Tasks JSONL (`question`, `answer`, optional `topic`/`task`, `labels`).
+    #[arg(long)]
+    tasks: Option<std::path::PathBuf>,
+    /// Or built-in generator families, comma-separated (`models` = the eight trained ones).
+    #[arg(long, default_value = "models")]
+    families: String,
+    /// Keep only these topics (comma-separated).
+    #[arg(long)]
+    topics: Option<String>,
+}
+
+impl TaskSource {
+    /// `n` tasks from the file (all of it when `n` is 0) or the generators.
+    fn load(&self, n: usize, seed: u64) -> Result<Vec<moe::loops::tasks::Task>> {
+        let mut t = match &self.tasks {
+            Some(p) => moe::loops::tasks::read_tasks(p)?,
+            None => moe::loops::tasks::generate(&self.families, n, seed)?,
+        };
+        self.filter(&mut t);
+        if n > 0 {
+            t.truncate(n);
+        }
+        Ok(t)
+    }
+    fn filter(&self, t: &mut Vec<moe::loops::tasks::Task>) {
+        if let Some(keep) = &self.topics {
+            let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+            t.retain(|x| keep.contains(&x.topic()));
+        }
+    }
+    fn file(&self, path: &std::path::Path) -> Result<Vec<moe::loops::tasks::Task>> {
+        let mut t = moe::loops::tasks::read_tasks(path)?;
+        self.filter(&mut t);
+        Ok(t)
+    }
+}
+
+impl LoopModels {
+    fn open(
+        &self,
+    ) -> Result<(
+        Box<dyn moe::loops::client::ModelClient>,
+        std::sync::Arc<Engine<CpuBackend>>,
+    )> {
+        let teacher = teacher_client(
+            self.teacher_url.as_deref(),
+            &self.teacher_model,
+            self.teacher.clone(),
+        )?;
+        let student = std::sync::Arc::new(load(&ModelArg {
+            model: role_or(self.student.clone(), "student"),
+        })?);
+        Ok((teacher, student))
+    }
 }
 
 fn role_or(arg: Option<String>, role: &str) -> Option<String> {
@@ -473,6 +699,192 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 dir.join("manifest.json"),
                 serde_json::to_string_pretty(&manifest)?,
             )?;
+        }
+        LoopCommand::Active {
+            models,
+            source,
+            out: dir,
+            pool_size,
+            heldout_size,
+            heldout,
+            strategies,
+            rounds,
+            batch,
+            shots,
+            committee,
+            committee_model,
+            max_tokens,
+            seed,
+            resume,
+        } => {
+            let (pool, heldout) = match (&source.tasks, &heldout) {
+                (_, Some(h)) => (source.load(pool_size, seed)?, source.file(h)?),
+                (Some(_), None) => {
+                    let mut all = source.load(0, seed)?;
+                    moe::loops::self_instruct::LoopRng(seed).shuffle(&mut all);
+                    let h = all.split_off(pool_size.min(all.len()));
+                    (all, h.into_iter().take(heldout_size).collect())
+                }
+                (None, None) => (
+                    source.load(pool_size, seed)?,
+                    source.load(heldout_size, seed ^ 0x4E1D)?,
+                ),
+            };
+            let (teacher, student) = models.open()?;
+            let committee_engines: Vec<Engine<CpuBackend>> = committee_model
+                .into_iter()
+                .map(|m| load(&ModelArg { model: Some(m) }))
+                .collect::<Result<_>>()?;
+            let cfg = moe::loops::active::ActiveConfig {
+                out: dir,
+                pool,
+                heldout,
+                strategies: strategies
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                rounds,
+                batch,
+                shots,
+                committee,
+                max_tokens,
+                seed,
+                resume,
+                stop_after_strategies: None,
+                context: moe::loops::learner::ContextFormat::parse(&models.context)?,
+            };
+            let refs: Vec<&Engine<CpuBackend>> = committee_engines.iter().collect();
+            let summary = moe::loops::active::run(teacher.as_ref(), &student, &refs, &cfg)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        }
+        LoopCommand::Teach {
+            models,
+            source,
+            out: dir,
+            pool_size,
+            teach_problems,
+            rationales,
+            exam_problems,
+            repeats,
+            temperature,
+            top_k,
+            exam_temperature,
+            style,
+            prefill,
+            no_prefix_cache,
+            rounds,
+            heldout,
+            heldout_size,
+            max_tokens,
+            seed,
+            resume,
+        } => {
+            let (pool, heldout) = match (&source.tasks, &heldout, rounds) {
+                (_, _, 0) => (source.load(pool_size, seed)?, vec![]),
+                (_, Some(h), _) => (source.load(pool_size, seed)?, source.file(h)?),
+                (Some(_), None, _) => {
+                    // One file: the held-out exam is split off the pool.
+                    let mut all = source.load(0, seed)?;
+                    moe::loops::self_instruct::LoopRng(seed).shuffle(&mut all);
+                    let h = all.split_off(all.len().saturating_sub(heldout_size));
+                    all.truncate(pool_size);
+                    (all, h)
+                }
+                (None, None, _) => (
+                    source.load(pool_size, seed)?,
+                    source.load(heldout_size, seed ^ 0x4E1D)?,
+                ),
+            };
+            let (teacher, student) = models.open()?;
+            let cfg = moe::loops::teach::TeachConfig {
+                out: dir,
+                pool,
+                heldout,
+                teach_problems,
+                rationales,
+                exam_problems,
+                repeats,
+                teacher_temperature: temperature,
+                teacher_top_k: top_k,
+                exam_temperature,
+                max_tokens,
+                style: moe::loops::teach::Style::parse(&style)?,
+                share_prefix: !no_prefix_cache,
+                rounds,
+                seed,
+                resume,
+                context: moe::loops::learner::ContextFormat::parse(&models.context)?,
+                prefill,
+            };
+            let summary = moe::loops::teach::run(teacher.as_ref(), &student, &cfg)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+        }
+        LoopCommand::Social {
+            models,
+            source,
+            out: dir,
+            teachers,
+            private,
+            shared,
+            n_gen,
+            samples,
+            keep,
+            temperature,
+            test_size,
+            test,
+            canary_candidates,
+            canaries,
+            max_tokens,
+            seed,
+        } => {
+            let need = teachers * private + canaries.max(1);
+            let n_fresh = teachers * shared.max(1);
+            let (data, fresh, test) = if source.tasks.is_some() {
+                // One file: public questions and (without --test) the test set are split off,
+                // so none of them is private.
+                let mut all = source.load(0, seed)?;
+                moe::loops::self_instruct::LoopRng(seed ^ 0xF2E5).shuffle(&mut all);
+                let mut rest = all.split_off(n_fresh.min(all.len()));
+                let test = match &test {
+                    Some(p) => source.file(p)?,
+                    None => {
+                        let data = rest.split_off(test_size.min(rest.len()));
+                        std::mem::replace(&mut rest, data)
+                    }
+                };
+                (rest, all, test)
+            } else {
+                (
+                    source.load(need, seed)?,
+                    source.load(n_fresh, seed ^ 0xF2E5)?,
+                    match &test {
+                        Some(p) => source.file(p)?,
+                        None => source.load(test_size, seed ^ 0x4E1D)?,
+                    },
+                )
+            };
+            let (teacher, student) = models.open()?;
+            let cfg = moe::loops::social::SocialConfig {
+                out: dir,
+                data,
+                fresh,
+                test,
+                teachers,
+                private_per_teacher: private,
+                shared,
+                n_gen,
+                samples,
+                keep,
+                temperature,
+                canary_candidates,
+                canaries,
+                max_tokens,
+                seed,
+                context: moe::loops::learner::ContextFormat::parse(&models.context)?,
+            };
+            let summary = moe::loops::social::run(teacher.as_ref(), &student, &cfg)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
         }
     }
     Ok(())

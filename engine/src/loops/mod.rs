@@ -2,11 +2,16 @@
 //! in-process or over HTTP, ROUGE-L for near-duplicate filtering, and logit distillation data with
 //! teacher/student divergences.
 
+pub mod active;
 pub mod alpaca;
 pub mod client;
 pub mod distill;
+pub mod learner;
 pub mod rouge;
 pub mod self_instruct;
+pub mod social;
+pub mod tasks;
+pub mod teach;
 
 /// Writes a loop's summary as `manifest.json` in its run directory.
 pub(crate) fn write_manifest(
