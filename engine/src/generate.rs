@@ -557,7 +557,7 @@ impl<B: Backend> Engine<B> {
         let mut kvs: Vec<B::Kv> = continuations
             .iter()
             .map(|_| self.model.backend.kv_fork(&kv))
-            .collect();
+            .collect::<Result<_>>()?;
         let mut steps: Vec<SeqStep<B::Kv>> = continuations
             .iter()
             .zip(kvs.iter_mut())

@@ -242,7 +242,7 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn kv_fork(&self, kv: &CpuKv) -> CpuKv {
-        kv.clone()
+    fn kv_fork(&self, kv: &CpuKv) -> Result<CpuKv> {
+        Ok(kv.clone())
     }
 }

@@ -452,25 +452,22 @@ impl Backend for CudaBackend {
         kv.len = kv.len.min(len);
     }
 
-    fn kv_fork(&self, kv: &CudaKv) -> CudaKv {
-        let buf = kv.buf.as_ref().and_then(|old| {
-            let b = self.gpu.alloc(old.bytes()).ok()?;
-            b.copy_from(0, old, 0, old.bytes()).ok()?;
-            Some(b)
-        });
-        // A fork that could not be allocated starts empty; its owner re-prefills.
-        let (cap, len) = if buf.is_some() {
-            (kv.cap, kv.len)
-        } else {
-            (0, 0)
+    fn kv_fork(&self, kv: &CudaKv) -> Result<CudaKv> {
+        let buf = match &kv.buf {
+            Some(old) => {
+                let b = self.gpu.alloc(old.bytes())?;
+                b.copy_from(0, old, 0, old.bytes())?;
+                Some(b)
+            }
+            None => None,
         };
-        CudaKv {
+        Ok(CudaKv {
             buf,
             n_layers: kv.n_layers,
             kv_width: kv.kv_width,
-            cap,
-            len,
-        }
+            cap: kv.cap,
+            len: kv.len,
+        })
     }
 }
 

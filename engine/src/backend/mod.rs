@@ -158,5 +158,7 @@ pub trait Backend: Send + Sync + 'static {
     fn kv_len(&self, kv: &Self::Kv) -> usize;
     /// Forgets every token from `len` on.
     fn kv_truncate(&self, kv: &mut Self::Kv, len: usize);
-    fn kv_fork(&self, kv: &Self::Kv) -> Self::Kv;
+    /// A copy that can grow on its own (device memory can run out: an error, never a silently
+    /// empty cache).
+    fn kv_fork(&self, kv: &Self::Kv) -> Result<Self::Kv>;
 }

@@ -208,10 +208,10 @@ pub fn generate_shared(
             if lcp > 0 {
                 model.backend.kv_fork(&base)
             } else {
-                model.new_kv()
+                Ok(model.new_kv())
             }
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut samplers: Vec<Sampler> = params.iter().map(Sampler::new).collect();
     let mut contexts: Vec<Vec<u32>> = prompts.to_vec();
     let mut gen: Vec<Vec<u32>> = vec![vec![]; n];
