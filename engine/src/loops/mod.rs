@@ -13,6 +13,23 @@ pub mod social;
 pub mod tasks;
 pub mod teach;
 
+/// Reads one JSON value per non-blank line; a bad line is an error naming the file and line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> crate::error::Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| crate::error::Error::Json {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
 /// Writes a loop's summary as `manifest.json` in its run directory.
 pub(crate) fn write_manifest(
     dir: &std::path::Path,

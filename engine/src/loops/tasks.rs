@@ -42,17 +42,7 @@ impl Task {
 }
 
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Json {
-                path: path.to_path_buf(),
-                message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
+    super::read_jsonl(path)
 }
 
 pub fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
