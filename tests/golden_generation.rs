@@ -198,6 +198,29 @@ fn trained_pair_reproduces_its_golden_generations() {
     }
 }
 
+/// Greedy answers (22 tokens) to the held-out tasks: (correct, total).
+fn held_out_score<B: moe::Backend>(e: &Engine<B>, items: &[serde_json::Value]) -> (usize, usize) {
+    let reqs: Vec<_> = items
+        .iter()
+        .map(|it| {
+            GenerateRequest::new(
+                chat(it["question"].as_str().unwrap()),
+                SamplingParams {
+                    max_tokens: 22,
+                    ..SamplingParams::greedy()
+                },
+            )
+        })
+        .collect();
+    let out = e.generate(&reqs).unwrap();
+    let correct = items
+        .iter()
+        .zip(&out)
+        .filter(|(it, c)| c.text.trim() == it["answer"].as_str().unwrap())
+        .count();
+    (correct, items.len())
+}
+
 /// The student answers the held-out tasks at its published 81.0% (teacher 97.5%), greedy, 22 tokens.
 #[test]
 fn trained_pair_accuracy_on_held_out_tasks() {
@@ -218,24 +241,7 @@ fn trained_pair_accuracy_on_held_out_tasks() {
         ),
     ] {
         let e = Engine::load(&source).unwrap();
-        let reqs: Vec<_> = items
-            .iter()
-            .map(|it| {
-                GenerateRequest::new(
-                    chat(it["question"].as_str().unwrap()),
-                    SamplingParams {
-                        max_tokens: 22,
-                        ..SamplingParams::greedy()
-                    },
-                )
-            })
-            .collect();
-        let out = e.generate(&reqs).unwrap();
-        let correct = items
-            .iter()
-            .zip(&out)
-            .filter(|(it, c)| c.text.trim() == it["answer"].as_str().unwrap())
-            .count();
+        let (correct, _) = held_out_score(&e, &items);
         let acc = correct as f64 / items.len() as f64;
         eprintln!(
             "{}: {correct}/{} = {acc:.3} (published {published})",
@@ -539,16 +545,7 @@ fn cuda_trained_student_generations_and_accuracy() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let reqs: Vec<_> = items
-        .iter()
-        .map(|it| GenerateRequest::new(chat(it["question"].as_str().unwrap()), greedy()))
-        .collect();
-    let out = e.generate(&reqs).unwrap();
-    let correct = items
-        .iter()
-        .zip(&out)
-        .filter(|(it, c)| c.text.trim() == it["answer"].as_str().unwrap())
-        .count();
+    let (correct, _) = held_out_score(&e, &items);
     let acc = correct as f64 / items.len() as f64;
     println!(
         "student on cuda: {correct}/{} = {acc:.3} (published 0.810)",

@@ -241,15 +241,8 @@ enum LoopCommand {
         /// Run directory (manifest, shards, divergences).
         #[arg(long)]
         out: std::path::PathBuf,
-        /// Teacher: directory or preset (default: the `teacher` role in models.toml).
-        #[arg(long)]
-        teacher: Option<String>,
-        /// Teacher behind an OpenAI-compatible endpoint instead (`http://host:port/v1`).
-        #[arg(long)]
-        teacher_url: Option<String>,
-        /// Model name at --teacher-url.
-        #[arg(long, default_value = "teacher")]
-        teacher_model: String,
+        #[command(flatten)]
+        teacher: TeacherArgs,
         /// Alternatives per position (up to the vocabulary).
         #[arg(long, default_value_t = 20)]
         top_k: usize,
@@ -413,9 +406,9 @@ enum LoopCommand {
     },
 }
 
-/// Teacher and student of a loop.
+/// A loop's teacher: a local model, or an OpenAI-compatible endpoint.
 #[derive(Args, Clone)]
-struct LoopModels {
+struct TeacherArgs {
     /// Teacher: directory or preset (default: the `teacher` role in models.toml).
     #[arg(long)]
     teacher: Option<String>,
@@ -425,6 +418,13 @@ struct LoopModels {
     /// Model name at --teacher-url.
     #[arg(long, default_value = "teacher")]
     teacher_model: String,
+}
+
+/// Teacher and student of a loop.
+#[derive(Args, Clone)]
+struct LoopModels {
+    #[command(flatten)]
+    teacher: TeacherArgs,
     /// Student, in process: directory or preset (default: the `student` role, else the
     /// embedded model).
     #[arg(long)]
@@ -483,9 +483,9 @@ impl LoopModels {
         std::sync::Arc<Engine<CpuBackend>>,
     )> {
         let teacher = teacher_client(
-            self.teacher_url.as_deref(),
-            &self.teacher_model,
-            self.teacher.clone(),
+            self.teacher.teacher_url.as_deref(),
+            &self.teacher.teacher_model,
+            self.teacher.teacher.clone(),
         )?;
         let student = std::sync::Arc::new(load(&ModelArg {
             model: role_or(self.student.clone(), "student"),
@@ -582,9 +582,12 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
         LoopCommand::Distill {
             data,
             out: dir,
-            teacher,
-            teacher_url,
-            teacher_model,
+            teacher:
+                TeacherArgs {
+                    teacher,
+                    teacher_url,
+                    teacher_model,
+                },
             top_k,
             eval,
             student,

@@ -230,9 +230,9 @@ pub fn blas_min_slots() -> usize {
 /// K splits of (w13, w2) for `n_slots` routed rows: more when few tiles are routed.
 fn plan(ex: &ExpertStack, n_slots: usize) -> (usize, usize) {
     let tiles = tiles_bound(n_slots, ex.n_experts, tile_rows(n_slots, ex.n_experts));
-    // w13 splits only when very few warps would run (its partials cost w2 extra loads: 0.66 vs
-    // 0.39 ms at the Mixtral shape, one token, with four times the warps); w2 splits to about
-    // 8192 warps (0.368 vs 0.377 ms at 3072).
+    // w13 splits only when very few warps would run (its partials cost w2 extra loads: at the
+    // Mixtral shape, one token, a 4096-warp target — 3 splits — took 0.66 ms against 0.39 with
+    // none); w2 splits to about 8192 warps (0.368 ms, against 0.377 with a 3072-warp target).
     let s13 = k_splits(
         ex,
         tiles * ex.ffn.div_ceil(16),
@@ -369,26 +369,11 @@ fn experts_by_blas(
         }
         let a = xs + (r0 * h * esz) as u64;
         let w_off = (i * f * h * esz) as u64;
-        gpu.gemm_rows_by_weights(
-            a,
-            ex.w1.ptr() + w_off,
-            dt,
-            g + (r0 * f * esz) as u64,
-            dt,
-            r1 - r0,
-            f,
-            h,
-        )?;
-        gpu.gemm_rows_by_weights(
-            a,
-            ex.w3.ptr() + w_off,
-            dt,
-            u + (r0 * f * esz) as u64,
-            dt,
-            r1 - r0,
-            f,
-            h,
-        )?;
+        // Gate (w1 → g) and up (w3 → u) over the same gathered rows.
+        for (w, c) in [(&ex.w1, g), (&ex.w3, u)] {
+            let c = c + (r0 * f * esz) as u64;
+            gpu.gemm_rows_by_weights(a, w.ptr() + w_off, dt, c, dt, r1 - r0, f, h)?;
+        }
     }
     swiglu(gpu, ex, g, u, act, n_slots * f)?;
     let eo = p(&s.expert_out);

@@ -120,15 +120,12 @@ FOR_EACH_WEIGHT(EXPERT_SIMT)
 //
 // Weights are read PREFETCH k-slices (32 wide) ahead into registers, so each warp keeps several
 // 16-byte loads per thread in flight while its tensor cores work on the slice before. Measured
-// on an H100 at the Mixtral shape, one token: 2 slices 0.368 ms, 4 slices 0.388, 8 slices 0.430
-// (deeper costs registers, hence resident warps); 64-row tiles want 4 (at 1024 × 3584, 512
-// tokens: 0.32 ms with 4, 0.70 ms with 2).
+// on an H100 at the Mixtral shape, one token, same split targets: 2 slices 0.377 ms, 4 slices
+// 0.388, 8 slices 0.430 (deeper costs registers, hence resident warps). 64-row tiles at
+// 1024 × 3584 measured 0.70 / 0.69 ms (512 tokens) and 4.25 / 5.0 ms (4096) with 2 / 4 slices.
 
-#ifndef PREFETCH_DECODE
-#define PREFETCH_DECODE 2
-#endif
-#ifndef PREFETCH_TILE
-#define PREFETCH_TILE 4
+#ifndef PREFETCH
+#define PREFETCH 2
 #endif
 
 template <typename W, int NT>
@@ -137,7 +134,6 @@ __device__ void w13_tc_impl(const float* __restrict__ x, const W* __restrict__ w
                             const u32* __restrict__ sorted_slots, W* __restrict__ act,
                             float* __restrict__ part, u32 E, u32 max_tiles, u32 tile_rows,
                             u32 F, u32 H, u32 top_k, u32 k_chunk) {
-    constexpr int PREFETCH = NT == 1 ? PREFETCH_DECODE : PREFETCH_TILE;
     Tile tl;
     if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -250,7 +246,6 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
                            const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
                            const float* __restrict__ route_w, float* __restrict__ out, u32 E,
                            u32 max_tiles, u32 tile_rows, u32 H, u32 F, u32 k_chunk) {
-    constexpr int PREFETCH = NT == 1 ? PREFETCH_DECODE : PREFETCH_TILE;
     Tile tl;
     if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
     const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
