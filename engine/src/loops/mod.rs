@@ -7,6 +7,7 @@ pub mod alpaca;
 pub mod client;
 pub mod distill;
 pub mod learner;
+pub mod progress;
 pub mod rouge;
 pub mod self_instruct;
 pub mod social;
