@@ -1,17 +1,14 @@
 //! CPU `linear` and `swiglu`.
 //!
-//! Work is split over blocks of output rows (one rayon task each). Inside a task, tokens are
-//! walked in blocks that stay in L2 while four weight rows at a time are dotted with each token
-//! (one activation load feeds four FMAs). For many tokens, bf16/f16 rows are widened once into a
-//! small f32 scratch per block rather than once per token.
+//! Work is split over blocks of output rows (one rayon task each). Four weight rows at a time are
+//! dotted, in place in the checkpoint's dtype, with every token: one token streams the weights
+//! and prefetches the next four rows; several tokens share each weight load (`dot4_tokens`), and
+//! every token's result is the same bits either way.
 
 use super::{check, silu};
-use crate::dot::{dot, dot4, dot4_then_next};
-use crate::{check_len, KernelError, Mat, SendPtr, WeightData};
+use crate::dot::{dot, dot4_then_next, dot4_tokens};
+use crate::{check_len, KernelError, Mat, SendPtr};
 use rayon::prelude::*;
-
-/// Tokens per block: 64 rows of x at hidden 1024 are 256 KiB.
-const TOKEN_BLOCK: usize = 64;
 
 /// Plain reference: f64 accumulation, one output at a time.
 pub fn reference(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) -> Result<(), KernelError> {
@@ -57,53 +54,32 @@ fn block_dots(
     w: &Mat,
     r0: usize,
     r1: usize,
-    scratch: &mut Vec<f32>,
     mut emit: impl FnMut(usize, usize, f32),
 ) {
     let k = w.cols;
-    let widen = !matches!(w.data, WeightData::F32(_)) && n >= 4;
-    for t0 in (0..n).step_by(TOKEN_BLOCK) {
-        let t1 = (t0 + TOKEN_BLOCK).min(n);
-        let mut r = r0;
-        while r < r1 {
-            if r + 4 <= r1 {
-                let rows: [WeightData; 4] = if widen {
-                    scratch.resize(4 * k, 0.0);
-                    for q in 0..4 {
-                        w.data
-                            .to_f32_into((r + q) * k, &mut scratch[q * k..(q + 1) * k]);
-                    }
-                    let s = &scratch[..];
-                    [
-                        WeightData::F32(&s[..k]),
-                        WeightData::F32(&s[k..2 * k]),
-                        WeightData::F32(&s[2 * k..3 * k]),
-                        WeightData::F32(&s[3 * k..4 * k]),
-                    ]
-                } else {
-                    [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)]
-                };
+    let mut r = r0;
+    while r < r1 {
+        if r + 4 <= r1 {
+            let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+            if n == 1 && r + 8 <= w.rows {
                 // A matrix-vector product streams the weights once: prefetch the next quad.
-                let stream = !widen && t1 - t0 == 1 && r + 8 <= w.rows;
-                for t in t0..t1 {
-                    let xt = &x[t * k..(t + 1) * k];
-                    let v = if stream {
-                        dot4_then_next(xt, rows)
-                    } else {
-                        dot4(xt, rows)
-                    };
+                for (q, val) in dot4_then_next(x, rows).into_iter().enumerate() {
+                    emit(0, r + q, val);
+                }
+            } else {
+                dot4_tokens(x, n, rows, |t, v| {
                     for (q, val) in v.into_iter().enumerate() {
                         emit(t, r + q, val);
                     }
-                }
-                r += 4;
-            } else {
-                let row = w.row(r);
-                for t in t0..t1 {
-                    emit(t, r, dot(&x[t * k..(t + 1) * k], row));
-                }
-                r += 1;
+                });
             }
+            r += 4;
+        } else {
+            let row = w.row(r);
+            for t in 0..n {
+                emit(t, r, dot(&x[t * k..(t + 1) * k], row));
+            }
+            r += 1;
         }
     }
 }
@@ -114,8 +90,7 @@ pub fn run(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) -> Result<(), KernelErro
     let out = w.rows;
     let yp = SendPtr(y.as_mut_ptr());
     for_row_blocks(out, |r0, r1| {
-        let mut scratch = Vec::new();
-        block_dots(x, n, w, r0, r1, &mut scratch, |t, r, v| {
+        block_dots(x, n, w, r0, r1, |t, r, v| {
             // SAFETY: row blocks are disjoint across tasks, so (t, r) is written by one task only;
             // t < n and r < out keep the index inside y (length checked above).
             unsafe { *yp.at(t * out + r) = v };
@@ -163,12 +138,11 @@ pub fn swiglu(x: &[f32], n: usize, w1: &Mat, w3: &Mat, act: &mut [f32]) -> Resul
     let ffn = w1.rows;
     let ap = SendPtr(act.as_mut_ptr());
     for_row_blocks(ffn, |r0, r1| {
-        let mut scratch = Vec::new();
         // SAFETY (both closures): disjoint row blocks per task; indices bounded by the checks.
-        block_dots(x, n, w1, r0, r1, &mut scratch, |t, r, v| unsafe {
+        block_dots(x, n, w1, r0, r1, |t, r, v| unsafe {
             *ap.at(t * ffn + r) = silu(v);
         });
-        block_dots(x, n, w3, r0, r1, &mut scratch, |t, r, v| unsafe {
+        block_dots(x, n, w3, r0, r1, |t, r, v| unsafe {
             *ap.at(t * ffn + r) *= v;
         });
     });
@@ -178,6 +152,7 @@ pub fn swiglu(x: &[f32], n: usize, w1: &Mat, w3: &Mat, act: &mut [f32]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::WeightData;
     use half::{bf16, f16};
 
     pub(crate) fn data(n: usize, seed: u64) -> Vec<f32> {
