@@ -1,9 +1,11 @@
 //! Criterion benches of the MoE ops at the bench checkpoint's shapes (hidden 1024, ffn 3584,
-//! 8 experts, top-2, bf16 weights): router with its load counters, and the grouped expert FFN.
+//! 8 experts, top-2, 16 / 4 heads of 64): router with its load counters, the grouped expert FFN in
+//! bf16 and f32, and attention for decode and prefill.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use half::bf16;
 use moe_benches::uniform;
+use moe_kernels::attention::{self, Attention, AttnSeq};
 use moe_kernels::expert_ffn::{self, ExpertMats};
 use moe_kernels::router_topk::{self, ExpertLoad, RouterTopK};
 use moe_kernels::{permute, Mat, WeightData};
@@ -58,41 +60,98 @@ fn router(c: &mut Criterion) {
     g.finish();
 }
 
+/// The grouped expert FFN of `n` tokens routed over 8 experts in both weight dtypes: 1 token is
+/// the memory-bound decode case; 8 and 32 are batched decode; 512 is a prefill (≈128 rows per
+/// expert).
 fn experts(c: &mut Criterion) {
-    let to_bf16 =
-        |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(|x| bf16::from_f32(x * 0.04)).collect() };
-    let weights: Vec<(Vec<bf16>, Vec<bf16>, Vec<bf16>)> = (0..EXPERTS as u64)
+    let scaled = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| x * 0.04).collect() };
+    let weights: Vec<[Vec<f32>; 3]> = (0..EXPERTS as u64)
         .map(|e| {
-            (
-                to_bf16(uniform(FFN * HIDDEN, 3 * e + 1)),
-                to_bf16(uniform(FFN * HIDDEN, 3 * e + 2)),
-                to_bf16(uniform(HIDDEN * FFN, 3 * e + 3)),
-            )
+            [
+                scaled(uniform(FFN * HIDDEN, 3 * e + 1)),
+                scaled(uniform(FFN * HIDDEN, 3 * e + 2)),
+                scaled(uniform(HIDDEN * FFN, 3 * e + 3)),
+            ]
         })
         .collect();
-    let mats: Vec<ExpertMats> = weights
+    let halves: Vec<[Vec<bf16>; 3]> = weights
         .iter()
-        .map(|(w1, w3, w2)| ExpertMats {
+        .map(|m| {
+            m.clone()
+                .map(|v| v.into_iter().map(bf16::from_f32).collect())
+        })
+        .collect();
+    let f32_mats: Vec<ExpertMats> = weights
+        .iter()
+        .map(|[w1, w3, w2]| ExpertMats {
+            w1: Mat::new(WeightData::F32(w1), FFN, HIDDEN),
+            w3: Mat::new(WeightData::F32(w3), FFN, HIDDEN),
+            w2: Mat::new(WeightData::F32(w2), HIDDEN, FFN),
+        })
+        .collect();
+    let bf16_mats: Vec<ExpertMats> = halves
+        .iter()
+        .map(|[w1, w3, w2]| ExpertMats {
             w1: Mat::new(WeightData::BF16(w1), FFN, HIDDEN),
             w3: Mat::new(WeightData::BF16(w3), FFN, HIDDEN),
             w2: Mat::new(WeightData::BF16(w2), HIDDEN, FFN),
         })
         .collect();
-    let mut g = c.benchmark_group("expert_ffn_bf16");
-    g.sample_size(10);
-    for n in [1usize, 64] {
-        let x = uniform(n * HIDDEN, 11);
-        let ids: Vec<u32> = (0..n * 2)
-            .map(|i| ((i * 5 + i / 2) % EXPERTS) as u32)
-            .collect();
-        let d = permute::run(&ids, EXPERTS, 2).unwrap();
-        let mut out = vec![0f32; n * 2 * HIDDEN];
-        g.bench_with_input(BenchmarkId::new("tokens", n), &n, |b, _| {
-            b.iter(|| expert_ffn::cpu::run(&x, HIDDEN, &d, &mats, &mut out).unwrap())
+    for (name, mats) in [
+        ("expert_ffn_bf16", &bf16_mats),
+        ("expert_ffn_f32", &f32_mats),
+    ] {
+        let mut g = c.benchmark_group(name);
+        g.sample_size(10);
+        for n in [1usize, 8, 32, 512] {
+            let x = uniform(n * HIDDEN, 11);
+            let ids: Vec<u32> = (0..n * 2)
+                .map(|i| ((i * 5 + i / 2) % EXPERTS) as u32)
+                .collect();
+            let d = permute::run(&ids, EXPERTS, 2).unwrap();
+            let mut out = vec![0f32; n * 2 * HIDDEN];
+            g.bench_with_input(BenchmarkId::new("tokens", n), &n, |b, _| {
+                b.iter(|| expert_ffn::cpu::run(&x, HIDDEN, &d, mats, &mut out).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
+/// Attention at the bench checkpoint's heads (16 query / 4 KV heads of 64): one decoded token
+/// against caches of 512 and 4096 positions, and a whole 512-token prompt.
+fn attention(c: &mut Criterion) {
+    let p = Attention {
+        n_heads: 16,
+        n_kv_heads: 4,
+        head_dim: 64,
+        scale: 0.125,
+        sliding_window: None,
+    };
+    let (q_width, kv_width) = (16 * 64, 4 * 64);
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(20);
+    for (name, n_new, ctx) in [
+        ("decode", 1, 512),
+        ("decode", 1, 4096),
+        ("prefill", 512, 512),
+    ] {
+        let q = uniform(n_new * q_width, 21);
+        let k = uniform(ctx * kv_width, 22);
+        let v = uniform(ctx * kv_width, 23);
+        let seqs = [AttnSeq {
+            q_row: 0,
+            n_new,
+            k: &k,
+            v: &v,
+        }];
+        let mut out = vec![0f32; q.len()];
+        g.bench_with_input(BenchmarkId::new(name, ctx), &ctx, |b, _| {
+            b.iter(|| attention::cpu::run(&p, &q, &seqs, &mut out).unwrap())
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, router, experts);
+criterion_group!(benches, router, experts, attention);
 criterion_main!(benches);

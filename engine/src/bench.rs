@@ -35,6 +35,12 @@ pub struct DecodeResult {
     /// Generated tokens per second over the whole batch.
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
+    /// The lower of the memory floor (batch × bandwidth ÷ bytes a step reads) and the arithmetic
+    /// ceiling, tokens/s.
+    pub floor_tokens_per_s: f64,
+    /// Which of the two sets the floor: "memory" or "compute".
+    pub bound: String,
+    pub fraction_of_floor: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,13 +97,15 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Read bandwidth of all rayon threads summing a 512 MiB buffer, GB/s, median of `repeats`.
+/// Read bandwidth of all rayon threads summing a 512 MiB buffer, GB/s: the best of `repeats` + 2
+/// passes after a warm-up. Other load on the machine only ever slows a pass, so the best one is
+/// the nearest to what the memory can do (and the floor derived from it the hardest to meet).
 pub fn measure_read_bandwidth(repeats: usize) -> f64 {
     let n = 128 << 20; // f32 elements
     let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i & 7) as f32).collect();
     let chunk = n / (rayon::current_num_threads() * 8).max(1);
     let mut speeds = vec![];
-    for _ in 0..repeats.max(1) + 1 {
+    for _ in 0..repeats.max(1) + 3 {
         let t = Instant::now();
         let s: f32 = buf
             .par_chunks(chunk)
@@ -115,14 +123,20 @@ pub fn measure_read_bandwidth(repeats: usize) -> f64 {
         speeds.push((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     speeds.remove(0);
-    median(speeds)
+    speeds.into_iter().fold(0.0, f64::max)
 }
 
-/// Peak f32 FMA throughput of all rayon threads, GFLOP/s (10 independent 8-lane accumulator
-/// chains per thread, AVX2+FMA where present), median of `repeats`.
+/// Peak f32 FMA throughput of all rayon threads, GFLOP/s (10 independent accumulator chains per
+/// thread, of the widest vectors the CPU has: AVX-512, AVX2+FMA, or what the compiler makes of
+/// the portable loop), the best of `repeats`, like the bandwidth.
 pub fn measure_compute_gflops(repeats: usize) -> f64 {
     const ITERS: usize = 20_000_000;
     let per_thread = || -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if moe_kernels::dot::has_avx512() {
+            // SAFETY: AVX-512F is present (checked above).
+            return unsafe { fma_loop_avx512(ITERS) };
+        }
         #[cfg(target_arch = "x86_64")]
         if moe_kernels::dot::has_avx2() {
             // SAFETY: AVX2 and FMA are present (checked above).
@@ -150,7 +164,7 @@ pub fn measure_compute_gflops(repeats: usize) -> f64 {
         let flops: f64 = (0..threads).into_par_iter().map(|_| per_thread()).sum();
         speeds.push(flops / t.elapsed().as_secs_f64() / 1e9);
     }
-    median(speeds)
+    speeds.into_iter().fold(0.0, f64::max)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -167,6 +181,34 @@ unsafe fn fma_loop_avx2(iters: usize) -> f64 {
     }
     std::hint::black_box(acc);
     (iters / 10 * 10 * 8 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(std::hint::black_box(1.000_000_1));
+    let b = _mm512_set1_ps(std::hint::black_box(0.999_999_9));
+    let mut acc = [_mm512_setzero_ps(); 10];
+    for _ in 0..iters / 10 {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters / 10 * 10 * 16 * 2) as f64
+}
+
+/// Parameters one decode step of `batch` sequences reads: all a single token reads but the
+/// experts, plus each layer's expected number of distinct experts when every token picks `k` of
+/// `E` uniformly, `E · (1 − ((E − k) / E)^batch)` (the bench's random weights route nearly
+/// uniformly; trained routers are more skewed and touch fewer).
+fn params_read_per_step(cfg: &crate::config::ModelConfig, batch: usize) -> f64 {
+    let expert = 3 * cfg.hidden_size * cfg.intermediate_size;
+    let (e, k) = (cfg.num_local_experts as f64, cfg.num_experts_per_tok as f64);
+    let distinct = e * (1.0 - ((e - k) / e).powi(batch as i32));
+    let others = cfg.active_params() - cfg.num_hidden_layers * cfg.num_experts_per_tok * expert;
+    others as f64 + cfg.num_hidden_layers as f64 * distinct * expert as f64
 }
 
 /// Deterministic pseudo-random ids in `[3, vocab)`.
@@ -273,11 +315,22 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
             times.push(t.elapsed().as_secs_f64());
         }
         let s = median(times);
+        let memory =
+            batch as f64 * bandwidth * 1e9 / (params_read_per_step(cfg, batch) * bytes_per_param);
+        let tokens_per_s = (batch * steps) as f64 / s;
         decode.push(DecodeResult {
             batch,
             steps,
-            tokens_per_s: (batch * steps) as f64 / s,
+            tokens_per_s,
             ms_per_step: s * 1e3 / steps as f64,
+            floor_tokens_per_s: memory.min(ceiling),
+            bound: if memory <= ceiling {
+                "memory"
+            } else {
+                "compute"
+            }
+            .to_string(),
+            fraction_of_floor: tokens_per_s / memory.min(ceiling),
         });
     }
     let b1 = decode
@@ -338,8 +391,13 @@ impl BenchReport {
         }
         for d in &self.decode {
             s += &format!(
-                "decode batch {:>3}: {:>9.1} tok/s ({:.2} ms/step)\n",
-                d.batch, d.tokens_per_s, d.ms_per_step
+                "decode batch {:>3}: {:>9.1} tok/s ({:.2} ms/step; {:.0}% of its {}-bound floor {:.1} tok/s)\n",
+                d.batch,
+                d.tokens_per_s,
+                d.ms_per_step,
+                d.fraction_of_floor * 100.0,
+                d.bound,
+                d.floor_tokens_per_s
             );
         }
         s += &format!(
@@ -349,5 +407,33 @@ impl BenchReport {
             self.decode_fraction_of_floor.unwrap_or(0.0) * 100.0
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    #[test]
+    fn a_step_reads_one_tokens_params_at_batch_1_and_every_expert_at_large_batches() {
+        let cfg = ModelConfig::from_json(
+            r#"{"architectures":["MixtralForCausalLM"],"vocab_size":32000,"hidden_size":1024,
+            "intermediate_size":3584,"num_hidden_layers":8,"num_attention_heads":16,
+            "num_key_value_heads":4,"num_local_experts":8,"num_experts_per_tok":2,
+            "rope_theta":1e6,"eos_token_id":2,"tie_word_embeddings":false}"#,
+        )
+        .unwrap();
+        let one = params_read_per_step(&cfg, 1);
+        assert!((one - cfg.active_params() as f64).abs() < 1.0, "{one}");
+        // Two of eight experts per token: 8 tokens touch 8·(1 − 0.75⁸) ≈ 7.20 experts per layer.
+        let expert = (3 * 1024 * 3584) as f64;
+        let eight = params_read_per_step(&cfg, 8);
+        let want = one + 8.0 * (8.0 * (1.0 - 0.75f64.powi(8)) - 2.0) * expert;
+        assert!((eight - want).abs() < 1.0, "{eight} vs {want}");
+        // Every expert, every layer: all parameters but the embedding table (one row is read).
+        let all = params_read_per_step(&cfg, 10_000);
+        let want = (cfg.total_params() - 32000 * 1024 + 1024) as f64;
+        assert!((all - want).abs() / want < 1e-9, "{all} vs {want}");
     }
 }
