@@ -54,6 +54,12 @@ pub struct BenchReport {
     pub active_params_per_token: usize,
     pub weight_bytes: usize,
     pub load_seconds: f64,
+    /// Load plus the forward pass of a one-token prompt that gives the first token, before
+    /// anything else ran (the ceilings are measured after it).
+    pub first_token_seconds: f64,
+    /// Resident memory right after that first token: the mapped weights it touched (one token's
+    /// experts per layer), not the whole checkpoint.
+    pub rss_after_first_token_bytes: Option<u64>,
     /// Measured read bandwidth, GB/s (10⁹ bytes).
     pub read_bandwidth_gbs: f64,
     /// Bytes of weights one decode token reads (attention, router, top-k experts, lm_head).
@@ -79,10 +85,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Peak resident set size of this process (`VmHWM`), on Linux.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_kib("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// Resident set size now (`VmRSS`), on Linux.
+pub fn rss_bytes() -> Option<u64> {
+    status_kib("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn cpu_name() -> String {
@@ -230,6 +244,18 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
     let ctx = engine.info.context_length;
     let bytes_per_param = engine.info.weight_bytes as f64 / cfg.total_params() as f64;
     let active_bytes = (cfg.active_params() as f64 * bytes_per_param) as usize;
+    let first_prompt = ids(1, cfg.vocab_size, 7);
+    let t = Instant::now();
+    m.forward(
+        &mut [SeqStep {
+            tokens: &first_prompt,
+            kv: &mut m.new_kv(),
+            all_logits: false,
+        }],
+        &mut NoTrace,
+    )?;
+    let first_token_seconds = engine.info.load_time.as_secs_f64() + t.elapsed().as_secs_f64();
+    let rss_after_first_token_bytes = rss_bytes();
     let (bandwidth, gflops) = match m.backend.measured_ceilings() {
         Some(c) => c,
         None => (
@@ -347,6 +373,8 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         active_params_per_token: cfg.active_params(),
         weight_bytes: engine.info.weight_bytes,
         load_seconds: engine.info.load_time.as_secs_f64(),
+        first_token_seconds,
+        rss_after_first_token_bytes,
         read_bandwidth_gbs: bandwidth,
         active_bytes_per_token: active_bytes,
         decode_floor_tokens_per_s: floor,
@@ -372,8 +400,10 @@ impl BenchReport {
             self.threads
         );
         s += &format!(
-            "load {:.3} s   read bandwidth {:.1} GB/s   peak RSS {:.1} MiB\n",
+            "load {:.3} s   first token {:.3} s (RSS {:.1} MiB)   read bandwidth {:.1} GB/s   peak RSS {:.1} MiB\n",
             self.load_seconds,
+            self.first_token_seconds,
+            self.rss_after_first_token_bytes.unwrap_or(0) as f64 / 1048576.0,
             self.read_bandwidth_gbs,
             self.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0
         );
