@@ -1,6 +1,7 @@
 //! `moe bench`: load time, prefill and decode throughput, peak memory, and decode speed as a
 //! fraction of this machine's memory-bandwidth floor (bytes of weights one token must read ÷
-//! measured read bandwidth), all measured in one run. Medians of `repeats`.
+//! measured read bandwidth), all measured in one run. Medians of `repeats`; every figure is
+//! reported as a fraction of its own floor or ceiling.
 
 use crate::backend::Backend;
 use crate::engine::Engine;
@@ -35,11 +36,12 @@ pub struct DecodeResult {
     /// Generated tokens per second over the whole batch.
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
-    /// The lower of the memory floor (batch × bandwidth ÷ bytes a step reads) and the arithmetic
-    /// ceiling, tokens/s.
+    /// The lower of the memory floor (batch × bandwidth ÷ bytes a step reads, with the bandwidth
+    /// probed right before each repeat) and the arithmetic ceiling, tokens/s; median of repeats.
     pub floor_tokens_per_s: f64,
     /// Which of the two sets the floor: "memory" or "compute".
     pub bound: String,
+    /// Median over repeats of each repeat's tokens/s ÷ its own floor.
     pub fraction_of_floor: f64,
 }
 
@@ -60,15 +62,16 @@ pub struct BenchReport {
     /// Resident memory right after that first token: the mapped weights it touched (one token's
     /// experts per layer), not the whole checkpoint.
     pub rss_after_first_token_bytes: Option<u64>,
-    /// Measured read bandwidth, GB/s (10⁹ bytes).
+    /// Read bandwidth measured at the start of the run, GB/s (10⁹ bytes); decode repeats are
+    /// held to a bandwidth probed right before each.
     pub read_bandwidth_gbs: f64,
     /// Bytes of weights one decode token reads (attention, router, top-k experts, lm_head).
     pub active_bytes_per_token: usize,
-    /// Decode tokens/s the bandwidth allows at batch 1.
+    /// Decode tokens/s the bandwidth allows at batch 1 (the batch-1 entry's floor when measured).
     pub decode_floor_tokens_per_s: f64,
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
-    /// Batch-1 decode ÷ floor.
+    /// Batch-1 decode ÷ its floor (median over repeats).
     pub decode_fraction_of_floor: Option<f64>,
     /// Measured peak f32 FMA throughput of all threads, GFLOP/s.
     pub compute_gflops: f64,
@@ -111,33 +114,51 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Read bandwidth of all rayon threads summing a 512 MiB buffer, GB/s: the best of `repeats` + 2
-/// passes after a warm-up. Other load on the machine only ever slows a pass, so the best one is
-/// the nearest to what the memory can do (and the floor derived from it the hardest to meet).
-pub fn measure_read_bandwidth(repeats: usize) -> f64 {
-    let n = 128 << 20; // f32 elements
-    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i & 7) as f32).collect();
-    let chunk = n / (rayon::current_num_threads() * 8).max(1);
-    let mut speeds = vec![];
-    for _ in 0..repeats.max(1) + 3 {
-        let t = Instant::now();
-        let s: f32 = buf
-            .par_chunks(chunk)
-            .map(|c| {
-                let mut acc = [0f32; 16];
-                for w in c.chunks_exact(16) {
-                    for i in 0..16 {
-                        acc[i] += w[i];
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        std::hint::black_box(s);
-        speeds.push((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+/// Measures the read bandwidth of all rayon threads by summing a 128 MiB buffer (four times the
+/// largest L3 of the machines in view, so the passes come from memory).
+pub struct BandwidthProbe {
+    buf: Vec<f32>,
+}
+
+impl Default for BandwidthProbe {
+    fn default() -> Self {
+        let n = 32 << 20; // f32 elements
+        BandwidthProbe {
+            buf: (0..n).into_par_iter().map(|i| (i & 7) as f32).collect(),
+        }
     }
-    speeds.remove(0);
-    speeds.into_iter().fold(0.0, f64::max)
+}
+
+impl BandwidthProbe {
+    /// GB/s: the best of `passes` passes after a warm-up one. Other load on the machine only ever
+    /// slows a pass, so the best is the nearest to what the memory can do (and the floor derived
+    /// from it the hardest to meet).
+    pub fn measure(&self, passes: usize) -> f64 {
+        let n = self.buf.len();
+        let chunk = n / (rayon::current_num_threads() * 8).max(1);
+        let mut best = 0f64;
+        for pass in 0..passes.max(1) + 1 {
+            let t = Instant::now();
+            let s: f32 = self
+                .buf
+                .par_chunks(chunk)
+                .map(|c| {
+                    let mut acc = [0f32; 16];
+                    for w in c.chunks_exact(16) {
+                        for i in 0..16 {
+                            acc[i] += w[i];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            std::hint::black_box(s);
+            if pass > 0 {
+                best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+        }
+        best
+    }
 }
 
 /// Peak f32 FMA throughput of all rayon threads, GFLOP/s (10 independent accumulator chains per
@@ -256,13 +277,22 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
     )?;
     let first_token_seconds = engine.info.load_time.as_secs_f64() + t.elapsed().as_secs_f64();
     let rss_after_first_token_bytes = rss_bytes();
+    // A device reports its own ceilings; on the CPU the bandwidth is probed again right before
+    // every decode repeat, so each repeat meets the floor of its own moment (the bandwidth of a
+    // shared machine moves by half between minutes).
+    let probe = m
+        .backend
+        .measured_ceilings()
+        .is_none()
+        .then(BandwidthProbe::default);
     let (bandwidth, gflops) = match m.backend.measured_ceilings() {
         Some(c) => c,
         None => (
-            measure_read_bandwidth(o.repeats),
+            probe.as_ref().map_or(0.0, |p| p.measure(5)),
             measure_compute_gflops(o.repeats),
         ),
     };
+    let probe_now = || probe.as_ref().map_or(bandwidth, |p| p.measure(5));
     let floor = bandwidth * 1e9 / active_bytes as f64;
     let ceiling = gflops * 1e9 / (2.0 * cfg.active_params() as f64);
 
@@ -299,9 +329,17 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         .decode_tokens
         .min(ctx.saturating_sub(prompt_len + 1))
         .max(1);
+    let step_floor = |batch: usize, bandwidth: f64| {
+        let memory =
+            batch as f64 * bandwidth * 1e9 / (params_read_per_step(cfg, batch) * bytes_per_param);
+        (memory.min(ceiling), memory <= ceiling)
+    };
+    let mut b1_fraction = None;
+    let memory_bound_at_start = |batch| step_floor(batch, bandwidth).1;
     for &batch in &o.batch_sizes {
-        let mut times = vec![];
+        let (mut times, mut floors, mut fractions) = (vec![], vec![], vec![]);
         for r in 0..o.repeats {
+            let bandwidth = probe_now();
             let prompts: Vec<Vec<u32>> = (0..batch)
                 .map(|b| ids(prompt_len, cfg.vocab_size, (r * 1000 + b) as u64))
                 .collect();
@@ -338,31 +376,33 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
                     .collect();
                 logits = m.forward(&mut st, &mut NoTrace)?;
             }
-            times.push(t.elapsed().as_secs_f64());
+            let seconds = t.elapsed().as_secs_f64();
+            let (floor, _) = step_floor(batch, bandwidth);
+            times.push(seconds);
+            floors.push(floor);
+            fractions.push((batch * steps) as f64 / seconds / floor);
         }
         let s = median(times);
-        let memory =
-            batch as f64 * bandwidth * 1e9 / (params_read_per_step(cfg, batch) * bytes_per_param);
-        let tokens_per_s = (batch * steps) as f64 / s;
+        let floor = median(floors);
+        let fraction = median(fractions);
+        if batch == 1 {
+            b1_fraction = Some(fraction);
+        }
         decode.push(DecodeResult {
             batch,
             steps,
-            tokens_per_s,
+            tokens_per_s: (batch * steps) as f64 / s,
             ms_per_step: s * 1e3 / steps as f64,
-            floor_tokens_per_s: memory.min(ceiling),
-            bound: if memory <= ceiling {
+            floor_tokens_per_s: floor,
+            bound: if memory_bound_at_start(batch) {
                 "memory"
             } else {
                 "compute"
             }
             .to_string(),
-            fraction_of_floor: tokens_per_s / memory.min(ceiling),
+            fraction_of_floor: fraction,
         });
     }
-    let b1 = decode
-        .iter()
-        .find(|d| d.batch == 1)
-        .map(|d| d.tokens_per_s / floor);
     Ok(BenchReport {
         model: engine.info.name.clone(),
         backend: m.backend.name().to_string(),
@@ -377,10 +417,13 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         rss_after_first_token_bytes,
         read_bandwidth_gbs: bandwidth,
         active_bytes_per_token: active_bytes,
-        decode_floor_tokens_per_s: floor,
+        decode_floor_tokens_per_s: decode
+            .iter()
+            .find(|d| d.batch == 1)
+            .map_or(floor, |d| d.floor_tokens_per_s),
         prefill,
         decode,
-        decode_fraction_of_floor: b1,
+        decode_fraction_of_floor: b1_fraction,
         compute_gflops: gflops,
         prefill_ceiling_tokens_per_s: ceiling,
         peak_rss_bytes: peak_rss_bytes(),
