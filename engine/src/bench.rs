@@ -71,6 +71,9 @@ pub struct BenchReport {
     pub decode_floor_tokens_per_s: f64,
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
+    /// The smallest decode batch whose floor is the arithmetic ceiling rather than the memory
+    /// (at the bandwidth measured at the start): where batching stops paying for itself.
+    pub compute_bound_from_batch: Option<usize>,
     /// Batch-1 decode ÷ its floor (median over repeats).
     pub decode_fraction_of_floor: Option<f64>,
     /// Measured peak f32 FMA throughput of all threads, GFLOP/s.
@@ -424,6 +427,7 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         prefill,
         decode,
         decode_fraction_of_floor: b1_fraction,
+        compute_bound_from_batch: (1..=4096).find(|&b| !memory_bound_at_start(b)),
         compute_gflops: gflops,
         prefill_ceiling_tokens_per_s: ceiling,
         peak_rss_bytes: peak_rss_bytes(),
@@ -479,6 +483,9 @@ impl BenchReport {
             self.active_bytes_per_token,
             self.decode_fraction_of_floor.unwrap_or(0.0) * 100.0
         );
+        if let Some(b) = self.compute_bound_from_batch {
+            s += &format!("decode is compute-bound from batch {b} on\n");
+        }
         s
     }
 }
