@@ -258,6 +258,16 @@ enum LoopCommand {
         /// Use only the first N records.
         #[arg(long)]
         limit: Option<usize>,
+        /// Shard files: parquet (DistillKit's uncompressed rows), jsonl (with the actual tokens'
+        /// logprobs and ranks too), or both.
+        #[arg(long, default_value = "parquet")]
+        format: String,
+        /// Rows per shard.
+        #[arg(long, default_value_t = 256)]
+        shard_rows: usize,
+        /// Continue an interrupted run in --out after its last complete shard.
+        #[arg(long)]
+        resume: bool,
     },
     /// Active learning: the student picks the pool items it is least sure of, the teacher
     /// labels them, and the labels join the student's in-context examples.
@@ -593,9 +603,12 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             student,
             beta,
             limit,
+            format,
+            shard_rows,
+            resume,
         } => {
             let started = std::time::SystemTime::now();
-            let t0 = std::time::Instant::now();
+            let format = distill::ShardFormat::parse(&format)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut records = distill::read_jsonl(&data)?;
             if let Some(n) = limit {
@@ -616,45 +629,31 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 .iter()
                 .map(|r| distill::tokenise(&teacher_engine, r))
                 .collect::<moe::Result<_>>()?;
-            let shard = dir.join("distill-00000.jsonl");
-            let mut w = std::io::BufWriter::new(std::fs::File::create(&shard)?);
-            let mut tokens = 0usize;
-            let show = std::io::stderr().is_terminal();
-            for (i, s) in seqs.iter().enumerate() {
-                let row = distill::distill_row(client.as_ref(), &s.ids, top_k)
-                    .with_context(|| format!("record {} of {}", i + 1, data.display()))?;
-                tokens += row.input_ids.len();
-                writeln!(w, "{}", serde_json::to_string(&row)?)?;
-                if show {
-                    let el = t0.elapsed().as_secs_f64().max(1e-9);
-                    eprint!(
-                        "\rdistill {}/{}  {:.1} seq/s  {:.0} tok/s ",
-                        i + 1,
-                        seqs.len(),
-                        (i + 1) as f64 / el,
-                        tokens as f64 / el
-                    );
-                }
-            }
-            if show {
-                eprintln!();
-            }
-            w.flush()?;
-            let distill_s = t0.elapsed().as_secs_f64();
+            let cfg = distill::DistillConfig {
+                out: dir.clone(),
+                top_k,
+                format,
+                shard_rows,
+                resume,
+                stop_after_shards: None,
+            };
+            let step = distill::run(client.as_ref(), &seqs, &cfg)?;
             let mut manifest = json!({
                 "loop": "distill", "data": data, "records": seqs.len(), "top_k": top_k,
                 "teacher": client.name(), "teacher_source": teacher_engine.info.source,
                 "started_unix": started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 "version": env!("CARGO_PKG_VERSION"),
-                "distill": {"seconds": distill_s, "tokens": tokens, "prompts_per_s": seqs.len() as f64 / distill_s, "tokens_per_s": tokens as f64 / distill_s, "shards": [shard.file_name().map(|f| f.to_string_lossy().into_owned())]},
+                "distill": step.clone(),
             });
             writeln!(
                 out,
-                "distill: {} sequences, {tokens} tokens, {:.1} prompts/s, {:.0} tokens/s -> {}",
+                "distill: {} sequences, {} tokens, {:.1} prompts/s, {:.0} tokens/s this run -> {} shards in {}",
                 seqs.len(),
-                seqs.len() as f64 / distill_s,
-                tokens as f64 / distill_s,
-                shard.display()
+                step["tokens"],
+                step["prompts_per_s"].as_f64().unwrap_or(0.0),
+                step["tokens_per_s"].as_f64().unwrap_or(0.0),
+                step["shards"].as_array().map_or(0, |a| a.len()),
+                dir.display()
             )?;
             if eval {
                 let student_name = role_or(student, "student");

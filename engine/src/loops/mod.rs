@@ -10,6 +10,7 @@ pub mod learner;
 pub mod progress;
 pub mod rouge;
 pub mod self_instruct;
+pub mod shards;
 pub mod social;
 pub mod tasks;
 pub mod teach;
