@@ -35,6 +35,7 @@ fn cfg(seed_tasks: &PathBuf, tag: &str) -> SelfInstructConfig {
         max_tokens: 128,
         resume: false,
         stop_after_batches: None,
+        dedup: Default::default(),
     }
 }
 
@@ -170,6 +171,9 @@ fn alpaca_run_mechanics_and_determinism() {
             batch_size: 2,
             seed: 3,
             max_tokens: 96,
+            dedup: Default::default(),
+            resume: false,
+            stop_after_batches: None,
         }
     };
     let (a, b) = (cfg("a"), cfg("b"));
@@ -183,4 +187,93 @@ fn alpaca_run_mechanics_and_determinism() {
     assert!(items.iter().all(|i| i["instruction"].is_string()
         && i["input"].is_string()
         && i["output"].is_string()));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.out.join("manifest.json")).unwrap())
+            .unwrap();
+    let step = &manifest["steps"]["generate"];
+    assert_eq!(step["prompts"], sa["requests"]);
+    assert!(step["prompts_per_s"].as_f64().unwrap() > 0.0);
+    assert!(step["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let generated: Vec<serde_json::Value> =
+        std::fs::read_to_string(a.out.join("generated_items.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(generated.len(), items.len());
+    for (g, i) in generated.iter().zip(&items) {
+        assert_eq!(g["instruction"], i["instruction"]);
+        assert!(g["most_similar_instructions"].is_object());
+    }
+
+    // More items, so that the run spans several batches; interrupted after one batch then
+    // resumed, it must write what the uninterrupted run writes.
+    let files = ["alpaca_data.json", "generated_items.jsonl"];
+    let mut full = cfg("full");
+    full.num_items = 6;
+    let sf = alpaca(&client, &full).unwrap();
+    assert!(
+        sf["requests"].as_u64().unwrap() > 2,
+        "the run must take more than one batch to test resuming: {sf}"
+    );
+    let mut cut = cfg("cut");
+    cut.num_items = 6;
+    cut.stop_after_batches = Some(1);
+    let paused = alpaca(&client, &cut).unwrap();
+    assert_eq!(paused["paused_after_batches"], 1);
+    assert!(!cut.out.join("alpaca_data.json").exists());
+    cut.stop_after_batches = None;
+    cut.resume = true;
+    let sc = alpaca(&client, &cut).unwrap();
+    assert_eq!(sc["resumed_from_request"], 2);
+    assert_eq!(sc["requests"], sf["requests"]);
+    assert_eq!(sc["rejected"], sf["rejected"]);
+    for f in files {
+        assert_eq!(
+            std::fs::read_to_string(full.out.join(f)).unwrap(),
+            std::fs::read_to_string(cut.out.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // A resume with another seed is refused.
+    cut.seed = 4;
+    let e = alpaca(&client, &cut).unwrap_err().to_string();
+    assert!(e.contains("cannot resume") && e.contains("--seed 3"), "{e}");
+}
+
+/// The MinHash filter in a whole self-instruct run: the same mechanics, and every kept
+/// instruction's recorded Jaccard similarities stay at or below the threshold.
+#[test]
+fn self_instruct_with_minhash_dedup() {
+    let Some(seeds) = seed_tasks() else { return };
+    let client = LocalClient {
+        engine: Arc::new(Engine::load(&teacher()).unwrap()),
+    };
+    let mut c = cfg(&seeds, "minhash");
+    c.dedup = moe::loops::dedup::Dedup::parse("minhash", 0.5, 1).unwrap();
+    let s = run(&client, &c).unwrap();
+    let lines: Vec<serde_json::Value> = read(&c, "machine_generated_instructions.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        s["accepted_instructions"].as_u64().unwrap()
+    );
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l["avg_similarity_score"].is_null());
+        assert!(l["most_similar"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.as_f64().unwrap() <= 0.5));
+    }
+    let m = c_manifest(&c);
+    assert_eq!(m["dedup"]["method"], "minhash");
+    for step in ["instructions", "classification", "instances"] {
+        let st = &m["steps"][step];
+        assert!(st["prompts"].as_u64().unwrap() > 0, "{step}: {st}");
+        assert!(st["tokens_per_s"].as_f64().unwrap() > 0.0, "{step}: {st}");
+    }
 }

@@ -203,6 +203,11 @@ enum LoopCommand {
         seed: u64,
         #[arg(long, default_value_t = 3072)]
         max_tokens: usize,
+        #[command(flatten)]
+        dedup: DedupArgs,
+        /// Continue an interrupted run in --out.
+        #[arg(long)]
+        resume: bool,
     },
     /// Bootstrap instructions and instances from seed tasks (self-instruct), ending in an
     /// Alpaca-format dataset.
@@ -228,6 +233,8 @@ enum LoopCommand {
         seed: u64,
         #[arg(long, default_value_t = 1024)]
         max_tokens: usize,
+        #[command(flatten)]
+        dedup: DedupArgs,
         /// Continue an interrupted run in --out.
         #[arg(long)]
         resume: bool,
@@ -416,6 +423,27 @@ enum LoopCommand {
     },
 }
 
+/// The near-duplicate filter of the generating loops.
+#[derive(Args, Clone)]
+struct DedupArgs {
+    /// `rouge` (ROUGE-L against every kept instruction, as the anchors) or `minhash` (Jaccard of
+    /// word shingles through LSH: sub-linear in the pool, for very large runs).
+    #[arg(long, default_value = "rouge")]
+    dedup: String,
+    /// A candidate scoring above this against any kept instruction is dropped.
+    #[arg(long, default_value_t = 0.7)]
+    dedup_threshold: f64,
+    /// Words per MinHash shingle.
+    #[arg(long, default_value_t = 1)]
+    shingle: usize,
+}
+
+impl DedupArgs {
+    fn parse(&self) -> moe::Result<moe::loops::dedup::Dedup> {
+        moe::loops::dedup::Dedup::parse(&self.dedup, self.dedup_threshold, self.shingle)
+    }
+}
+
 /// A loop's teacher: a local model, or an OpenAI-compatible endpoint.
 #[derive(Args, Clone)]
 struct TeacherArgs {
@@ -544,7 +572,13 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             batch_size,
             seed,
             max_tokens,
+            dedup,
+            resume,
         } => {
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let dedup = dedup.parse()?;
             let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(4096);
             let cfg = moe::loops::alpaca::AlpacaConfig {
@@ -554,6 +588,9 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 batch_size,
                 seed,
                 max_tokens: max_tokens.min(ctx / 2),
+                dedup,
+                resume,
+                stop_after_batches: None,
             };
             let summary = moe::loops::alpaca::run(client.as_ref(), &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
@@ -568,11 +605,13 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             batch_size,
             seed,
             max_tokens,
+            dedup,
             resume,
         } => {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
+            let dedup = dedup.parse()?;
             let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(2048);
             let cfg = moe::loops::self_instruct::SelfInstructConfig {
@@ -585,6 +624,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 max_tokens: max_tokens.min(ctx / 2),
                 resume,
                 stop_after_batches: None,
+                dedup,
             };
             let summary = moe::loops::self_instruct::run(client.as_ref(), &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

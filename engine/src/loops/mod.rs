@@ -5,8 +5,10 @@
 pub mod active;
 pub mod alpaca;
 pub mod client;
+pub mod dedup;
 pub mod distill;
 pub mod learner;
+pub mod minhash;
 pub mod progress;
 pub mod rouge;
 pub mod self_instruct;
