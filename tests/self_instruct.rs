@@ -277,3 +277,66 @@ fn self_instruct_with_minhash_dedup() {
         assert!(st["tokens_per_s"].as_f64().unwrap() > 0.0, "{step}: {st}");
     }
 }
+
+/// The Alpaca check on tasks with checkable answers: every task gets one item, its verdict is
+/// `is_correct` of its output, and the per-task counts add up to the lines written.
+#[test]
+fn alpaca_check_on_tasks_counts_add_up() {
+    use moe::loops::alpaca::{check_on_tasks, CheckConfig};
+    use moe::loops::tasks;
+    let client = LocalClient {
+        engine: Arc::new(Engine::load(&teacher()).unwrap()),
+    };
+    let mut ts = tasks::generate("add,rev", 8, 5).unwrap();
+    // Two templated near-twins: the second must be dropped by the near-duplicate filter.
+    ts.push(tasks::Task::new(
+        "add",
+        "What is the sum of 12 and 30?".into(),
+        "42".into(),
+    ));
+    ts.push(tasks::Task::new(
+        "add",
+        "What is the sum of 12 and 31?".into(),
+        "43".into(),
+    ));
+    let out = std::env::temp_dir().join(format!("moe-alpaca-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let cfg = CheckConfig {
+        out: out.clone(),
+        requests: 2,
+        batch_size: 2,
+        seed: 1,
+        max_tokens: 48,
+        dedup: Default::default(),
+    };
+    let s = check_on_tasks(&client, &ts, &cfg).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("check_items.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), ts.len());
+    for (l, t) in lines.iter().zip(&ts) {
+        assert_eq!(l["instruction"], t.question.as_str());
+        assert_eq!(
+            l["correct"].as_bool().unwrap(),
+            tasks::is_correct(t, l["output"].as_str().unwrap())
+        );
+    }
+    assert_eq!(lines[9]["rejected"], "near_duplicate", "{}", lines[9]);
+    let all = &s["teacher_outputs"]["all"];
+    assert_eq!(all["items"], ts.len());
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| lines.iter().filter(|l| f(l)).count();
+    assert_eq!(all["correct"], count(&|l| l["correct"] == true));
+    assert_eq!(all["kept"], count(&|l| l["rejected"].is_null()));
+    assert_eq!(
+        all["kept_correct"],
+        count(&|l| l["rejected"].is_null() && l["correct"] == true)
+    );
+    assert!(
+        all["correct"].as_u64().unwrap() >= 5,
+        "the trained teacher answers most of these: {s}"
+    );
+    assert_eq!(s["anchor_generation"]["requests"], 2);
+    assert!(out.join("check_summary.json").exists());
+}

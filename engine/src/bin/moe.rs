@@ -183,8 +183,16 @@ enum LoopCommand {
     /// Alpaca-style instruction data from a teacher (3 seed tasks shown, 20 asked per response).
     Alpaca {
         /// Seed tasks, JSONL as for self-instruct.
+        #[arg(long, required_unless_present = "check_tasks")]
+        seed_tasks: Option<std::path::PathBuf>,
+        /// Instead of a run: how much of an Alpaca-style generation on these tasks with checkable
+        /// answers (`{"task", "question", "answer"}` JSONL, e.g. eval.jsonl) is correct and how
+        /// much survives the filters (`check_summary.json`, `check_items.jsonl` in --out).
         #[arg(long)]
-        seed_tasks: std::path::PathBuf,
+        check_tasks: Option<std::path::PathBuf>,
+        /// Alpaca prompts of the check's first part.
+        #[arg(long, default_value_t = 20)]
+        check_requests: usize,
         #[arg(long)]
         out: std::path::PathBuf,
         /// Teacher: directory or preset (default: the `teacher` role in models.toml).
@@ -574,6 +582,8 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             max_tokens,
             dedup,
             resume,
+            check_tasks,
+            check_requests,
         } => {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
@@ -581,6 +591,23 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             let dedup = dedup.parse()?;
             let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(4096);
+            if let Some(path) = check_tasks {
+                let tasks = moe::loops::tasks::read_tasks(&path)?;
+                let cfg = moe::loops::alpaca::CheckConfig {
+                    out: dir,
+                    requests: check_requests,
+                    batch_size,
+                    seed,
+                    max_tokens: max_tokens.min(ctx / 2),
+                    dedup,
+                };
+                let summary = moe::loops::alpaca::check_on_tasks(client.as_ref(), &tasks, &cfg)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+                return Ok(());
+            }
+            let Some(seed_tasks) = seed_tasks else {
+                bail!("--seed-tasks is required");
+            };
             let cfg = moe::loops::alpaca::AlpacaConfig {
                 seed_tasks,
                 out: dir,

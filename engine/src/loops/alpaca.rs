@@ -10,6 +10,7 @@
 use super::client::ModelClient;
 use super::dedup::{Dedup, NearDupPool};
 use super::self_instruct::{read_seed_tasks, text_filter, LoopRng, SeedTask};
+use super::tasks::{self, Task};
 use crate::error::{Error, Result};
 use crate::generate::{FinishReason, GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -330,6 +331,203 @@ pub fn run(model: &dyn ModelClient, cfg: &AlpacaConfig) -> Result<serde_json::Va
         "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &summary)?;
+    Ok(summary)
+}
+
+/// Options of [`check_on_tasks`].
+#[derive(Clone, Debug)]
+pub struct CheckConfig {
+    pub out: PathBuf,
+    /// Alpaca prompts (3 tasks shown as seed examples, 20 asked) sent to the teacher.
+    pub requests: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    pub dedup: Dedup,
+}
+
+/// Seed tasks made of checkable tasks: the question as the instruction, no input, the answer as
+/// the output.
+pub fn seeds_from_tasks(tasks: &[Task]) -> Vec<SeedTask> {
+    tasks
+        .iter()
+        .map(|t| SeedTask {
+            instruction: t.question.clone(),
+            instances: vec![super::self_instruct::Instance {
+                input: String::new(),
+                output: t.answer.clone(),
+            }],
+            is_classification: t.labels.is_some(),
+        })
+        .collect()
+}
+
+/// How much of an Alpaca-style generation on tasks with checkable answers is correct, and how
+/// much survives the filters. Two parts:
+/// 1. **As the anchor**: `requests` Alpaca prompts seeded with 3 of the tasks each, at the
+///    anchor's sampling; the parsed items are counted, and an item whose instruction is one of
+///    the tasks' questions is checked against that task's answer (others cannot be checked).
+/// 2. **Teacher-written outputs**: for every task, the teacher writes the output of the item
+///    whose instruction is the task's question, under its chat template and at the anchor's
+///    sampling (T 1.0, top-p 1.0, seeded); each output is checked with [`tasks::is_correct`] and
+///    the item goes through the loop's filters (text filters, near-duplicates against the items
+///    kept before it, empty output).
+///
+/// Writes `check_items.jsonl` (one line per item of part 2, with its verdicts) and
+/// `check_summary.json` into `out`; returns the summary.
+pub fn check_on_tasks(
+    model: &dyn ModelClient,
+    tasks: &[Task],
+    cfg: &CheckConfig,
+) -> Result<serde_json::Value> {
+    if tasks.len() < 3 {
+        return Err(Error::InvalidRequest(
+            "the check needs at least 3 tasks".into(),
+        ));
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let seeds = seeds_from_tasks(tasks);
+    let by_question: std::collections::HashMap<&str, &Task> =
+        tasks.iter().map(|t| (t.question.as_str(), t)).collect();
+
+    // Part 1: the anchor's generation, seeded with the tasks.
+    let mut rng = LoopRng(cfg.seed);
+    let (mut parsed, mut checkable, mut correct_parsed, mut tokens1) = (0, 0, 0, 0);
+    let progress =
+        super::progress::Progress::new("alpaca check: generate", cfg.requests as u64, 0, "prompts");
+    let mut sent = 0;
+    while sent < cfg.requests {
+        let n = cfg.batch_size.max(1).min(cfg.requests - sent);
+        let reqs: Vec<GenerateRequest> = (0..n)
+            .map(|b| {
+                let params = SamplingParams {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    max_tokens: cfg.max_tokens,
+                    ignore_eos: true,
+                    stop: vec!["\n20".into(), "20.".into(), "20 .".into()],
+                    seed: Some(cfg.seed ^ ((sent + b) as u64).wrapping_mul(0x9E37_79B9)),
+                    ..SamplingParams::default()
+                };
+                GenerateRequest::new(Prompt::Text(prompt(&rng.sample(&seeds, 3))), params)
+            })
+            .collect();
+        sent += n;
+        let results = model.generate(&reqs)?;
+        let t: usize = results.iter().map(|c| c.token_ids.len()).sum();
+        tokens1 += t;
+        progress.inc(results.len() as u64, t as u64);
+        for c in results {
+            for it in parse_response(&c.text, 4, c.finish_reason == FinishReason::Length) {
+                parsed += 1;
+                if let Some(task) = by_question.get(it.instruction.as_str()) {
+                    checkable += 1;
+                    correct_parsed += tasks::is_correct(task, &it.output) as usize;
+                }
+            }
+        }
+    }
+    let gen_rate = progress.finish(cfg.requests as u64);
+
+    // Part 2: the teacher writes every task's output; verdicts and filters per item.
+    let items_path = cfg.out.join("check_items.jsonl");
+    std::fs::write(&items_path, "").map_err(|e| Error::io(&items_path, e))?;
+    #[derive(Default, Clone, Copy)]
+    struct Counts {
+        items: usize,
+        correct: usize,
+        kept: usize,
+        kept_correct: usize,
+    }
+    let mut per: std::collections::BTreeMap<String, Counts> = Default::default();
+    let mut rejected: std::collections::BTreeMap<String, usize> = Default::default();
+    // Each item is compared with the items kept before it (not with the tasks as seeds: the
+    // instructions are the tasks' own questions).
+    let mut kept_pool = NearDupPool::new(&cfg.dedup);
+    let progress =
+        super::progress::Progress::new("alpaca check: outputs", tasks.len() as u64, 0, "prompts");
+    let mut index = 0;
+    for chunk in tasks.chunks(cfg.batch_size.max(1)) {
+        let reqs: Vec<GenerateRequest> = chunk
+            .iter()
+            .enumerate()
+            .map(|(b, t)| {
+                let params = SamplingParams {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    max_tokens: 32,
+                    seed: Some(cfg.seed ^ ((index + b) as u64).wrapping_mul(0x2545_F491)),
+                    ..SamplingParams::default()
+                };
+                GenerateRequest::new(
+                    Prompt::Chat(vec![crate::tokenizer::ChatMessage::user(
+                        t.question.clone(),
+                    )]),
+                    params,
+                )
+            })
+            .collect();
+        index += chunk.len();
+        let results = model.generate(&reqs)?;
+        progress.inc(
+            results.len() as u64,
+            results.iter().map(|c| c.token_ids.len() as u64).sum(),
+        );
+        for (t, c) in chunk.iter().zip(results) {
+            let output = c.text.trim().to_string();
+            let ok = tasks::is_correct(t, &output);
+            let why: Option<String> = if let Some(w) = text_filter(&t.question) {
+                Some(w.to_string())
+            } else if output.is_empty() {
+                Some("empty_output".into())
+            } else {
+                let sim = kept_pool.similarity(&t.question);
+                kept_pool
+                    .is_duplicate(&sim)
+                    .then(|| "near_duplicate".to_string())
+            };
+            let e = per.entry(t.topic().to_string()).or_default();
+            e.items += 1;
+            e.correct += ok as usize;
+            match &why {
+                Some(w) => *rejected.entry(w.clone()).or_default() += 1,
+                None => {
+                    kept_pool.add(&t.question);
+                    e.kept += 1;
+                    e.kept_correct += ok as usize;
+                }
+            }
+            append(
+                &items_path,
+                &json!({"task": t.topic(), "instruction": t.question, "input": "", "output": output,
+                    "answer": t.answer, "correct": ok, "rejected": why}),
+            )?;
+        }
+    }
+    let out_rate = progress.finish(tasks.len() as u64);
+    let total = per.values().fold(Counts::default(), |a, c| Counts {
+        items: a.items + c.items,
+        correct: a.correct + c.correct,
+        kept: a.kept + c.kept,
+        kept_correct: a.kept_correct + c.kept_correct,
+    });
+    let row = |c: &Counts| json!({"items": c.items, "correct": c.correct, "kept": c.kept, "kept_correct": c.kept_correct});
+    let summary = json!({
+        "loop": "alpaca-check", "model": model.name(), "seed": cfg.seed, "dedup": cfg.dedup,
+        "anchor_generation": {"requests": cfg.requests, "parsed_items": parsed,
+            "checkable_items": checkable, "correct_items": correct_parsed, "generated_tokens": tokens1,
+            "prompts_per_s": gen_rate.items_per_sec(), "tokens_per_s": gen_rate.tokens_per_sec()},
+        "teacher_outputs": {"per_task": per.iter().map(|(k, c)| (k.clone(), row(c))).collect::<serde_json::Map<_, _>>(),
+            "all": row(&total), "rejected": rejected,
+            "prompts_per_s": out_rate.items_per_sec(), "tokens_per_s": out_rate.tokens_per_sec()},
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let path = cfg.out.join("check_summary.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(&path, e))?;
     Ok(summary)
 }
 
