@@ -271,6 +271,12 @@ fn self_instruct_with_minhash_dedup() {
     }
     let m = c_manifest(&c);
     assert_eq!(m["dedup"]["method"], "minhash");
+    // Resuming with the other filter is refused before anything is generated.
+    let mut other = c.clone();
+    other.resume = true;
+    other.dedup = Default::default();
+    let e = run(&client, &other).unwrap_err().to_string();
+    assert!(e.contains("cannot resume") && e.contains("MinHash"), "{e}");
     for step in ["instructions", "classification", "instances"] {
         let st = &m["steps"][step];
         assert!(st["prompts"].as_u64().unwrap() > 0, "{step}: {st}");

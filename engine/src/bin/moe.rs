@@ -714,7 +714,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             });
             writeln!(
                 out,
-                "distill: {} sequences, {} tokens, {:.1} prompts/s, {:.0} tokens/s this run -> {} shards in {}",
+                "distill: {} sequences, {} tokens, {:.1} prompts/s, {:.0} tokens/s this run -> {} shard files in {}",
                 seqs.len(),
                 step["tokens"],
                 step["prompts_per_s"].as_f64().unwrap_or(0.0),

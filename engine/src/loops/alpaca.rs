@@ -518,7 +518,7 @@ pub fn check_on_tasks(
             "checkable_items": checkable, "correct_items": correct_parsed, "generated_tokens": tokens1,
             "prompts_per_s": gen_rate.items_per_sec(), "tokens_per_s": gen_rate.tokens_per_sec()},
         "teacher_outputs": {"per_task": per.iter().map(|(k, c)| (k.clone(), row(c))).collect::<serde_json::Map<_, _>>(),
-            "all": row(&total), "rejected": rejected,
+            "all": row(&total), "rejected": rejected, "generated_tokens": out_rate.tokens,
             "prompts_per_s": out_rate.items_per_sec(), "tokens_per_s": out_rate.tokens_per_sec()},
         "version": env!("CARGO_PKG_VERSION"),
     });

@@ -314,6 +314,9 @@ pub struct RunState {
     pub rng: Option<LoopRng>,
     pub rejected: std::collections::BTreeMap<String, usize>,
     pub generated_tokens: usize,
+    /// The filter the run was started with (a resume with another is refused).
+    #[serde(default)]
+    pub dedup: Option<Dedup>,
 }
 
 fn append(path: &Path, v: &Value) -> Result<()> {
@@ -387,8 +390,19 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
             let path = cfg.out.join(f);
             std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
         }
-        RunState::default()
+        RunState {
+            dedup: Some(cfg.dedup),
+            ..RunState::default()
+        }
     };
+    if state.dedup.is_some_and(|d| d != cfg.dedup) {
+        return Err(Error::InvalidRequest(format!(
+            "cannot resume {}: it was started with the near-duplicate filter {:?}, this run has {:?}",
+            cfg.out.display(),
+            state.dedup,
+            cfg.dedup
+        )));
+    }
     let mut rng = state.rng.unwrap_or(LoopRng(cfg.seed));
     // Keep only what the saved state vouches for (a batch cut off mid-write is redone).
     let mut machine: Vec<String> = read_lines(&machine_path)?
