@@ -269,8 +269,8 @@ pub fn run(
             ),
             (
                 "--format",
-                format!("{:?}", saved.format),
-                format!("{:?}", fresh.format),
+                format!("{:?}", saved.format).to_lowercase(),
+                format!("{:?}", fresh.format).to_lowercase(),
             ),
         ]
         .into_iter()
