@@ -730,6 +730,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 let t1 = std::time::Instant::now();
                 let per = distill::evaluate(&teacher_engine, &student, &seqs, beta)?;
                 let eval_s = t1.elapsed().as_secs_f64();
+                let eval_tokens: usize = seqs.iter().map(|s| s.ids.len()).sum();
                 let mut w =
                     std::io::BufWriter::new(std::fs::File::create(dir.join("divergence.jsonl"))?);
                 for p in &per {
@@ -739,7 +740,8 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 let (all, tasks) = distill::summarise(&per);
                 let summary = json!({"beta": beta, "student": student.info.name, "overall": all,
                     "per_task": tasks.iter().map(|(t, n, d)| json!({"task": t, "positions": n, "divergence": d})).collect::<Vec<_>>(),
-                    "seconds": eval_s, "sequences_per_s": per.len() as f64 / eval_s});
+                    "seconds": eval_s, "sequences_per_s": per.len() as f64 / eval_s,
+                    "tokens": eval_tokens, "tokens_per_s": eval_tokens as f64 / eval_s});
                 std::fs::write(
                     dir.join("divergence-summary.json"),
                     serde_json::to_string_pretty(&summary)?,

@@ -478,7 +478,9 @@ pub fn evaluate(
             .expect("one"))
     };
     let (mut lt, mut ls) = (vec![0f32; v], vec![0f32; v]);
-    data.iter()
+    let progress = super::progress::Progress::new("distill eval", data.len() as u64, 0, "prompts");
+    let out = data
+        .iter()
         .map(|d| {
             let (t, s) = (logits(teacher, &d.ids)?, logits(student, &d.ids)?);
             let first = d.completion_start.saturating_sub(1);
@@ -492,6 +494,8 @@ pub fn evaluate(
                 per.push(dv);
             }
             let n = per.len();
+            // Both models read every token of the sequence.
+            progress.inc(1, d.ids.len() as u64);
             Ok(SequenceDivergence {
                 task: d.task.clone(),
                 positions: n,
@@ -499,7 +503,9 @@ pub fn evaluate(
                 per_position: per,
             })
         })
-        .collect()
+        .collect();
+    progress.finish(data.len() as u64);
+    out
 }
 
 /// Position-weighted means: overall and per task.
