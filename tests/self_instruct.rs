@@ -35,6 +35,7 @@ fn cfg(seed_tasks: &PathBuf, tag: &str) -> SelfInstructConfig {
         max_tokens: 128,
         resume: false,
         stop_after_batches: None,
+        dedup: Default::default(),
     }
 }
 
@@ -170,6 +171,9 @@ fn alpaca_run_mechanics_and_determinism() {
             batch_size: 2,
             seed: 3,
             max_tokens: 96,
+            dedup: Default::default(),
+            resume: false,
+            stop_after_batches: None,
         }
     };
     let (a, b) = (cfg("a"), cfg("b"));
@@ -183,4 +187,162 @@ fn alpaca_run_mechanics_and_determinism() {
     assert!(items.iter().all(|i| i["instruction"].is_string()
         && i["input"].is_string()
         && i["output"].is_string()));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.out.join("manifest.json")).unwrap())
+            .unwrap();
+    let step = &manifest["steps"]["generate"];
+    assert_eq!(step["prompts"], sa["requests"]);
+    assert!(step["prompts_per_s"].as_f64().unwrap() > 0.0);
+    assert!(step["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let generated: Vec<serde_json::Value> =
+        std::fs::read_to_string(a.out.join("generated_items.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(generated.len(), items.len());
+    for (g, i) in generated.iter().zip(&items) {
+        assert_eq!(g["instruction"], i["instruction"]);
+        assert!(g["most_similar_instructions"].is_object());
+    }
+
+    // More items, so that the run spans several batches; interrupted after one batch then
+    // resumed, it must write what the uninterrupted run writes.
+    let files = ["alpaca_data.json", "generated_items.jsonl"];
+    let mut full = cfg("full");
+    full.num_items = 6;
+    let sf = alpaca(&client, &full).unwrap();
+    assert!(
+        sf["requests"].as_u64().unwrap() > 2,
+        "the run must take more than one batch to test resuming: {sf}"
+    );
+    let mut cut = cfg("cut");
+    cut.num_items = 6;
+    cut.stop_after_batches = Some(1);
+    let paused = alpaca(&client, &cut).unwrap();
+    assert_eq!(paused["paused_after_batches"], 1);
+    assert!(!cut.out.join("alpaca_data.json").exists());
+    cut.stop_after_batches = None;
+    cut.resume = true;
+    let sc = alpaca(&client, &cut).unwrap();
+    assert_eq!(sc["resumed_from_request"], 2);
+    assert_eq!(sc["requests"], sf["requests"]);
+    assert_eq!(sc["rejected"], sf["rejected"]);
+    for f in files {
+        assert_eq!(
+            std::fs::read_to_string(full.out.join(f)).unwrap(),
+            std::fs::read_to_string(cut.out.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // A resume with another seed is refused.
+    cut.seed = 4;
+    let e = alpaca(&client, &cut).unwrap_err().to_string();
+    assert!(e.contains("cannot resume") && e.contains("--seed 3"), "{e}");
+}
+
+/// The MinHash filter in a whole self-instruct run: the same mechanics, and every kept
+/// instruction's recorded Jaccard similarities stay at or below the threshold.
+#[test]
+fn self_instruct_with_minhash_dedup() {
+    let Some(seeds) = seed_tasks() else { return };
+    let client = LocalClient {
+        engine: Arc::new(Engine::load(&teacher()).unwrap()),
+    };
+    let mut c = cfg(&seeds, "minhash");
+    c.dedup = moe::loops::dedup::Dedup::parse("minhash", 0.5, 1).unwrap();
+    let s = run(&client, &c).unwrap();
+    let lines: Vec<serde_json::Value> = read(&c, "machine_generated_instructions.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        s["accepted_instructions"].as_u64().unwrap()
+    );
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l["avg_similarity_score"].is_null());
+        assert!(l["most_similar"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.as_f64().unwrap() <= 0.5));
+    }
+    let m = c_manifest(&c);
+    assert_eq!(m["dedup"]["method"], "minhash");
+    // Resuming with the other filter is refused before anything is generated.
+    let mut other = c.clone();
+    other.resume = true;
+    other.dedup = Default::default();
+    let e = run(&client, &other).unwrap_err().to_string();
+    assert!(e.contains("cannot resume") && e.contains("MinHash"), "{e}");
+    for step in ["instructions", "classification", "instances"] {
+        let st = &m["steps"][step];
+        assert!(st["prompts"].as_u64().unwrap() > 0, "{step}: {st}");
+        assert!(st["tokens_per_s"].as_f64().unwrap() > 0.0, "{step}: {st}");
+    }
+}
+
+/// The Alpaca check on tasks with checkable answers: every task gets one item, its verdict is
+/// `is_correct` of its output, and the per-task counts add up to the lines written.
+#[test]
+fn alpaca_check_on_tasks_counts_add_up() {
+    use moe::loops::alpaca::{check_on_tasks, CheckConfig};
+    use moe::loops::tasks;
+    let client = LocalClient {
+        engine: Arc::new(Engine::load(&teacher()).unwrap()),
+    };
+    let mut ts = tasks::generate("add,rev", 8, 5).unwrap();
+    // Two templated near-twins: the second must be dropped by the near-duplicate filter.
+    ts.push(tasks::Task::new(
+        "add",
+        "What is the sum of 12 and 30?".into(),
+        "42".into(),
+    ));
+    ts.push(tasks::Task::new(
+        "add",
+        "What is the sum of 12 and 31?".into(),
+        "43".into(),
+    ));
+    let out = std::env::temp_dir().join(format!("moe-alpaca-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let cfg = CheckConfig {
+        out: out.clone(),
+        requests: 2,
+        batch_size: 2,
+        seed: 1,
+        max_tokens: 48,
+        dedup: Default::default(),
+    };
+    let s = check_on_tasks(&client, &ts, &cfg).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("check_items.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), ts.len());
+    for (l, t) in lines.iter().zip(&ts) {
+        assert_eq!(l["instruction"], t.question.as_str());
+        assert_eq!(
+            l["correct"].as_bool().unwrap(),
+            tasks::is_correct(t, l["output"].as_str().unwrap())
+        );
+    }
+    assert_eq!(lines[9]["rejected"], "near_duplicate", "{}", lines[9]);
+    let all = &s["teacher_outputs"]["all"];
+    assert_eq!(all["items"], ts.len());
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| lines.iter().filter(|l| f(l)).count();
+    assert_eq!(all["correct"], count(&|l| l["correct"] == true));
+    assert_eq!(all["kept"], count(&|l| l["rejected"].is_null()));
+    assert_eq!(
+        all["kept_correct"],
+        count(&|l| l["rejected"].is_null() && l["correct"] == true)
+    );
+    assert!(
+        all["correct"].as_u64().unwrap() >= 5,
+        "the trained teacher answers most of these: {s}"
+    );
+    assert_eq!(s["anchor_generation"]["requests"], 2);
+    assert!(out.join("check_summary.json").exists());
 }

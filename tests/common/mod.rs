@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: fixture paths, golden files, and element-wise
 //! comparison that names the worst element.
 
+pub mod python;
+
 use half::bf16;
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;

@@ -1,11 +1,13 @@
-//! ROUGE-L speed against the `rouge_score` package on the same pool, in the same run: one new
-//! instruction checked against a pool of 50,000, and a whole run filtered (each instruction
-//! against all kept before it). Needs a Python with `rouge_score` (`--python PATH`, default
-//! `python3`) for the side-by-side figure.
+//! Near-duplicate filtering speed: our ROUGE-L and MinHash against the `rouge_score` package on
+//! the same pool, in the same run: one new instruction checked against a pool of 50,000, and a
+//! whole run filtered (each instruction against all kept before it, threshold 0.7). Needs a
+//! Python with `rouge_score` (`--python PATH`, default `python3`) for the side-by-side figure;
+//! `rouge_score` on a whole run is estimated from its measured per-comparison time.
 //!
-//! `cargo run --release -p moe-benches --bin rouge_bench -- [--pool 50000] [--run 5000] [--python .venv/bin/python]`
+//! `cargo run --release -p moe-benches --bin rouge_bench -- [--pool 50000] [--run 50000] [--python .venv/bin/python]`
 
 use anyhow::{Context, Result};
+use moe::loops::minhash::MinHashPool;
 use moe::loops::rouge::RougePool;
 use std::time::Instant;
 
@@ -47,7 +49,7 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| default.to_string())
     };
     let pool_n: usize = arg("--pool", "50000").parse()?;
-    let run_n: usize = arg("--run", "5000").parse()?;
+    let run_n: usize = arg("--run", "50000").parse()?;
     let python = arg("--python", "python3");
     let texts = instructions(pool_n, 1);
     let probe = instructions(5, 99);
@@ -67,18 +69,42 @@ fn main() -> Result<()> {
     one.sort_by(|a, b| a.total_cmp(b));
     let ours_one = one[one.len() / 2];
 
-    // A whole run: each instruction against every one kept before it, kept below 0.7.
+    // MinHash (Jaccard of words, threshold 0.7) on the same pool: a check takes microseconds,
+    // so the time per check is the mean over many probes.
+    let t = Instant::now();
+    let mut mh = MinHashPool::new(0.7, 1);
+    for x in &texts {
+        mh.add(x);
+    }
+    let mh_build_s = t.elapsed().as_secs_f64();
+    let mh_probes = instructions(2000, 98);
+    let t = Instant::now();
+    let mut candidates = 0usize;
+    for p in &mh_probes {
+        candidates += std::hint::black_box(mh.candidates(p)).len();
+    }
+    let mh_one = t.elapsed().as_secs_f64() / mh_probes.len() as f64;
+
+    // A whole run: each instruction against every one kept before it, dropped above 0.7.
     let run = instructions(run_n, 7);
     let t = Instant::now();
     let mut kept = RougePool::new();
     let mut n_kept = 0;
     for x in &run {
-        if kept.max_score(x) < 0.7 {
+        if kept.max_score(x) <= 0.7 {
             kept.add(x);
             n_kept += 1;
         }
     }
     let ours_run = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut mh_kept = MinHashPool::new(0.7, 1);
+    for x in &run {
+        if mh_kept.max_score(x) <= 0.7 {
+            mh_kept.add(x);
+        }
+    }
+    let mh_run = t.elapsed().as_secs_f64();
 
     // rouge_score on the same pool and probe, same process tree, same machine.
     let dir = std::env::temp_dir().join(format!("rouge-bench-{}", std::process::id()));
@@ -106,13 +132,24 @@ print(time.perf_counter() - t)
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Comparisons a whole run makes: every instruction against the kept ones before it.
+    let run_comparisons = (0..run_n).map(|i| i.min(n_kept) as f64).sum::<f64>();
+    let theirs_run = theirs_one.map(|t| t / pool_n as f64 * run_comparisons);
     let report = serde_json::json!({
         "threads": rayon::current_num_threads(),
-        "pool": pool_n, "pool_build_s": build_s,
+        "pool": pool_n, "pool_build_s": build_s, "minhash_pool_build_s": mh_build_s,
+        "minhash_banding": mh.banding(),
         "one_vs_pool_s": ours_one, "rouge_score_one_vs_pool_s": theirs_one,
         "speedup": theirs_one.map(|t| t / ours_one),
+        "minhash_one_vs_pool_s": mh_one, "minhash_candidates_per_check": candidates as f64 / mh_probes.len() as f64,
+        "minhash_speedup_vs_rouge_score": theirs_one.map(|t| t / mh_one),
+        "minhash_speedup_vs_our_rouge_l": ours_one / mh_one,
         "run": run_n, "run_kept": n_kept, "run_filter_s": ours_run,
-        "rouge_score_run_estimate_s": theirs_one.map(|t| t / pool_n as f64 * (n_kept as f64 * n_kept as f64 / 2.0)),
+        "minhash_run_kept": mh_kept.len(), "minhash_run_filter_s": mh_run,
+        "rouge_score_run_estimate_s": theirs_run,
+        "run_speedup": theirs_run.map(|t| t / ours_run),
+        "minhash_run_speedup_vs_rouge_score": theirs_run.map(|t| t / mh_run),
+        "minhash_run_speedup_vs_our_rouge_l": ours_run / mh_run,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

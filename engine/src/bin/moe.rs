@@ -183,8 +183,16 @@ enum LoopCommand {
     /// Alpaca-style instruction data from a teacher (3 seed tasks shown, 20 asked per response).
     Alpaca {
         /// Seed tasks, JSONL as for self-instruct.
+        #[arg(long, required_unless_present = "check_tasks")]
+        seed_tasks: Option<std::path::PathBuf>,
+        /// Instead of a run: how much of an Alpaca-style generation on these tasks with checkable
+        /// answers (`{"task", "question", "answer"}` JSONL, e.g. eval.jsonl) is correct and how
+        /// much survives the filters (`check_summary.json`, `check_items.jsonl` in --out).
         #[arg(long)]
-        seed_tasks: std::path::PathBuf,
+        check_tasks: Option<std::path::PathBuf>,
+        /// Alpaca prompts of the check's first part.
+        #[arg(long, default_value_t = 20)]
+        check_requests: usize,
         #[arg(long)]
         out: std::path::PathBuf,
         /// Teacher: directory or preset (default: the `teacher` role in models.toml).
@@ -203,6 +211,11 @@ enum LoopCommand {
         seed: u64,
         #[arg(long, default_value_t = 3072)]
         max_tokens: usize,
+        #[command(flatten)]
+        dedup: DedupArgs,
+        /// Continue an interrupted run in --out.
+        #[arg(long)]
+        resume: bool,
     },
     /// Bootstrap instructions and instances from seed tasks (self-instruct), ending in an
     /// Alpaca-format dataset.
@@ -228,6 +241,8 @@ enum LoopCommand {
         seed: u64,
         #[arg(long, default_value_t = 1024)]
         max_tokens: usize,
+        #[command(flatten)]
+        dedup: DedupArgs,
         /// Continue an interrupted run in --out.
         #[arg(long)]
         resume: bool,
@@ -258,6 +273,16 @@ enum LoopCommand {
         /// Use only the first N records.
         #[arg(long)]
         limit: Option<usize>,
+        /// Shard files: parquet (DistillKit's uncompressed rows), jsonl (with the actual tokens'
+        /// logprobs and ranks too), or both.
+        #[arg(long, default_value = "parquet")]
+        format: String,
+        /// Rows per shard.
+        #[arg(long, default_value_t = 256)]
+        shard_rows: usize,
+        /// Continue an interrupted run in --out after its last complete shard.
+        #[arg(long)]
+        resume: bool,
     },
     /// Active learning: the student picks the pool items it is least sure of, the teacher
     /// labels them, and the labels join the student's in-context examples.
@@ -406,6 +431,27 @@ enum LoopCommand {
     },
 }
 
+/// The near-duplicate filter of the generating loops.
+#[derive(Args, Clone)]
+struct DedupArgs {
+    /// `rouge` (ROUGE-L against every kept instruction, as the anchors) or `minhash` (Jaccard of
+    /// word shingles through LSH: sub-linear in the pool, for very large runs).
+    #[arg(long, default_value = "rouge")]
+    dedup: String,
+    /// A candidate scoring above this against any kept instruction is dropped.
+    #[arg(long, default_value_t = 0.7)]
+    dedup_threshold: f64,
+    /// Words per MinHash shingle.
+    #[arg(long, default_value_t = 1)]
+    shingle: usize,
+}
+
+impl DedupArgs {
+    fn parse(&self) -> moe::Result<moe::loops::dedup::Dedup> {
+        moe::loops::dedup::Dedup::parse(&self.dedup, self.dedup_threshold, self.shingle)
+    }
+}
+
 /// A loop's teacher: a local model, or an OpenAI-compatible endpoint.
 #[derive(Args, Clone)]
 struct TeacherArgs {
@@ -534,9 +580,34 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             batch_size,
             seed,
             max_tokens,
+            dedup,
+            resume,
+            check_tasks,
+            check_requests,
         } => {
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let dedup = dedup.parse()?;
             let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(4096);
+            if let Some(path) = check_tasks {
+                let tasks = moe::loops::tasks::read_tasks(&path)?;
+                let cfg = moe::loops::alpaca::CheckConfig {
+                    out: dir,
+                    requests: check_requests,
+                    batch_size,
+                    seed,
+                    max_tokens: max_tokens.min(ctx / 2),
+                    dedup,
+                };
+                let summary = moe::loops::alpaca::check_on_tasks(client.as_ref(), &tasks, &cfg)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+                return Ok(());
+            }
+            let Some(seed_tasks) = seed_tasks else {
+                bail!("--seed-tasks is required");
+            };
             let cfg = moe::loops::alpaca::AlpacaConfig {
                 seed_tasks,
                 out: dir,
@@ -544,6 +615,9 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 batch_size,
                 seed,
                 max_tokens: max_tokens.min(ctx / 2),
+                dedup,
+                resume,
+                stop_after_batches: None,
             };
             let summary = moe::loops::alpaca::run(client.as_ref(), &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
@@ -558,11 +632,13 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             batch_size,
             seed,
             max_tokens,
+            dedup,
             resume,
         } => {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
+            let dedup = dedup.parse()?;
             let client = teacher_client(url.as_deref(), &model_name, model)?;
             let ctx = client.capabilities().context_length.unwrap_or(2048);
             let cfg = moe::loops::self_instruct::SelfInstructConfig {
@@ -575,6 +651,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 max_tokens: max_tokens.min(ctx / 2),
                 resume,
                 stop_after_batches: None,
+                dedup,
             };
             let summary = moe::loops::self_instruct::run(client.as_ref(), &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
@@ -593,9 +670,12 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             student,
             beta,
             limit,
+            format,
+            shard_rows,
+            resume,
         } => {
             let started = std::time::SystemTime::now();
-            let t0 = std::time::Instant::now();
+            let format = distill::ShardFormat::parse(&format)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let mut records = distill::read_jsonl(&data)?;
             if let Some(n) = limit {
@@ -616,45 +696,31 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 .iter()
                 .map(|r| distill::tokenise(&teacher_engine, r))
                 .collect::<moe::Result<_>>()?;
-            let shard = dir.join("distill-00000.jsonl");
-            let mut w = std::io::BufWriter::new(std::fs::File::create(&shard)?);
-            let mut tokens = 0usize;
-            let show = std::io::stderr().is_terminal();
-            for (i, s) in seqs.iter().enumerate() {
-                let row = distill::distill_row(client.as_ref(), &s.ids, top_k)
-                    .with_context(|| format!("record {} of {}", i + 1, data.display()))?;
-                tokens += row.input_ids.len();
-                writeln!(w, "{}", serde_json::to_string(&row)?)?;
-                if show {
-                    let el = t0.elapsed().as_secs_f64().max(1e-9);
-                    eprint!(
-                        "\rdistill {}/{}  {:.1} seq/s  {:.0} tok/s ",
-                        i + 1,
-                        seqs.len(),
-                        (i + 1) as f64 / el,
-                        tokens as f64 / el
-                    );
-                }
-            }
-            if show {
-                eprintln!();
-            }
-            w.flush()?;
-            let distill_s = t0.elapsed().as_secs_f64();
+            let cfg = distill::DistillConfig {
+                out: dir.clone(),
+                top_k,
+                format,
+                shard_rows,
+                resume,
+                stop_after_shards: None,
+            };
+            let step = distill::run(client.as_ref(), &seqs, &cfg)?;
             let mut manifest = json!({
                 "loop": "distill", "data": data, "records": seqs.len(), "top_k": top_k,
                 "teacher": client.name(), "teacher_source": teacher_engine.info.source,
                 "started_unix": started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 "version": env!("CARGO_PKG_VERSION"),
-                "distill": {"seconds": distill_s, "tokens": tokens, "prompts_per_s": seqs.len() as f64 / distill_s, "tokens_per_s": tokens as f64 / distill_s, "shards": [shard.file_name().map(|f| f.to_string_lossy().into_owned())]},
+                "distill": step.clone(),
             });
             writeln!(
                 out,
-                "distill: {} sequences, {tokens} tokens, {:.1} prompts/s, {:.0} tokens/s -> {}",
+                "distill: {} sequences, {} tokens, {:.1} prompts/s, {:.0} tokens/s this run -> {} shard files in {}",
                 seqs.len(),
-                seqs.len() as f64 / distill_s,
-                tokens as f64 / distill_s,
-                shard.display()
+                step["tokens"],
+                step["prompts_per_s"].as_f64().unwrap_or(0.0),
+                step["tokens_per_s"].as_f64().unwrap_or(0.0),
+                step["shards"].as_array().map_or(0, |a| a.len()),
+                dir.display()
             )?;
             if eval {
                 let student_name = role_or(student, "student");
@@ -664,6 +730,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 let t1 = std::time::Instant::now();
                 let per = distill::evaluate(&teacher_engine, &student, &seqs, beta)?;
                 let eval_s = t1.elapsed().as_secs_f64();
+                let eval_tokens: usize = seqs.iter().map(|s| s.ids.len()).sum();
                 let mut w =
                     std::io::BufWriter::new(std::fs::File::create(dir.join("divergence.jsonl"))?);
                 for p in &per {
@@ -673,7 +740,8 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 let (all, tasks) = distill::summarise(&per);
                 let summary = json!({"beta": beta, "student": student.info.name, "overall": all,
                     "per_task": tasks.iter().map(|(t, n, d)| json!({"task": t, "positions": n, "divergence": d})).collect::<Vec<_>>(),
-                    "seconds": eval_s, "sequences_per_s": per.len() as f64 / eval_s});
+                    "seconds": eval_s, "sequences_per_s": per.len() as f64 / eval_s,
+                    "tokens": eval_tokens, "tokens_per_s": eval_tokens as f64 / eval_s});
                 std::fs::write(
                     dir.join("divergence-summary.json"),
                     serde_json::to_string_pretty(&summary)?,

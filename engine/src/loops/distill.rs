@@ -15,7 +15,7 @@ use crate::sampling::log_softmax_into;
 use crate::tokenizer::ChatMessage;
 use crate::trace::NoTrace;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One dataset record: text, chat messages, or a question with its answer (scored as a two-turn
 /// chat, the answer as the assistant's turn).
@@ -127,6 +127,222 @@ pub fn distill_row(teacher: &dyn ModelClient, ids: &[u32], top_k: usize) -> Resu
         token_logprobs: lps.iter().map(|l| l.logprob).collect(),
         token_ranks,
     })
+}
+
+/// Which shard files a run writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardFormat {
+    Parquet,
+    Jsonl,
+    Both,
+}
+
+impl ShardFormat {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "parquet" => Ok(ShardFormat::Parquet),
+            "jsonl" => Ok(ShardFormat::Jsonl),
+            "both" => Ok(ShardFormat::Both),
+            other => Err(Error::InvalidRequest(format!(
+                "unknown shard format `{other}`: use `parquet`, `jsonl` or `both`"
+            ))),
+        }
+    }
+    fn extensions(&self) -> &'static [&'static str] {
+        match self {
+            ShardFormat::Parquet => &["parquet"],
+            ShardFormat::Jsonl => &["jsonl"],
+            ShardFormat::Both => &["parquet", "jsonl"],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DistillConfig {
+    /// Run directory: shards, `state.json`, `manifest.json`.
+    pub out: PathBuf,
+    pub top_k: usize,
+    pub format: ShardFormat,
+    /// Rows per shard (DistillKit writes 256).
+    pub shard_rows: usize,
+    /// Continue the run in `out` after its last complete shard.
+    pub resume: bool,
+    /// Stop after writing this many shards in this invocation (a run in slices).
+    pub stop_after_shards: Option<usize>,
+}
+
+/// Progress of a distillation run, saved after every shard. The dataset and options are kept so
+/// a resume against different data or options is refused instead of mixing shards.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct DistillState {
+    records: usize,
+    data_hash: String,
+    top_k: usize,
+    shard_rows: usize,
+    format: ShardFormat,
+    rows_done: usize,
+    shards: Vec<String>,
+    tokens: u64,
+}
+
+/// FNV-1a over every sequence's length and ids: identifies the tokenised dataset.
+fn data_hash(seqs: &[Tokenised]) -> String {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    };
+    for s in seqs {
+        eat(s.ids.len() as u64);
+        for &id in &s.ids {
+            eat(id as u64);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn is_shard_file(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("distill-") else {
+        return false;
+    };
+    let stem = rest
+        .strip_suffix(".parquet")
+        .or_else(|| rest.strip_suffix(".jsonl"))
+        .or_else(|| rest.strip_suffix(".tmp"));
+    stem.is_some_and(|s| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Scores `seqs` with the teacher and writes shards of `shard_rows` rows as the run proceeds;
+/// returns this invocation's summary (shards, tokens, rates). A resumed run redoes only the rows
+/// after the last complete shard, and teacher forcing is deterministic, so its shards are
+/// byte-identical to an uninterrupted run's.
+pub fn run(
+    teacher: &dyn ModelClient,
+    seqs: &[Tokenised],
+    cfg: &DistillConfig,
+) -> Result<serde_json::Value> {
+    if cfg.shard_rows == 0 {
+        return Err(Error::InvalidRequest(
+            "--shard-rows must be at least 1".into(),
+        ));
+    }
+    if cfg.top_k == 0 {
+        return Err(Error::InvalidRequest("--top-k must be at least 1".into()));
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let state_path = cfg.out.join("state.json");
+    let fresh = DistillState {
+        records: seqs.len(),
+        data_hash: data_hash(seqs),
+        top_k: cfg.top_k,
+        shard_rows: cfg.shard_rows,
+        format: cfg.format,
+        rows_done: 0,
+        shards: vec![],
+        tokens: 0,
+    };
+    let mut state = if cfg.resume && state_path.exists() {
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let saved: DistillState = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: state_path.clone(),
+            message: e.to_string(),
+        })?;
+        let mismatch = [
+            (
+                "records",
+                saved.records.to_string(),
+                fresh.records.to_string(),
+            ),
+            (
+                "data (token hash)",
+                saved.data_hash.clone(),
+                fresh.data_hash.clone(),
+            ),
+            ("--top-k", saved.top_k.to_string(), fresh.top_k.to_string()),
+            (
+                "--shard-rows",
+                saved.shard_rows.to_string(),
+                fresh.shard_rows.to_string(),
+            ),
+            (
+                "--format",
+                format!("{:?}", saved.format).to_lowercase(),
+                format!("{:?}", fresh.format).to_lowercase(),
+            ),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| a != b);
+        if let Some((what, a, b)) = mismatch {
+            return Err(Error::InvalidRequest(format!(
+                "cannot resume {}: it was started with {what} {a}, this run has {b}",
+                cfg.out.display()
+            )));
+        }
+        saved
+    } else {
+        // A fresh run: shards of an earlier run in this directory must not mix with ours.
+        let entries = std::fs::read_dir(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+        for entry in entries.flatten() {
+            if is_shard_file(&entry.file_name().to_string_lossy()) {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        fresh
+    };
+    let resumed_from = state.rows_done;
+    let progress = super::progress::Progress::new(
+        "distill",
+        seqs.len() as u64,
+        state.rows_done as u64,
+        "prompts",
+    );
+    let mut written_now = 0;
+    let mut paused = false;
+    while state.rows_done < seqs.len() {
+        if cfg.stop_after_shards.is_some_and(|n| written_now >= n) {
+            paused = true;
+            break;
+        }
+        let end = (state.rows_done + cfg.shard_rows).min(seqs.len());
+        let mut rows = Vec::with_capacity(end - state.rows_done);
+        for (i, s) in seqs[state.rows_done..end].iter().enumerate() {
+            let row = distill_row(teacher, &s.ids, cfg.top_k).map_err(|e| {
+                Error::InvalidRequest(format!("record {}: {e}", state.rows_done + i + 1))
+            })?;
+            progress.inc(1, row.input_ids.len() as u64);
+            state.tokens += row.input_ids.len() as u64;
+            rows.push(row);
+        }
+        let index = state.rows_done / cfg.shard_rows;
+        for ext in cfg.format.extensions() {
+            let name = format!("distill-{index:05}.{ext}");
+            let path = cfg.out.join(&name);
+            if *ext == "parquet" {
+                super::shards::write_parquet(&path, &rows)?;
+            } else {
+                super::shards::write_jsonl(&path, &rows)?;
+            }
+            state.shards.push(name);
+        }
+        state.rows_done = end;
+        written_now += 1;
+        std::fs::write(
+            &state_path,
+            serde_json::to_string_pretty(&state).unwrap_or_default(),
+        )
+        .map_err(|e| Error::io(&state_path, e))?;
+    }
+    let rate = progress.finish((state.rows_done - resumed_from) as u64);
+    Ok(serde_json::json!({
+        "records": seqs.len(), "top_k": cfg.top_k, "format": cfg.format, "shard_rows": cfg.shard_rows,
+        "shards": state.shards, "rows_done": state.rows_done, "tokens": state.tokens,
+        "resumed_from_row": resumed_from, "paused": paused, "data_hash": state.data_hash,
+        "step": rate, "prompts_per_s": rate.items_per_sec(), "tokens_per_s": rate.tokens_per_sec(),
+    }))
 }
 
 /// Divergences of two next-token distributions given as logits (full vocabulary, f64 sums).
@@ -262,7 +478,9 @@ pub fn evaluate(
             .expect("one"))
     };
     let (mut lt, mut ls) = (vec![0f32; v], vec![0f32; v]);
-    data.iter()
+    let progress = super::progress::Progress::new("distill eval", data.len() as u64, 0, "prompts");
+    let out = data
+        .iter()
         .map(|d| {
             let (t, s) = (logits(teacher, &d.ids)?, logits(student, &d.ids)?);
             let first = d.completion_start.saturating_sub(1);
@@ -276,6 +494,8 @@ pub fn evaluate(
                 per.push(dv);
             }
             let n = per.len();
+            // Both models read every token of the sequence.
+            progress.inc(1, d.ids.len() as u64);
             Ok(SequenceDivergence {
                 task: d.task.clone(),
                 positions: n,
@@ -283,7 +503,9 @@ pub fn evaluate(
                 per_position: per,
             })
         })
-        .collect()
+        .collect();
+    progress.finish(data.len() as u64);
+    out
 }
 
 /// Position-weighted means: overall and per task.

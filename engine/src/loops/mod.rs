@@ -5,11 +5,14 @@
 pub mod active;
 pub mod alpaca;
 pub mod client;
+pub mod dedup;
 pub mod distill;
 pub mod learner;
+pub mod minhash;
 pub mod progress;
 pub mod rouge;
 pub mod self_instruct;
+pub mod shards;
 pub mod social;
 pub mod tasks;
 pub mod teach;

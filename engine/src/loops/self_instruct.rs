@@ -21,7 +21,8 @@
 //! `machine_generated_instances.jsonl` and `alpaca_data.json`.
 
 use super::client::ModelClient;
-use super::rouge::RougePool;
+use super::dedup::{Dedup, NearDupPool};
+use super::progress::{Progress, StepRate};
 use crate::error::{Error, Result};
 use crate::generate::{FinishReason, GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -57,6 +58,8 @@ pub struct SelfInstructConfig {
     /// Stop step 1 after this many batches in this invocation (a run in slices; `--resume`
     /// continues it).
     pub stop_after_batches: Option<usize>,
+    /// Near-duplicate filter of step 1 (ROUGE-L > 0.7, as the anchor, by default).
+    pub dedup: Dedup,
 }
 
 /// SplitMix64: one u64 of state, persisted between batches.
@@ -311,6 +314,9 @@ pub struct RunState {
     pub rng: Option<LoopRng>,
     pub rejected: std::collections::BTreeMap<String, usize>,
     pub generated_tokens: usize,
+    /// The filter the run was started with (a resume with another is refused).
+    #[serde(default)]
+    pub dedup: Option<Dedup>,
 }
 
 fn append(path: &Path, v: &Value) -> Result<()> {
@@ -350,6 +356,12 @@ pub fn read_seed_tasks(path: &Path) -> Result<Vec<SeedTask>> {
         .collect()
 }
 
+/// A step's throughput in this invocation, for the manifest.
+fn rate_json(r: &StepRate) -> Value {
+    json!({"prompts": r.items, "tokens": r.tokens, "seconds": r.seconds,
+        "prompts_per_s": r.items_per_sec(), "tokens_per_s": r.tokens_per_sec()})
+}
+
 /// Runs (or resumes) all four steps; returns the run's summary.
 pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -378,8 +390,19 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
             let path = cfg.out.join(f);
             std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
         }
-        RunState::default()
+        RunState {
+            dedup: Some(cfg.dedup),
+            ..RunState::default()
+        }
     };
+    if state.dedup.is_some_and(|d| d != cfg.dedup) {
+        return Err(Error::InvalidRequest(format!(
+            "cannot resume {}: it was started with the near-duplicate filter {:?}, this run has {:?}",
+            cfg.out.display(),
+            state.dedup,
+            cfg.dedup
+        )));
+    }
     let mut rng = state.rng.unwrap_or(LoopRng(cfg.seed));
     // Keep only what the saved state vouches for (a batch cut off mid-write is redone).
     let mut machine: Vec<String> = read_lines(&machine_path)?
@@ -392,7 +415,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
             "the run directory lost accepted instructions; start again without --resume".into(),
         ));
     }
-    let mut pool = RougePool::new();
+    let mut pool = NearDupPool::new(&cfg.dedup);
     let mut all: Vec<String> = vec![];
     for s in seeds.iter().map(|s| &s.instruction).chain(&machine) {
         pool.add(s);
@@ -409,8 +432,16 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
     let seed_texts: Vec<String> = seeds.iter().map(|s| s.instruction.clone()).collect();
     let max_requests = cfg.num_instructions.saturating_mul(20).max(50);
     let mut batches = 0;
+    let (requests_at_start, accepted_at_start) = (state.request_idx, machine.len());
+    let progress = Progress::new(
+        "self-instruct: instructions",
+        cfg.num_instructions as u64,
+        machine.len() as u64,
+        "instructions",
+    );
     while machine.len() < cfg.num_instructions && state.request_idx < max_requests {
         if cfg.stop_after_batches.is_some_and(|n| batches >= n) {
+            progress.finish((machine.len() - accepted_at_start) as u64);
             return Ok(
                 json!({"loop": "self-instruct", "paused_after_batches": batches, "accepted_instructions": machine.len()}),
             );
@@ -436,6 +467,10 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
             ));
         }
         let results = model.generate(&requests)?;
+        let (accepted_before, batch_tokens) = (
+            machine.len(),
+            results.iter().map(|c| c.token_ids.len()).sum::<usize>(),
+        );
         for (b, c) in results.iter().enumerate() {
             state.generated_tokens += c.token_ids.len();
             if c.finish_reason == FinishReason::Length {
@@ -450,20 +485,17 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
                     *state.rejected.entry(why.into()).or_default() += 1;
                     continue;
                 }
-                let scores = pool.scores(&inst);
-                let max = scores.iter().cloned().fold(0.0, f64::max);
-                if max > 0.7 {
-                    *state.rejected.entry("rouge".into()).or_default() += 1;
+                let sim = pool.similarity(&inst);
+                if pool.is_duplicate(&sim) {
+                    *state.rejected.entry("near_duplicate".into()).or_default() += 1;
                     continue;
                 }
-                let mut order: Vec<usize> = (0..scores.len()).collect();
-                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-                let most_similar: serde_json::Map<String, Value> = order
+                let most_similar: serde_json::Map<String, Value> = sim
+                    .top
                     .iter()
-                    .take(10)
-                    .map(|&i| (all[i].clone(), json!(scores[i])))
+                    .map(|&(i, score)| (all[i].clone(), json!(score)))
                     .collect();
-                let avg = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+                let avg = sim.mean;
                 append(
                     &machine_path,
                     &json!({"instruction": inst, "most_similar": most_similar, "avg_similarity_score": avg, "request_idx": state.request_idx + b}),
@@ -481,6 +513,10 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         }
         state.request_idx += cfg.batch_size;
         state.accepted = machine.len();
+        progress.inc(
+            (machine.len() - accepted_before) as u64,
+            batch_tokens as u64,
+        );
         state.rng = Some(rng);
         std::fs::write(
             &state_path,
@@ -489,6 +525,11 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         .map_err(|e| Error::io(&state_path, e))?;
     }
 
+    let accepted_rate = progress.finish((machine.len() - accepted_at_start) as u64);
+    let instructions_rate = StepRate {
+        items: (state.request_idx - requests_at_start) as u64,
+        ..accepted_rate
+    };
     // Step 2: classification identification (greedy, 3 tokens).
     let greedy = |max_tokens: usize, stop: Vec<String>, presence: f32| SamplingParams {
         max_tokens,
@@ -508,11 +549,20 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
     let mut clf = vec![];
     let clf_path = cfg.out.join("is_classification.jsonl");
     std::fs::write(&clf_path, "").map_err(|e| Error::io(&clf_path, e))?;
+    let progress = Progress::new(
+        "self-instruct: classification",
+        machine.len() as u64,
+        0,
+        "prompts",
+    );
     for (chunk, insts) in clf_reqs
         .chunks(cfg.batch_size.max(1))
         .zip(machine.chunks(cfg.batch_size.max(1)))
     {
-        for (c, inst) in model.generate(chunk)?.into_iter().zip(insts) {
+        let results = model.generate(chunk)?;
+        let tokens = results.iter().map(|c| c.token_ids.len()).sum::<usize>();
+        progress.inc(results.len() as u64, tokens as u64);
+        for (c, inst) in results.into_iter().zip(insts) {
             let yes = matches!(c.text.trim(), "Yes" | "yes" | "YES");
             append(
                 &clf_path,
@@ -521,11 +571,13 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
             clf.push(yes);
         }
     }
+    let clf_rate = progress.finish(machine.len() as u64);
     // Step 3: instances.
     let inst_path = cfg.out.join("machine_generated_instances.jsonl");
     std::fs::write(&inst_path, "").map_err(|e| Error::io(&inst_path, e))?;
     let mut raw = vec![];
     let tasks: Vec<(&String, bool)> = machine.iter().zip(clf.iter().copied()).collect();
+    let progress = Progress::new("self-instruct: instances", tasks.len() as u64, 0, "prompts");
     for chunk in tasks.chunks(cfg.batch_size.max(1)) {
         let reqs: Vec<GenerateRequest> = chunk
             .iter()
@@ -537,7 +589,10 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
                 )
             })
             .collect();
-        for ((m, is_clf), c) in chunk.iter().zip(model.generate(&reqs)?) {
+        let results = model.generate(&reqs)?;
+        let tokens = results.iter().map(|c| c.token_ids.len()).sum::<usize>();
+        progress.inc(results.len() as u64, tokens as u64);
+        for ((m, is_clf), c) in chunk.iter().zip(results) {
             append(
                 &inst_path,
                 &json!({"instruction": m, "is_classification": is_clf, "raw_instances": c.text, "finish_reason": c.finish_reason.as_str()}),
@@ -545,6 +600,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
             raw.push(((*m).clone(), *is_clf, c));
         }
     }
+    let instances_rate = progress.finish(tasks.len() as u64);
     // Step 4: final filtering into the Alpaca format.
     let mut alpaca = vec![];
     let mut dropped_tasks = 0;
@@ -572,8 +628,14 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         "loop": "self-instruct", "model": model.name(), "seed": cfg.seed, "seed_tasks": seeds.len(),
         "requests": state.request_idx, "accepted_instructions": machine.len(), "rejected": state.rejected,
         "classification_tasks": clf.iter().filter(|&&c| c).count(), "instances": alpaca.len(), "tasks_dropped_for_conflicts": dropped_tasks,
-        "generated_tokens": state.generated_tokens, "seconds": secs,
-        "prompts_per_s": state.request_idx as f64 / secs, "version": env!("CARGO_PKG_VERSION"),
+        "generated_tokens": state.generated_tokens, "seconds": secs, "dedup": cfg.dedup,
+        "resumed_from_request": requests_at_start,
+        "steps": {
+            "instructions": rate_json(&instructions_rate),
+            "classification": rate_json(&clf_rate),
+            "instances": rate_json(&instances_rate),
+        },
+        "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &summary)?;
     Ok(summary)
