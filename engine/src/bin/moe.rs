@@ -426,9 +426,18 @@ struct LoopModels {
     #[command(flatten)]
     teacher: TeacherArgs,
     /// Student, in process: directory or preset (default: the `student` role, else the
-    /// embedded model).
+    /// embedded model). With --student-url, the local copy whose tokenizer and chat template
+    /// build the student's prompts.
     #[arg(long)]
     student: Option<String>,
+    /// Student behind an OpenAI-compatible endpoint instead (`http://host:port/v1`); it must
+    /// return token ids (`return_tokens_as_token_ids`) and echoed prompt logprobs, as `moe
+    /// serve` does. Not with the `gate` strategy (router logits are not served).
+    #[arg(long)]
+    student_url: Option<String>,
+    /// Model name at --student-url.
+    #[arg(long, default_value = "student")]
+    student_model: String,
     /// How in-context examples reach the student: `turns` (earlier chat turns) or `inline`
     /// (lines inside the one user turn).
     #[arg(long, default_value = "turns")]
@@ -476,11 +485,14 @@ impl TaskSource {
 }
 
 impl LoopModels {
+    /// The teacher's client, the student's local model (in process, or the tokenizer's source
+    /// for a remote student) and the remote student's client.
     fn open(
         &self,
     ) -> Result<(
         Box<dyn moe::loops::client::ModelClient>,
         std::sync::Arc<Engine<CpuBackend>>,
+        Option<moe::loops::client::HttpClient>,
     )> {
         let teacher = teacher_client(
             self.teacher.teacher_url.as_deref(),
@@ -490,7 +502,12 @@ impl LoopModels {
         let student = std::sync::Arc::new(load(&ModelArg {
             model: role_or(self.student.clone(), "student"),
         })?);
-        Ok((teacher, student))
+        let remote = self
+            .student_url
+            .as_deref()
+            .map(|u| moe::loops::client::HttpClient::new(u, &self.student_model))
+            .transpose()?;
+        Ok((teacher, student, remote))
     }
 }
 
@@ -733,7 +750,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     source.load(heldout_size, seed ^ 0x4E1D)?,
                 ),
             };
-            let (teacher, student) = models.open()?;
+            let (teacher, student, remote) = models.open()?;
+            let student = match &remote {
+                Some(c) => moe::loops::learner::Student::remote(&student, c),
+                None => moe::loops::learner::Student::local(&student),
+            };
             let committee_engines: Vec<Engine<CpuBackend>> = committee_model
                 .into_iter()
                 .map(|m| load(&ModelArg { model: Some(m) }))
@@ -799,7 +820,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     source.load(heldout_size, seed ^ 0x4E1D)?,
                 ),
             };
-            let (teacher, student) = models.open()?;
+            let (teacher, student, remote) = models.open()?;
+            let student = match &remote {
+                Some(c) => moe::loops::learner::Student::remote(&student, c),
+                None => moe::loops::learner::Student::local(&student),
+            };
             let cfg = moe::loops::teach::TeachConfig {
                 out: dir,
                 pool,
@@ -867,7 +892,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     },
                 )
             };
-            let (teacher, student) = models.open()?;
+            let (teacher, student, remote) = models.open()?;
+            let student = match &remote {
+                Some(c) => moe::loops::learner::Student::remote(&student, c),
+                None => moe::loops::learner::Student::local(&student),
+            };
             let cfg = moe::loops::social::SocialConfig {
                 out: dir,
                 data,

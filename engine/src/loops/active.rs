@@ -24,6 +24,7 @@
 use super::client::ModelClient;
 use super::learner::{
     self, entropy, gate_entropy, label_probs, messages, messages_in, ContextFormat, PrefillStats,
+    Student,
 };
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
@@ -120,7 +121,7 @@ fn shots_for(labelled: &[(Task, String)], topic: &str, k: usize) -> Vec<(String,
 
 /// The student's greedy answers to `tasks`, grouped by topic so each group shares its examples.
 fn answer_all(
-    student: &Engine,
+    student: &Student,
     tasks: &[Task],
     labelled: &[(Task, String)],
     shots: usize,
@@ -149,7 +150,7 @@ fn answer_all(
 
 /// Accuracy of the student on `heldout` with the labelled pool in context.
 fn evaluate(
-    student: &Engine,
+    student: &Student,
     cfg: &ActiveConfig,
     labelled: &[(Task, String)],
     stats: &mut PrefillStats,
@@ -177,7 +178,7 @@ fn evaluate(
 #[allow(clippy::too_many_arguments)]
 fn uncertainty(
     strategy: &str,
-    student: &Engine,
+    student: &Student,
     committee_models: &[&Engine],
     cfg: &ActiveConfig,
     items: &[Task],
@@ -186,9 +187,16 @@ fn uncertainty(
     stats: &mut PrefillStats,
 ) -> Result<Vec<f64>> {
     let needs_answers = matches!(strategy, "least_confidence" | "margin" | "entropy" | "nll");
+    // Open answers' entropy needs the whole next-token distribution (asked of a remote student
+    // only here: it is the vocabulary's logprobs at every step).
+    let with_entropy = student.with_entropy();
     let answers = if needs_answers {
         answer_all(
-            student,
+            if strategy == "entropy" {
+                &with_entropy
+            } else {
+                student
+            },
             items,
             labelled,
             cfg.shots,
@@ -233,14 +241,14 @@ fn uncertainty(
         "nll" => out.extend(answers.iter().map(|a| a.nll)),
         "committee" => {
             let mut votes: Vec<Vec<String>> = vec![vec![]; items.len()];
-            let mut members: Vec<(&Engine, Option<u64>)> = vec![(student, None)];
+            let mut members: Vec<(Student, Option<u64>)> = vec![(*student, None)];
             for m in 0..cfg.committee {
-                members.push((student, Some(m as u64 + 1)));
+                members.push((*student, Some(m as u64 + 1)));
             }
             for e in committee_models {
-                members.push((e, None));
+                members.push((Student::local(e), None));
             }
-            for (engine, sample_seed) in members {
+            for (member, sample_seed) in members {
                 let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
                 for (i, t) in items.iter().enumerate() {
                     groups.entry(t.topic()).or_default().push(i);
@@ -266,7 +274,7 @@ fn uncertainty(
                     let ids: Vec<Vec<u32>> = idx
                         .iter()
                         .map(|&i| {
-                            engine.tokenizer.encode_chat(
+                            member.tokenizer().encode_chat(
                                 &messages_in(cfg.context, &sh, None, &items[i].question),
                                 true,
                             )
@@ -281,7 +289,7 @@ fn uncertainty(
                             ..params.clone()
                         })
                         .collect();
-                    let ans = learner::generate_shared(engine, &ids, &ps, true, stats)?;
+                    let ans = learner::generate_shared(&member, &ids, &ps, true, stats)?;
                     for (i, a) in idx.into_iter().zip(ans) {
                         votes[i].push(answer_key(&items[i], &a.text));
                     }
@@ -292,7 +300,7 @@ fn uncertainty(
         "gate" => {
             for t in items {
                 let m = messages(&[], None, &t.question);
-                let ids = student.tokenizer.encode_chat(&m, true)?;
+                let ids = student.tokenizer().encode_chat(&m, true)?;
                 // The template's opening tokens are the same for every question: skip `<s>`.
                 out.push(gate_entropy(student, &ids, 1)?);
             }
@@ -340,7 +348,7 @@ pub fn teacher_labels(
 
 pub fn run(
     teacher: &dyn ModelClient,
-    student: &Engine,
+    student: &Student,
     committee_models: &[&Engine],
     cfg: &ActiveConfig,
 ) -> Result<Value> {
@@ -356,6 +364,10 @@ pub fn run(
                 "unknown strategy `{s}` (known: {})",
                 STRATEGIES.join(", ")
             )));
+        }
+        // Refused before any work, rather than after the strategies before it.
+        if let (Some(client), "gate") = (student.remote, s.as_str()) {
+            return Err(learner::gate_unavailable(client));
         }
     }
     let t0 = std::time::Instant::now();
@@ -523,7 +535,7 @@ pub fn run(
     }
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
-        "loop": "active", "teacher": teacher.name(), "student": student.info.name,
+        "loop": "active", "teacher": teacher.name(), "student": student.name(),
         "committee_models": committee_models.iter().map(|e| e.info.name.clone()).collect::<Vec<_>>(),
         "seed": cfg.seed, "pool": cfg.pool.len(), "heldout": cfg.heldout.len(), "rounds": cfg.rounds,
         "batch": cfg.batch, "shots": cfg.shots, "committee": cfg.committee, "max_tokens": cfg.max_tokens, "context": format!("{:?}", cfg.context).to_lowercase(),"strategies": summary, "teacher_labels_requested": teacher_calls,

@@ -31,10 +31,9 @@
 //! `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillStats};
+use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillStats, Student};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -118,7 +117,7 @@ impl Shared {
 }
 
 /// The private examples as chat turns, then an opened user turn the teacher continues.
-fn generation_prompt(student: &Engine, examples: &[Task]) -> Result<Vec<u32>> {
+fn generation_prompt(student: &Student, examples: &[Task]) -> Result<Vec<u32>> {
     let m: Vec<ChatMessage> = examples
         .iter()
         .flat_map(|t| {
@@ -128,24 +127,25 @@ fn generation_prompt(student: &Engine, examples: &[Task]) -> Result<Vec<u32>> {
             ]
         })
         .collect();
-    let text = student.tokenizer.apply_chat_template(&m, false)? + "[INST]";
-    student.tokenizer.encode(&text, false)
+    let text = student.tokenizer().apply_chat_template(&m, false)? + "[INST]";
+    student.tokenizer().encode(&text, false)
 }
 
 /// Chat text without the leading beginning-of-sequence (the client adds its own).
-fn chat_text(student: &Engine, m: &[ChatMessage]) -> Result<String> {
-    let t = student.tokenizer.apply_chat_template(m, false)?;
-    let bos = student.tokenizer.bos_token().unwrap_or("");
+fn chat_text(student: &Student, m: &[ChatMessage]) -> Result<String> {
+    let t = student.tokenizer().apply_chat_template(m, false)?;
+    let bos = student.tokenizer().bos_token().unwrap_or("");
     Ok(t.strip_prefix(bos).unwrap_or(&t).to_string())
 }
 
 /// The voting aggregator: every teacher scores every candidate as a continuation of its own
 /// private examples and votes for its `n` best; the `n` candidates with the most votes win (ties
-/// in pool order). Scores are total log-likelihoods, not per token: clients may count a few
-/// prompt tokens into every continuation, an offset that must not reorder the candidates.
+/// in pool order). Scores are total log-likelihoods, not per token: a token merged across the
+/// prompt/candidate boundary is counted into every candidate, an offset that must not reorder
+/// them.
 pub fn vote_candidates(
     teacher: &dyn ModelClient,
-    student: &Engine,
+    student: &Student,
     private: &[Vec<Task>],
     pool: &[(String, String)],
     n_gen: usize,
@@ -230,7 +230,7 @@ fn majority(keys: &[String]) -> String {
     best.map(|(k, _)| k.clone()).unwrap_or_default()
 }
 
-pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> Result<Value> {
+pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &SocialConfig) -> Result<Value> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let m = cfg.teachers.max(1);
     let k = cfg.private_per_teacher.max(1);
@@ -588,7 +588,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
     }
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
-        "loop": "social", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
+        "loop": "social", "teacher": teacher.name(), "student": student.name(), "seed": cfg.seed,
         "teachers": m, "private_per_teacher": k, "shared": cfg.shared, "n_gen": cfg.n_gen, "samples": cfg.samples,
         "keep": cfg.keep, "temperature": cfg.temperature, "context": format!("{:?}", cfg.context).to_lowercase(),"test": cfg.test.len(),
         "canaries": canaries.iter().map(|c| json!({"question": c.question, "secret": c.answer})).collect::<Vec<_>>(),

@@ -22,10 +22,9 @@
 //! the problems already there), `rounds.jsonl`, `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, messages_in, ContextFormat, PrefillStats};
+use super::learner::{self, messages_in, ContextFormat, PrefillStats, Student};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -136,7 +135,7 @@ fn teacher_samples(
 /// The student's exam with `demo` as its single in-context example: correct answers out of
 /// `exam.len() × repeats`, and each answer.
 pub fn exam_score(
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     demo: Option<(&str, &str)>,
     exam: &[Task],
@@ -175,20 +174,20 @@ pub fn exam_score(
 /// An exam prompt: the example, the question, and the assistant's turn opened (with the prefill
 /// when there is one).
 fn exam_ids(
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     shots: &[(String, String)],
     question: &str,
 ) -> Result<Vec<u32>> {
     let mut m = messages_in(cfg.context, shots, None, &cfg.style.question(question));
     let Some(prefill) = cfg.prefill.as_deref() else {
-        return student.tokenizer.encode_chat(&m, true);
+        return student.tokenizer().encode_chat(&m, true);
     };
     // Rendered as a finished assistant turn, then its end-of-turn dropped, so the prefill is
     // tokenised exactly as the template writes it.
     m.push(ChatMessage::assistant(prefill.to_string()));
-    let mut ids = student.tokenizer.encode_chat(&m, false)?;
-    while ids.last().is_some_and(|t| student.eos_ids.contains(t)) {
+    let mut ids = student.tokenizer().encode_chat(&m, false)?;
+    while ids.last().is_some_and(|t| student.eos_ids().contains(t)) {
         ids.pop();
     }
     Ok(ids)
@@ -270,7 +269,7 @@ fn plan(cfg: &TeachConfig) -> (Vec<usize>, Vec<Vec<usize>>) {
     (teach, exams)
 }
 
-pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Result<Value> {
+pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> Result<Value> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if cfg.pool.is_empty() || cfg.rationales == 0 {
         return Err(Error::InvalidRequest(
@@ -404,7 +403,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
     };
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
-        "loop": "teach", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
+        "loop": "teach", "teacher": teacher.name(), "student": student.name(), "seed": cfg.seed,
         "style": format!("{:?}", cfg.style).to_lowercase(), "context": format!("{:?}", cfg.context).to_lowercase(), "prefill": cfg.prefill,"teach_problems": done.len(), "rationales": cfg.rationales,
         "exam_problems": cfg.exam_problems, "repeats": cfg.repeats, "teacher_temperature": cfg.teacher_temperature,
         "teacher_top_k": cfg.teacher_top_k, "exam_temperature": cfg.exam_temperature, "max_tokens": cfg.max_tokens,
@@ -433,7 +432,7 @@ fn mean_score(pairs: &[(String, usize, bool)], correct: bool) -> Option<f64> {
 
 /// The student's held-out answers with one example per topic in context.
 fn heldout_exam(
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     material: &BTreeMap<String, (String, String, usize)>,
     stats: &mut PrefillStats,
@@ -475,7 +474,7 @@ fn heldout_exam(
 
 fn adaptive_rounds(
     teacher: &dyn ModelClient,
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     used: &[usize],
     stats: &mut PrefillStats,
