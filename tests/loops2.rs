@@ -485,6 +485,8 @@ fn social_cfg(out: PathBuf) -> social::SocialConfig {
         max_tokens: 16,
         seed: 11,
         context: Default::default(),
+        resume: false,
+        stop_after_steps: None,
     }
 }
 
@@ -530,7 +532,78 @@ fn social_loop_runs_and_is_deterministic() {
             ..social_cfg(tmp("social3"))
         }
     )
-    .is_err());
+    .is_err()); // Stopped after each of several steps (teachers' sharing, the voted picks, a mode, a vote)
+                // and resumed, a run writes the files of an uninterrupted one.
+    let steps = |d: &Path| read(&d.join("state.jsonl")).lines().count() - 1;
+    let total = steps(&d1);
+    assert_eq!(
+        total,
+        2 * 3 + 3 + 8 + 2,
+        "teachers, instruction, voted picks, modes, votes"
+    );
+    let d4 = tmp("social4");
+    let mut slices = 0;
+    loop {
+        let v = social::run(
+            &teacher,
+            &Student::local(&e),
+            &social::SocialConfig {
+                resume: true,
+                stop_after_steps: Some(4),
+                ..social_cfg(d4.clone())
+            },
+        )
+        .unwrap();
+        slices += 1;
+        if v["complete"] == false {
+            assert_eq!(steps(&d4), (4 * slices).min(total));
+            assert!(!d4.join("manifest.json").exists());
+            continue;
+        }
+        break;
+    }
+    assert_eq!(slices, total.div_ceil(4) + usize::from(total % 4 == 0));
+    for f in ["shared.jsonl", "state.jsonl"] {
+        assert_eq!(read(&d1.join(f)), read(&d4.join(f)), "{f}");
+    }
+    // Both manifests read back the same way (parsing may move a float's last digit).
+    let manifest = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&read(&d.join("manifest.json"))).unwrap()
+    };
+    let (m1, m4) = (manifest(&d1), manifest(&d4));
+    assert_eq!(m4["modes"], m1["modes"]);
+    assert_eq!(m4["resumed_steps"], 4 * (slices - 1));
+    assert_eq!(m4["instruction"], m1["instruction"]);
+    assert_eq!(m4["synthetic_candidates"], m1["synthetic_candidates"]);
+    // A torn last line (a killed run) is redone; other settings are refused.
+    let state = read(&d4.join("state.jsonl"));
+    let cut = state.trim_end().rfind('\n').unwrap() + 20;
+    std::fs::write(d4.join("state.jsonl"), &state[..cut]).unwrap();
+    social::run(
+        &teacher,
+        &Student::local(&e),
+        &social::SocialConfig {
+            resume: true,
+            ..social_cfg(d4.clone())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        read(&d1.join("shared.jsonl")),
+        read(&d4.join("shared.jsonl"))
+    );
+    assert_eq!(read(&d1.join("state.jsonl")), read(&d4.join("state.jsonl")));
+    let err = social::run(
+        &teacher,
+        &Student::local(&e),
+        &social::SocialConfig {
+            resume: true,
+            seed: 12,
+            ..social_cfg(d4.clone())
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
 }
 
 /// Relative error `|a − b| / max(|a|, |b|)` (0 when both are 0).

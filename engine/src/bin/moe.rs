@@ -403,6 +403,9 @@ enum LoopCommand {
         max_tokens: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Continue an interrupted run in --out (the steps in its state.jsonl are kept).
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -865,6 +868,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             canaries,
             max_tokens,
             seed,
+            resume,
         } => {
             let need = teachers * private + canaries.max(1);
             let n_fresh = teachers * shared.max(1);
@@ -914,6 +918,8 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 max_tokens,
                 seed,
                 context: moe::loops::learner::ContextFormat::parse(&models.context)?,
+                resume,
+                stop_after_steps: None,
             };
             let summary = moe::loops::social::run(teacher.as_ref(), &student, &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
