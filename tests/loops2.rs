@@ -302,6 +302,10 @@ fn active_loop_runs_and_is_deterministic() {
         assert_eq!(read(&d1.join(f)), read(&d3.join(f)), "{f}");
     }
     assert_eq!(m["strategies"], m3["strategies"]);
+    // Each step's rate counts what this invocation ran: 7 × 2 rounds, then the 5 × 2 resumed.
+    assert_eq!(m["steps"]["rounds"]["items"], 14);
+    assert_eq!(m3["steps"]["rounds"]["items"], 10);
+    assert!(m["steps"]["rounds"]["tokens"].as_u64().unwrap() > 0);
     // Different strategies ask for different items.
     let q = read(&d1.join("queries.jsonl"));
     let asked = |s: &str| -> Vec<u64> {
@@ -411,6 +415,9 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
         let a = m["selection_accuracy"][rule].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a));
     }
+    assert_eq!(m["steps"]["problems"]["items"], 3);
+    assert_eq!(m["steps"]["adaptive"]["items"], 2);
+    assert!(m["steps"]["problems"]["seconds"].as_f64().unwrap() > 0.0);
     let pc = &m["prefix_cache"]["student"];
     assert!(pc["saved_tokens"].as_u64().unwrap() > 0, "{pc}");
     // Without the cache: the same answers, every prompt token prefilled.
@@ -502,6 +509,8 @@ fn social_loop_runs_and_is_deterministic() {
         read(&d2.join("shared.jsonl"))
     );
     assert_eq!(m1["modes"], m2["modes"]);
+    assert_eq!(m1["steps"]["teachers"]["items"], 2 * 3 + 3);
+    assert_eq!(m1["steps"]["student"]["items"], 8 + 2);
     for mode in [
         "none",
         "private",

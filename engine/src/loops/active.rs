@@ -26,6 +26,7 @@ use super::learner::{
     self, entropy, gate_entropy, label_probs, messages, messages_in, ContextFormat, PrefillStats,
     Student,
 };
+use super::progress::Progress;
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
 use crate::engine::Engine;
@@ -429,7 +430,19 @@ pub fn run(
     let (_, zero_shot) = evaluate(student, cfg, &[], &mut stats)?;
     let mut summary: BTreeMap<String, Value> = BTreeMap::new();
     let total_rounds = cfg.strategies.len() * cfg.rounds;
-    let mut done_rounds = 0;
+    let resumed_rounds = cfg
+        .strategies
+        .iter()
+        .filter(|s| finished.contains(s))
+        .count()
+        * cfg.rounds;
+    let progress = Progress::new(
+        "active: rounds",
+        total_rounds as u64,
+        resumed_rounds as u64,
+        "rounds",
+    );
+    let mut rounds_run = 0u64;
     for strategy in &cfg.strategies {
         if finished.contains(strategy) {
             let curve: Vec<Value> = kept_curves
@@ -448,7 +461,6 @@ pub fn run(
                 strategy.clone(),
                 json!({"curve": curve, "teacher_label_accuracy": right as f64 / qs.len().max(1) as f64}),
             );
-            done_rounds += cfg.rounds;
             continue;
         }
         let mut labelled: Vec<(Task, String)> = vec![];
@@ -461,6 +473,7 @@ pub fn run(
             if remaining.is_empty() {
                 break;
             }
+            let generated_before = stats.generated_tokens;
             let items: Vec<Task> = remaining.iter().map(|&i| cfg.pool[i].clone()).collect();
             let scores = uncertainty(
                 strategy,
@@ -510,14 +523,8 @@ pub fn run(
             let line = json!({"strategy": strategy, "round": round, "labels": labelled.len(), "accuracy": acc});
             writeln!(curves, "{line}").map_err(|e| Error::io(&curves_path, e))?;
             curve.push(json!({"labels": labelled.len(), "accuracy": acc}));
-            done_rounds += 1;
-            eprintln!(
-                "active {strategy} round {round}/{}: {} labels, held-out accuracy {:.3} ({done_rounds}/{total_rounds}, {:.1}s)",
-                cfg.rounds,
-                labelled.len(),
-                acc["all"].as_f64().unwrap_or(0.0),
-                t0.elapsed().as_secs_f64()
-            );
+            rounds_run += 1;
+            progress.inc(1, (stats.generated_tokens - generated_before) as u64);
         }
         summary.insert(
             strategy.clone(),
@@ -533,13 +540,15 @@ pub fn run(
             break;
         }
     }
+    let rounds_rate = progress.finish(rounds_run);
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
         "loop": "active", "teacher": teacher.name(), "student": student.name(),
         "committee_models": committee_models.iter().map(|e| e.info.name.clone()).collect::<Vec<_>>(),
         "seed": cfg.seed, "pool": cfg.pool.len(), "heldout": cfg.heldout.len(), "rounds": cfg.rounds,
         "batch": cfg.batch, "shots": cfg.shots, "committee": cfg.committee, "max_tokens": cfg.max_tokens, "context": format!("{:?}", cfg.context).to_lowercase(),"strategies": summary, "teacher_labels_requested": teacher_calls,
-        "student_prefill": stats.json(), "seconds": secs, "version": env!("CARGO_PKG_VERSION"),
+        "student_prefill": stats.json(), "steps": {"rounds": rounds_rate}, "seconds": secs,
+        "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &manifest)?;
     Ok(manifest)

@@ -23,6 +23,7 @@
 
 use super::client::ModelClient;
 use super::learner::{self, messages_in, ContextFormat, PrefillStats, Student};
+use super::progress::{Progress, StepRate};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
 use crate::error::{Error, Result};
@@ -109,7 +110,7 @@ fn teacher_samples(
     prompt: &[ChatMessage],
     n: usize,
     seed: u64,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, usize)> {
     let reqs: Vec<GenerateRequest> = (0..n)
         .map(|j| {
             GenerateRequest::new(
@@ -125,11 +126,14 @@ fn teacher_samples(
             )
         })
         .collect();
-    Ok(teacher
-        .generate(&reqs)?
-        .into_iter()
-        .map(|c| c.text.trim().to_string())
-        .collect())
+    let done = teacher.generate(&reqs)?;
+    let tokens = done.iter().map(|c| c.token_ids.len()).sum();
+    Ok((
+        done.into_iter()
+            .map(|c| c.text.trim().to_string())
+            .collect(),
+        tokens,
+    ))
 }
 
 /// The student's exam with `demo` as its single in-context example: correct answers out of
@@ -293,6 +297,17 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
     let (teach, exams) = plan(cfg);
     let mut stats = PrefillStats::default();
     let mut teacher_seconds = 0.0;
+    let resumed = teach
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| done.iter().any(|d| d["index"] == json!(k)))
+        .count();
+    let progress = Progress::new(
+        "teach: problems",
+        teach.len() as u64,
+        resumed as u64,
+        "problems",
+    );
     for (k, (&tp, exam_idx)) in teach.iter().zip(&exams).enumerate() {
         if done.iter().any(|d| d["index"] == json!(k)) {
             continue;
@@ -301,7 +316,8 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
         let exam: Vec<Task> = exam_idx.iter().map(|&i| cfg.pool[i].clone()).collect();
         let seed = mix(cfg.seed, k as u64);
         let t1 = std::time::Instant::now();
-        let responses = teacher_samples(
+        let generated_before = stats.generated_tokens;
+        let (responses, teacher_tokens) = teacher_samples(
             teacher,
             cfg,
             &[ChatMessage::user(cfg.style.question(&task.question))],
@@ -350,19 +366,12 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
         });
         append(&problems_path, &line)?;
         done.push(line);
-        eprintln!(
-            "teach {}/{}: MAJ {} MAX {} SUM {} (reference {}), exam {:.2} zero-shot vs {:.2} with an example ({:.1}s)",
-            k + 1,
-            teach.len(),
-            maj,
-            max,
-            sum,
-            task.answer,
-            zero as f64 / n_exam,
-            done.last().and_then(|d| d["student_with_example_mean"].as_f64()).unwrap_or(0.0),
-            t0.elapsed().as_secs_f64()
+        progress.inc(
+            1,
+            (teacher_tokens + stats.generated_tokens - generated_before) as u64,
         );
     }
+    let problems_rate = progress.finish((teach.len() - resumed) as u64);
     done.sort_by_key(|d| d["index"].as_u64());
     let rate = |key: &str| {
         done.iter().filter(|d| d[key] == json!(true)).count() as f64 / done.len().max(1) as f64
@@ -396,10 +405,11 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
                    "student_zero_shot": m("student_zero_shot"), "student_with_example_mean": m("student_with_example_mean")}),
         );
     }
-    let adaptive = if cfg.rounds > 0 {
-        adaptive_rounds(teacher, student, cfg, &teach, &mut stats, &rounds_path)?
+    let (adaptive, adaptive_rate) = if cfg.rounds > 0 {
+        let (a, r) = adaptive_rounds(teacher, student, cfg, &teach, &mut stats, &rounds_path)?;
+        (a, json!(r))
     } else {
-        Value::Null
+        (Value::Null, Value::Null)
     };
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
@@ -415,7 +425,8 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
                          "with_wrong_examples": mean("student_with_wrong_examples")},
         "per_topic": per_topic, "adaptive": adaptive,
         "prefix_cache": {"enabled": cfg.share_prefix, "student": stats.json()},
-        "teacher_seconds": teacher_seconds, "seconds": secs, "version": env!("CARGO_PKG_VERSION"),
+        "teacher_seconds": teacher_seconds, "seconds": secs,
+        "steps": {"problems": problems_rate, "adaptive": adaptive_rate}, "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &manifest)?;
     Ok(manifest)
@@ -479,7 +490,7 @@ fn adaptive_rounds(
     used: &[usize],
     stats: &mut PrefillStats,
     rounds_path: &Path,
-) -> Result<Value> {
+) -> Result<(Value, StepRate)> {
     if cfg.heldout.is_empty() {
         return Err(Error::InvalidRequest(
             "adaptive rounds need a held-out set".into(),
@@ -490,17 +501,16 @@ fn adaptive_rounds(
     let mut used: Vec<usize> = used.to_vec();
     let mut rng = LoopRng(cfg.seed ^ 0xADA9);
     let mut out = vec![];
+    let progress = Progress::new("teach: adaptive rounds", cfg.rounds as u64 + 1, 0, "rounds");
+    let mut tokens = stats.generated_tokens;
     for round in 0..=cfg.rounds {
         let (correct, texts) = heldout_exam(student, cfg, &material, stats)?;
         let acc = tasks::accuracy_json(&cfg.heldout, &correct);
         let line = json!({"round": round, "accuracy": acc,
                           "material": material.iter().map(|(k, v)| (k.clone(), json!({"question": v.0, "example": v.1, "lbt_score": v.2}))).collect::<serde_json::Map<_, _>>()});
         append(rounds_path, &line)?;
-        eprintln!(
-            "teach adaptive round {round}/{}: held-out accuracy {:.3}",
-            cfg.rounds,
-            acc["all"].as_f64().unwrap_or(0.0)
-        );
+        progress.inc(1, (stats.generated_tokens - tokens) as u64);
+        tokens = stats.generated_tokens;
         out.push(line);
         if round == cfg.rounds {
             break;
@@ -548,7 +558,7 @@ fn adaptive_rounds(
                 ))],
             };
             let seed = mix(cfg.seed ^ 0xADA9, (round * 1000) as u64 + picked[0] as u64);
-            let responses = teacher_samples(teacher, cfg, &prompt, cfg.rationales, seed)?;
+            let (responses, _) = teacher_samples(teacher, cfg, &prompt, cfg.rationales, seed)?;
             // The material to beat: the topic's current example (or none) on the same exam.
             let current = material.get(&topic).map(|(q, a, _)| (q.clone(), a.clone()));
             let (base, _) = exam_score(
@@ -572,5 +582,5 @@ fn adaptive_rounds(
             }
         }
     }
-    Ok(json!(out))
+    Ok((json!(out), progress.finish(cfg.rounds as u64 + 1)))
 }
