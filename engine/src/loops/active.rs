@@ -353,6 +353,16 @@ pub fn run(
     committee_models: &[&Engine],
     cfg: &ActiveConfig,
 ) -> Result<Value> {
+    tasks::check_sizes(
+        "active",
+        &[
+            ("rounds", cfg.rounds, 1),
+            ("batch", cfg.batch, 1),
+            ("shots", cfg.shots, 1),
+            ("max_tokens", cfg.max_tokens, 1),
+            ("strategies", cfg.strategies.len(), 1),
+        ],
+    )?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if cfg.pool.is_empty() || cfg.heldout.is_empty() {
         return Err(Error::InvalidRequest(

@@ -339,6 +339,20 @@ fn majority(keys: &[String]) -> String {
 }
 
 pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &SocialConfig) -> Result<Value> {
+    tasks::check_sizes(
+        "social",
+        &[
+            ("teachers", cfg.teachers, 1),
+            ("private", cfg.private_per_teacher, 1),
+            ("shared", cfg.shared, 1),
+            ("n_gen", cfg.n_gen, 1),
+            ("samples", cfg.samples, 1),
+            ("keep", cfg.keep, 1),
+            ("canaries", cfg.canaries, 1),
+            ("canary_candidates", cfg.canary_candidates, 2),
+            ("max_tokens", cfg.max_tokens, 1),
+        ],
+    )?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let m = cfg.teachers.max(1);
     let k = cfg.private_per_teacher.max(1);

@@ -274,12 +274,23 @@ fn plan(cfg: &TeachConfig) -> (Vec<usize>, Vec<Vec<usize>>) {
 }
 
 pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> Result<Value> {
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    if cfg.pool.is_empty() || cfg.rationales == 0 {
-        return Err(Error::InvalidRequest(
-            "teach needs a non-empty pool and at least one rationale".into(),
-        ));
+    tasks::check_sizes(
+        "teach",
+        &[
+            ("teach_problems", cfg.teach_problems, 1),
+            ("rationales", cfg.rationales, 1),
+            ("exam_problems", cfg.exam_problems, 1),
+            ("repeats", cfg.repeats, 1),
+            ("max_tokens", cfg.max_tokens, 1),
+        ],
+    )?;
+    if cfg.pool.len() < 2 {
+        return Err(Error::InvalidRequest(format!(
+            "teach: the pool has {} problems; it needs a teaching problem and exam problems",
+            cfg.pool.len()
+        )));
     }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let t0 = std::time::Instant::now();
     let problems_path = cfg.out.join("problems.jsonl");
     let rationales_path = cfg.out.join("rationales.jsonl");
