@@ -406,7 +406,8 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &SocialConfig) -> 
         "samples": cfg.samples, "keep": cfg.keep, "temperature": cfg.temperature, "canaries": nc,
         "canary_candidates": cfg.canary_candidates, "max_tokens": cfg.max_tokens,
         "context": format!("{:?}", cfg.context), "data": cfg.data, "fresh": cfg.fresh, "test": cfg.test,
-        "student": student.name(),
+        // The model, not where it is served: a resumed run may reach it at another address.
+        "student": student.remote.map_or(student.engine.info.name.clone(), |c| c.model.clone()),
     })
     .to_string();
     let mut steps = Steps::open(cfg, &settings)?;
