@@ -290,3 +290,93 @@ fn bad_arguments_are_named() {
     );
     fails_with(&["teach"], "--out");
 }
+
+/// `--student-url` reaches a student behind `moe serve`: the same curves as the student in
+/// process, and `gate` refused by name.
+#[test]
+fn active_with_the_student_behind_a_server() {
+    let h = moe::server::start(
+        vec![(
+            "student".into(),
+            moe::engine::Engine::load(&moe::engine::ModelSource::Embedded).unwrap(),
+        )],
+        moe::server::ServerConfig {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let url = format!("{}/v1", h.url());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "active",
+            "--teacher",
+            "",
+            "--student",
+            "",
+            "--families",
+            "mul,cmp",
+            "--pool-size",
+            "8",
+            "--heldout-size",
+            "4",
+            "--strategies",
+            "random,nll,margin",
+            "--rounds",
+            "1",
+            "--batch",
+            "2",
+            "--max-tokens",
+            "6",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (d1, d2) = (tmp("active-remote"), tmp("active-here"));
+    let mut remote = args(&d1);
+    remote.extend(["--student-url".into(), url.clone()]);
+    for a in [remote, args(&d2)] {
+        let mut all = vec!["loop".to_string()];
+        all.extend(a);
+        let r = Command::new(env!("CARGO_BIN_EXE_moe"))
+            .args(&all)
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "{all:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    for f in ["curves.jsonl", "queries.jsonl"] {
+        assert_eq!(read(&d1.join(f)), read(&d2.join(f)), "{f}");
+    }
+    let m: Value = serde_json::from_str(&read(&d1.join("manifest.json"))).unwrap();
+    assert!(
+        m["student"].as_str().unwrap().contains(&url),
+        "{}",
+        m["student"]
+    );
+    assert_eq!(m["student_prefill"]["saved_tokens"], 0);
+    let d3 = tmp("active-remote-gate");
+    fails_with(
+        &[
+            "active",
+            "--teacher",
+            "",
+            "--student",
+            "",
+            "--student-url",
+            &url,
+            "--strategies",
+            "random,gate",
+            "--out",
+            d3.to_str().unwrap(),
+        ],
+        "`gate`",
+    );
+    h.shutdown();
+}
