@@ -423,6 +423,13 @@ struct TeacherArgs {
     teacher_model: String,
 }
 
+/// A loop's teacher client, the student's local model and, for a remote student, its client.
+type OpenedModels = (
+    Box<dyn moe::loops::client::ModelClient>,
+    std::sync::Arc<Engine<CpuBackend>>,
+    Option<moe::loops::client::HttpClient>,
+);
+
 /// Teacher and student of a loop.
 #[derive(Args, Clone)]
 struct LoopModels {
@@ -490,13 +497,7 @@ impl TaskSource {
 impl LoopModels {
     /// The teacher's client, the student's local model (in process, or the tokenizer's source
     /// for a remote student) and the remote student's client.
-    fn open(
-        &self,
-    ) -> Result<(
-        Box<dyn moe::loops::client::ModelClient>,
-        std::sync::Arc<Engine<CpuBackend>>,
-        Option<moe::loops::client::HttpClient>,
-    )> {
+    fn open(&self) -> Result<OpenedModels> {
         let teacher = teacher_client(
             self.teacher.teacher_url.as_deref(),
             &self.teacher.teacher_model,

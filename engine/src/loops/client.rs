@@ -468,11 +468,14 @@ impl ModelClient for HttpClient {
     }
 }
 
+/// A prompt's token ids as the server tokenised them and each token's logprob.
+type Echoed = (Vec<u32>, Vec<Option<f32>>);
+
 impl HttpClient {
     /// Teacher forcing of several prompts (texts or token-id lists) in one request: each
     /// prompt's token ids as the server tokenised them and each token's logprob (`None` for the
     /// first).
-    fn echo_logprobs(&self, prompts: Value) -> Result<Vec<(Vec<u32>, Vec<Option<f32>>)>> {
+    fn echo_logprobs(&self, prompts: Value) -> Result<Vec<Echoed>> {
         let body = json!({"model": self.model, "prompt": prompts, "max_tokens": 0, "echo": true,
                           "logprobs": 0, "temperature": 0, "return_tokens_as_token_ids": true});
         let v = self.post("/completions", &body)?;

@@ -523,7 +523,7 @@ pub fn extract_label(response: &str, labels: &[String]) -> Option<String> {
         .iter()
         .filter(|l| {
             let l = normalize(l);
-            words.iter().any(|w| *w == l)
+            words.contains(&l)
         })
         .collect();
     match found.as_slice() {
