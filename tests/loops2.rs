@@ -450,7 +450,8 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
     .unwrap();
     assert_eq!(m5["context"], "inline");
     assert_eq!(m5["prefill"], "The answer is");
-    // An interrupted run (one problem done) resumed gives the uninterrupted result.
+    // A run killed in its second problem (one problem done, part of the next's rationales and a
+    // torn line written, a stale rounds file) resumed writes the files of an uninterrupted run.
     std::fs::create_dir_all(&d3).unwrap();
     let first = read(&d1.join("problems.jsonl"))
         .lines()
@@ -458,20 +459,27 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
         .unwrap()
         .to_string();
     std::fs::write(d3.join("problems.jsonl"), first + "\n").unwrap();
+    let rationales = read(&d1.join("rationales.jsonl"));
+    let partial: Vec<&str> = rationales.lines().take(4).collect();
+    assert!(partial[3].contains("\"index\":1"), "{}", partial[3]);
+    std::fs::write(
+        d3.join("rationales.jsonl"),
+        partial.join("\n") + "\n" + &partial[3][..30],
+    )
+    .unwrap();
+    std::fs::write(d3.join("rounds.jsonl"), "{\"round\": 0}\n").unwrap();
     teach::run(
         &teacher,
         &Student::local(&e),
         &teach::TeachConfig {
             resume: true,
-            rounds: 0,
             ..teach_cfg(d3.clone())
         },
     )
     .unwrap();
-    assert_eq!(
-        read(&d1.join("problems.jsonl")),
-        read(&d3.join("problems.jsonl"))
-    );
+    for f in ["problems.jsonl", "rationales.jsonl", "rounds.jsonl"] {
+        assert_eq!(read(&d1.join(f)), read(&d3.join(f)), "{f}");
+    }
 }
 
 fn social_cfg(out: PathBuf) -> social::SocialConfig {

@@ -232,15 +232,28 @@ pub fn select(pairs: &[(String, usize)]) -> (String, String, String) {
     )
 }
 
-fn read_done(path: &Path) -> Result<Vec<Value>> {
+/// The lines of `path` an earlier run finished, kept as written (a float parsed and printed
+/// again may change its last digit): those that parse, up to a torn one (a killed run), and that
+/// `keep` accepts. The file is rewritten to hold just them, so later lines append cleanly.
+fn keep_lines(path: &Path, keep: impl Fn(&Value) -> bool) -> Result<Vec<Value>> {
     if !path.exists() {
         return Ok(vec![]);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let mut kept = vec![];
+    let mut out = String::new();
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            break;
+        };
+        if keep(&v) {
+            out += l;
+            out += "\n";
+            kept.push(v);
+        }
+    }
+    std::fs::write(path, out).map_err(|e| Error::io(path, e))?;
+    Ok(kept)
 }
 
 fn append(path: &Path, v: &Value) -> Result<()> {
@@ -296,7 +309,16 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
     let rationales_path = cfg.out.join("rationales.jsonl");
     let rounds_path = cfg.out.join("rounds.jsonl");
     let mut done = if cfg.resume {
-        read_done(&problems_path)?
+        let done = keep_lines(&problems_path, |_| true)?;
+        // Rationales of a problem the earlier run did not finish are written again; the adaptive
+        // rounds run again whole.
+        keep_lines(&rationales_path, |r| {
+            done.iter().any(|d| d["index"] == r["index"])
+        })?;
+        if rounds_path.exists() {
+            std::fs::remove_file(&rounds_path).map_err(|e| Error::io(&rounds_path, e))?;
+        }
+        done
     } else {
         for p in [&problems_path, &rationales_path, &rounds_path] {
             if p.exists() {
