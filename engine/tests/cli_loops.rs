@@ -140,34 +140,32 @@ fn teach_writes_its_run_directory() {
 #[test]
 fn social_writes_its_run_directory() {
     let d = tmp("social");
-    let m = run_loop(
-        &[
-            "social",
-            "--families",
-            "mul",
-            "--teachers",
-            "2",
-            "--private",
-            "2",
-            "--shared",
-            "1",
-            "--n-gen",
-            "1",
-            "--samples",
-            "2",
-            "--keep",
-            "1",
-            "--test-size",
-            "4",
-            "--canary-candidates",
-            "16",
-            "--canaries",
-            "1",
-            "--max-tokens",
-            "8",
-        ],
-        &d,
-    );
+    let args = [
+        "social",
+        "--families",
+        "mul",
+        "--teachers",
+        "2",
+        "--private",
+        "2",
+        "--shared",
+        "1",
+        "--n-gen",
+        "1",
+        "--samples",
+        "2",
+        "--keep",
+        "1",
+        "--test-size",
+        "4",
+        "--canary-candidates",
+        "16",
+        "--canaries",
+        "1",
+        "--max-tokens",
+        "8",
+    ];
+    let m = run_loop(&args, &d);
     let shared = lines(&d.join("shared.jsonl"));
     assert_eq!(
         shared.iter().filter(|l| l["mode"] == "relabel").count(),
@@ -195,6 +193,16 @@ fn social_writes_its_run_directory() {
     }
     assert_eq!(m["steps"]["teachers"]["items"], 2 * 2 + 3);
     assert_eq!(m["steps"]["student"]["items"], 10);
+    // Cut back to its first 6 steps (as if killed) and resumed: the same files.
+    let (shared, state) = (read(&d.join("shared.jsonl")), read(&d.join("state.jsonl")));
+    let cut: Vec<&str> = state.lines().take(7).collect();
+    std::fs::write(d.join("state.jsonl"), cut.join("\n") + "\n").unwrap();
+    std::fs::remove_file(d.join("manifest.json")).unwrap();
+    let m2 = run_loop(&[args.as_slice(), &["--resume"]].concat(), &d);
+    assert_eq!(read(&d.join("shared.jsonl")), shared);
+    assert_eq!(read(&d.join("state.jsonl")), state);
+    assert_eq!(m2["resumed_steps"], 6);
+    assert_eq!(m2["modes"], m["modes"]);
 }
 
 #[test]
