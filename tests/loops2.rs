@@ -5,7 +5,7 @@
 use moe::engine::{Engine, ModelSource};
 use moe::loops::active::{self, least_confidence, margin, prediction_entropy, top_b, vote_entropy};
 use moe::loops::client::{HttpClient, LocalClient};
-use moe::loops::learner::{self, PrefillStats};
+use moe::loops::learner::{self, PrefillStats, Student};
 use moe::loops::social::{self, exposure, ngram_overlap, rank_of};
 use moe::loops::tasks::{self, extract_answer, extract_label, is_correct, normalize, Task};
 use moe::loops::teach::{self, Style};
@@ -198,8 +198,10 @@ fn shared_prefix_generation_matches_whole_prompts() {
         })
         .collect();
     let (mut a, mut b) = (PrefillStats::default(), PrefillStats::default());
-    let shared = learner::generate_shared(&e, &ids, &params, true, &mut a).unwrap();
-    let whole = learner::generate_shared(&e, &ids, &params, false, &mut b).unwrap();
+    let shared =
+        learner::generate_shared(&Student::local(&e), &ids, &params, true, &mut a).unwrap();
+    let whole =
+        learner::generate_shared(&Student::local(&e), &ids, &params, false, &mut b).unwrap();
     for (x, y) in shared.iter().zip(&whole) {
         assert_eq!(x.text, y.text);
         assert!((x.nll - y.nll).abs() < 1e-3, "{} vs {}", x.nll, y.nll);
@@ -226,9 +228,14 @@ fn shared_prefix_generation_matches_whole_prompts() {
     assert_eq!(c[0].text, shared[0].text);
     // Label probabilities are a distribution; the gate entropy is within [0, ln 4].
     let labels: Vec<String> = vec!["56".into(), "65".into()];
-    let p = learner::label_probs(&e, &learner::messages(&[], None, qs[0]), &labels).unwrap();
+    let p = learner::label_probs(
+        &Student::local(&e),
+        &learner::messages(&[], None, qs[0]),
+        &labels,
+    )
+    .unwrap();
     close(p.iter().sum::<f64>(), 1.0);
-    let g = learner::gate_entropy(&e, &ids[0], 1).unwrap();
+    let g = learner::gate_entropy(&Student::local(&e), &ids[0], 1).unwrap();
     assert!(g > 0.0 && g <= 4f64.ln() + 1e-9, "{g}");
 }
 
@@ -256,8 +263,8 @@ fn active_loop_runs_and_is_deterministic() {
     let teacher = LocalClient { engine: e.clone() };
     let d1 = tmp("active1");
     let d2 = tmp("active2");
-    let m = active::run(&teacher, &e, &[], &active_cfg(d1.clone())).unwrap();
-    active::run(&teacher, &e, &[], &active_cfg(d2.clone())).unwrap();
+    let m = active::run(&teacher, &Student::local(&e), &[], &active_cfg(d1.clone())).unwrap();
+    active::run(&teacher, &Student::local(&e), &[], &active_cfg(d2.clone())).unwrap();
     for f in ["curves.jsonl", "queries.jsonl"] {
         assert_eq!(read(&d1.join(f)), read(&d2.join(f)), "{f}");
     }
@@ -272,7 +279,7 @@ fn active_loop_runs_and_is_deterministic() {
     let d3 = tmp("active3");
     active::run(
         &teacher,
-        &e,
+        &Student::local(&e),
         &[],
         &active::ActiveConfig {
             stop_after_strategies: Some(2),
@@ -283,7 +290,7 @@ fn active_loop_runs_and_is_deterministic() {
     assert_eq!(read(&d3.join("curves.jsonl")).lines().count(), 2 * 3);
     let m3 = active::run(
         &teacher,
-        &e,
+        &Student::local(&e),
         &[],
         &active::ActiveConfig {
             resume: true,
@@ -295,6 +302,10 @@ fn active_loop_runs_and_is_deterministic() {
         assert_eq!(read(&d1.join(f)), read(&d3.join(f)), "{f}");
     }
     assert_eq!(m["strategies"], m3["strategies"]);
+    // Each step's rate counts what this invocation ran: 7 × 2 rounds, then the 5 × 2 resumed.
+    assert_eq!(m["steps"]["rounds"]["items"], 14);
+    assert_eq!(m3["steps"]["rounds"]["items"], 10);
+    assert!(m["steps"]["rounds"]["tokens"].as_u64().unwrap() > 0);
     // Different strategies ask for different items.
     let q = read(&d1.join("queries.jsonl"));
     let asked = |s: &str| -> Vec<u64> {
@@ -329,8 +340,8 @@ fn loops_with_the_teacher_behind_moe_serve() {
         ..active_cfg(out)
     };
     let (d1, d2) = (tmp("active-http"), tmp("active-local"));
-    active::run(&remote, &e, &[], &mk(d1.clone())).unwrap();
-    active::run(&here, &e, &[], &mk(d2.clone())).unwrap();
+    active::run(&remote, &Student::local(&e), &[], &mk(d1.clone())).unwrap();
+    active::run(&here, &Student::local(&e), &[], &mk(d2.clone())).unwrap();
     assert_eq!(
         read(&d1.join("queries.jsonl")),
         read(&d2.join("queries.jsonl"))
@@ -346,16 +357,16 @@ fn loops_with_the_teacher_behind_moe_serve() {
         rounds: 0,
         ..teach_cfg(out)
     };
-    teach::run(&remote, &e, &cfg(d3.clone())).unwrap();
-    teach::run(&here, &e, &cfg(d4.clone())).unwrap();
+    teach::run(&remote, &Student::local(&e), &cfg(d3.clone())).unwrap();
+    teach::run(&here, &Student::local(&e), &cfg(d4.clone())).unwrap();
     assert_eq!(
         read(&d3.join("rationales.jsonl")),
         read(&d4.join("rationales.jsonl"))
     );
     // Social learning's teachers over HTTP: token-id prompts, logprobs, chat.
     let (d5, d6) = (tmp("social-http"), tmp("social-local"));
-    let m5 = social::run(&remote, &e, &social_cfg(d5.clone())).unwrap();
-    let m6 = social::run(&here, &e, &social_cfg(d6.clone())).unwrap();
+    let m5 = social::run(&remote, &Student::local(&e), &social_cfg(d5.clone())).unwrap();
+    let m6 = social::run(&here, &Student::local(&e), &social_cfg(d6.clone())).unwrap();
     assert_eq!(
         read(&d5.join("shared.jsonl")),
         read(&d6.join("shared.jsonl"))
@@ -392,8 +403,8 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
     let e = embedded();
     let teacher = LocalClient { engine: e.clone() };
     let (d1, d2, d3) = (tmp("teach1"), tmp("teach2"), tmp("teach3"));
-    let m = teach::run(&teacher, &e, &teach_cfg(d1.clone())).unwrap();
-    teach::run(&teacher, &e, &teach_cfg(d2.clone())).unwrap();
+    let m = teach::run(&teacher, &Student::local(&e), &teach_cfg(d1.clone())).unwrap();
+    teach::run(&teacher, &Student::local(&e), &teach_cfg(d2.clone())).unwrap();
     for f in ["problems.jsonl", "rationales.jsonl", "rounds.jsonl"] {
         assert_eq!(read(&d1.join(f)), read(&d2.join(f)), "{f}");
     }
@@ -404,13 +415,16 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
         let a = m["selection_accuracy"][rule].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a));
     }
+    assert_eq!(m["steps"]["problems"]["items"], 3);
+    assert_eq!(m["steps"]["adaptive"]["items"], 2);
+    assert!(m["steps"]["problems"]["seconds"].as_f64().unwrap() > 0.0);
     let pc = &m["prefix_cache"]["student"];
     assert!(pc["saved_tokens"].as_u64().unwrap() > 0, "{pc}");
     // Without the cache: the same answers, every prompt token prefilled.
     let d4 = tmp("teach4");
     let m4 = teach::run(
         &teacher,
-        &e,
+        &Student::local(&e),
         &teach::TeachConfig {
             share_prefix: false,
             ..teach_cfg(d4.clone())
@@ -425,7 +439,7 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
     let d5 = tmp("teach5");
     let m5 = teach::run(
         &teacher,
-        &e,
+        &Student::local(&e),
         &teach::TeachConfig {
             context: learner::ContextFormat::Inline,
             teach_problems: 1,
@@ -436,7 +450,8 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
     .unwrap();
     assert_eq!(m5["context"], "inline");
     assert_eq!(m5["prefill"], "The answer is");
-    // An interrupted run (one problem done) resumed gives the uninterrupted result.
+    // A run killed in its second problem (one problem done, part of the next's rationales and a
+    // torn line written, a stale rounds file) resumed writes the files of an uninterrupted run.
     std::fs::create_dir_all(&d3).unwrap();
     let first = read(&d1.join("problems.jsonl"))
         .lines()
@@ -444,20 +459,27 @@ fn teach_loop_runs_is_deterministic_and_resumes() {
         .unwrap()
         .to_string();
     std::fs::write(d3.join("problems.jsonl"), first + "\n").unwrap();
+    let rationales = read(&d1.join("rationales.jsonl"));
+    let partial: Vec<&str> = rationales.lines().take(4).collect();
+    assert!(partial[3].contains("\"index\":1"), "{}", partial[3]);
+    std::fs::write(
+        d3.join("rationales.jsonl"),
+        partial.join("\n") + "\n" + &partial[3][..30],
+    )
+    .unwrap();
+    std::fs::write(d3.join("rounds.jsonl"), "{\"round\": 0}\n").unwrap();
     teach::run(
         &teacher,
-        &e,
+        &Student::local(&e),
         &teach::TeachConfig {
             resume: true,
-            rounds: 0,
             ..teach_cfg(d3.clone())
         },
     )
     .unwrap();
-    assert_eq!(
-        read(&d1.join("problems.jsonl")),
-        read(&d3.join("problems.jsonl"))
-    );
+    for f in ["problems.jsonl", "rationales.jsonl", "rounds.jsonl"] {
+        assert_eq!(read(&d1.join(f)), read(&d3.join(f)), "{f}");
+    }
 }
 
 fn social_cfg(out: PathBuf) -> social::SocialConfig {
@@ -478,6 +500,8 @@ fn social_cfg(out: PathBuf) -> social::SocialConfig {
         max_tokens: 16,
         seed: 11,
         context: Default::default(),
+        resume: false,
+        stop_after_steps: None,
     }
 }
 
@@ -486,13 +510,15 @@ fn social_loop_runs_and_is_deterministic() {
     let e = embedded();
     let teacher = LocalClient { engine: e.clone() };
     let (d1, d2) = (tmp("social1"), tmp("social2"));
-    let m1 = social::run(&teacher, &e, &social_cfg(d1.clone())).unwrap();
-    let m2 = social::run(&teacher, &e, &social_cfg(d2.clone())).unwrap();
+    let m1 = social::run(&teacher, &Student::local(&e), &social_cfg(d1.clone())).unwrap();
+    let m2 = social::run(&teacher, &Student::local(&e), &social_cfg(d2.clone())).unwrap();
     assert_eq!(
         read(&d1.join("shared.jsonl")),
         read(&d2.join("shared.jsonl"))
     );
     assert_eq!(m1["modes"], m2["modes"]);
+    assert_eq!(m1["steps"]["teachers"]["items"], 2 * 3 + 3);
+    assert_eq!(m1["steps"]["student"]["items"], 8 + 2);
     for mode in [
         "none",
         "private",
@@ -517,11 +543,300 @@ fn social_loop_runs_and_is_deterministic() {
     assert_eq!(m1["modes"]["private"]["shared_examples"], 2);
     assert!(social::run(
         &teacher,
-        &e,
+        &Student::local(&e),
         &social::SocialConfig {
             data: vec![],
             ..social_cfg(tmp("social3"))
         }
     )
-    .is_err());
+    .is_err()); // Stopped after each of several steps (teachers' sharing, the voted picks, a mode, a vote)
+                // and resumed, a run writes the files of an uninterrupted one.
+    let steps = |d: &Path| read(&d.join("state.jsonl")).lines().count() - 1;
+    let total = steps(&d1);
+    assert_eq!(
+        total,
+        2 * 3 + 3 + 8 + 2,
+        "teachers, instruction, voted picks, modes, votes"
+    );
+    let d4 = tmp("social4");
+    let mut slices = 0;
+    loop {
+        let v = social::run(
+            &teacher,
+            &Student::local(&e),
+            &social::SocialConfig {
+                resume: true,
+                stop_after_steps: Some(4),
+                ..social_cfg(d4.clone())
+            },
+        )
+        .unwrap();
+        slices += 1;
+        if v["complete"] == false {
+            assert_eq!(steps(&d4), (4 * slices).min(total));
+            assert!(!d4.join("manifest.json").exists());
+            continue;
+        }
+        break;
+    }
+    assert_eq!(slices, total.div_ceil(4) + usize::from(total % 4 == 0));
+    for f in ["shared.jsonl", "state.jsonl"] {
+        assert_eq!(read(&d1.join(f)), read(&d4.join(f)), "{f}");
+    }
+    // Both manifests read back the same way (parsing may move a float's last digit).
+    let manifest = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&read(&d.join("manifest.json"))).unwrap()
+    };
+    let (m1, m4) = (manifest(&d1), manifest(&d4));
+    assert_eq!(m4["modes"], m1["modes"]);
+    assert_eq!(m4["resumed_steps"], 4 * (slices - 1));
+    assert_eq!(m4["instruction"], m1["instruction"]);
+    assert_eq!(m4["synthetic_candidates"], m1["synthetic_candidates"]);
+    // A torn last line (a killed run) is redone; other settings are refused.
+    let state = read(&d4.join("state.jsonl"));
+    let cut = state.trim_end().rfind('\n').unwrap() + 20;
+    std::fs::write(d4.join("state.jsonl"), &state[..cut]).unwrap();
+    social::run(
+        &teacher,
+        &Student::local(&e),
+        &social::SocialConfig {
+            resume: true,
+            ..social_cfg(d4.clone())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        read(&d1.join("shared.jsonl")),
+        read(&d4.join("shared.jsonl"))
+    );
+    assert_eq!(read(&d1.join("state.jsonl")), read(&d4.join("state.jsonl")));
+    let err = social::run(
+        &teacher,
+        &Student::local(&e),
+        &social::SocialConfig {
+            resume: true,
+            seed: 12,
+            ..social_cfg(d4.clone())
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+/// Relative error `|a − b| / max(|a|, |b|)` (0 when both are 0).
+fn rel_err(a: f32, b: f32) -> f32 {
+    let m = a.abs().max(b.abs());
+    if m == 0.0 {
+        0.0
+    } else {
+        (a - b).abs() / m
+    }
+}
+
+/// Continuation scores over HTTP are the in-process ones token by token, including continuations
+/// whose first token merges with the prompt's last, and prompts holding special tokens.
+#[test]
+fn http_scores_match_in_process_token_by_token() {
+    use moe::loops::client::ModelClient;
+    let e = embedded();
+    let h = start(
+        vec![(
+            "student".into(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let url = format!("{}/v1", h.url());
+    let remote = HttpClient::new(&url, "student").unwrap();
+    let here = LocalClient { engine: e.clone() };
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        // `blu` + `e`, `wor` + `ld`: the boundary token changes when the two are tokenised whole.
+        (
+            "I like the colour of the blu",
+            vec!["e sky", "ish sea", " whale", "ebird"],
+        ),
+        ("Hello wor", vec!["ld", "m", "ds of wisdom", " peace"]),
+        // A chat prompt: `</s>` is a special token, left out of the decoded text the server's
+        // text offsets index.
+        (
+            "[INST] What is 7 times 8? [/INST] 56</s>[INST] What is 6 times 9? [/INST]",
+            vec![" 54</s>", " 45</s>", "54", " fifty-four</s>"],
+        ),
+    ];
+    let mut worst = 0f32;
+    for (prompt, conts) in &cases {
+        let conts: Vec<String> = conts.iter().map(|c| c.to_string()).collect();
+        let a = remote.score_tokens(prompt, &conts).unwrap();
+        let b = here.score_tokens(prompt, &conts).unwrap();
+        assert_eq!(a.len(), conts.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.token_ids, y.token_ids, "{prompt:?}");
+            assert_eq!(x.logprobs.len(), y.logprobs.len());
+            for (i, (&p, &q)) in x.logprobs.iter().zip(&y.logprobs).enumerate() {
+                let r = rel_err(p, q);
+                worst = worst.max(r);
+                assert!(
+                    r <= 1e-5,
+                    "{prompt:?} token {i}: HTTP {p} vs in process {q}"
+                );
+            }
+            assert!(
+                (x.total - y.total).abs() <= 1e-5 * y.total.abs().max(1.0),
+                "{} vs {}",
+                x.total,
+                y.total
+            );
+        }
+        let totals = remote.score(prompt, &conts).unwrap();
+        for (t, y) in totals.iter().zip(&b) {
+            assert!((t - y.total).abs() <= 1e-5 * y.total.abs().max(1.0));
+        }
+    }
+    println!("largest relative error of a token logprob: {worst:e}");
+    // Why text offsets cannot split prompt and continuation: the offset of the first token
+    // after a `</s>` is not its byte position in the prompt text.
+    let (prompt, _) = &cases[2];
+    let v: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{url}/completions"))
+        .json(
+            &serde_json::json!({"model": "student", "prompt": prompt, "max_tokens": 0,
+                                  "echo": true, "logprobs": 0}),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let offsets: Vec<u64> = v["choices"][0]["logprobs"]["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    let ids = e.tokenizer.encode(prompt, true).unwrap();
+    let after_eos = ids.iter().position(|&t| t == 2).unwrap() + 1;
+    let byte = prompt.find("</s>").unwrap() + "</s>".len();
+    assert_ne!(offsets[after_eos] as usize, byte, "{offsets:?}");
+    h.shutdown();
+}
+
+/// Every loop with the student behind `moe serve` gives what it gives with the student in
+/// process (greedy and seeded sampling, scores by token ids); what an endpoint cannot give is a
+/// typed error.
+#[test]
+fn loops_with_the_student_behind_moe_serve() {
+    let e = embedded();
+    let h = start(
+        vec![(
+            "student".into(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = HttpClient::new(&format!("{}/v1", h.url()), "student").unwrap();
+    let remote = Student::remote(&e, &client);
+    let local = Student::local(&e);
+    let teacher = LocalClient { engine: e.clone() };
+
+    // Active learning: every strategy but `gate` asks for the same items and gets the same curve.
+    let mk = |out| active::ActiveConfig {
+        strategies: [
+            "random",
+            "least_confidence",
+            "margin",
+            "entropy",
+            "nll",
+            "committee",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..active_cfg(out)
+    };
+    let (d1, d2) = (tmp("student-http-active"), tmp("student-local-active"));
+    let m1 = active::run(&teacher, &remote, &[], &mk(d1.clone())).unwrap();
+    let m2 = active::run(&teacher, &local, &[], &mk(d2.clone())).unwrap();
+    assert_eq!(m1["strategies"], m2["strategies"]);
+    assert_eq!(
+        read(&d1.join("curves.jsonl")),
+        read(&d2.join("curves.jsonl"))
+    );
+    let lines = |d: &Path| -> Vec<serde_json::Value> {
+        read(&d.join("queries.jsonl"))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (q1, q2) = (lines(&d1), lines(&d2));
+    assert_eq!(q1.len(), 6 * 2 * 2);
+    assert_eq!(q1.len(), q2.len());
+    for (a, b) in q1.iter().zip(&q2) {
+        // The entropy of the whole distribution is summed in another order over HTTP (the
+        // alternatives come sorted), so it may differ in its last bits.
+        let (x, y) = (
+            a["uncertainty"].as_f64().unwrap(),
+            b["uncertainty"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(y.abs()), "{a} vs {b}");
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            v["uncertainty"] = serde_json::Value::Null;
+            v
+        };
+        assert_eq!(strip(a), strip(b));
+    }
+    assert_eq!(
+        m1["student_prefill"]["saved_tokens"], 0,
+        "nothing shared over HTTP"
+    );
+    assert!(m2["student_prefill"]["saved_tokens"].as_u64().unwrap() > 0);
+    assert!(m1["student"]
+        .as_str()
+        .unwrap()
+        .contains("student at http://"));
+    // The gate entropy needs router logits: refused before any work, naming the strategy.
+    let d = tmp("student-http-gate");
+    let err = active::run(
+        &teacher,
+        &remote,
+        &[],
+        &active::ActiveConfig {
+            strategies: vec!["random".into(), "gate".into()],
+            ..active_cfg(d.clone())
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, moe::Error::FeatureUnavailable { .. }) && err.to_string().contains("`gate`"),
+        "{err}"
+    );
+    assert!(!d.join("curves.jsonl").exists(), "nothing ran");
+
+    // Learning by teaching: the same exams, seeded samples and selections.
+    let (d3, d4) = (tmp("student-http-teach"), tmp("student-local-teach"));
+    let m3 = teach::run(&teacher, &remote, &teach_cfg(d3.clone())).unwrap();
+    let m4 = teach::run(&teacher, &local, &teach_cfg(d4.clone())).unwrap();
+    for f in ["problems.jsonl", "rationales.jsonl", "rounds.jsonl"] {
+        assert_eq!(read(&d3.join(f)), read(&d4.join(f)), "{f}");
+    }
+    assert_eq!(m3["selection_accuracy"], m4["selection_accuracy"]);
+    assert_eq!(m3["prefix_cache"]["student"]["saved_tokens"], 0);
+
+    // Social learning: the same answers, and the same canary ranks from scores by token ids.
+    let (d5, d6) = (tmp("student-http-social"), tmp("student-local-social"));
+    let m5 = social::run(&teacher, &remote, &social_cfg(d5.clone())).unwrap();
+    let m6 = social::run(&teacher, &local, &social_cfg(d6.clone())).unwrap();
+    assert_eq!(
+        read(&d5.join("shared.jsonl")),
+        read(&d6.join("shared.jsonl"))
+    );
+    assert_eq!(m5["modes"], m6["modes"]);
+    h.shutdown();
 }

@@ -428,6 +428,9 @@ enum LoopCommand {
         max_tokens: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Continue an interrupted run in --out (the steps in its state.jsonl are kept).
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -466,15 +469,31 @@ struct TeacherArgs {
     teacher_model: String,
 }
 
+/// A loop's teacher client, the student's local model and, for a remote student, its client.
+type OpenedModels = (
+    Box<dyn moe::loops::client::ModelClient>,
+    std::sync::Arc<Engine<CpuBackend>>,
+    Option<moe::loops::client::HttpClient>,
+);
+
 /// Teacher and student of a loop.
 #[derive(Args, Clone)]
 struct LoopModels {
     #[command(flatten)]
     teacher: TeacherArgs,
     /// Student, in process: directory or preset (default: the `student` role, else the
-    /// embedded model).
+    /// embedded model). With --student-url, the local copy whose tokenizer and chat template
+    /// build the student's prompts.
     #[arg(long)]
     student: Option<String>,
+    /// Student behind an OpenAI-compatible endpoint instead (`http://host:port/v1`); it must
+    /// return token ids (`return_tokens_as_token_ids`) and echoed prompt logprobs, as `moe
+    /// serve` does. Not with the `gate` strategy (router logits are not served).
+    #[arg(long)]
+    student_url: Option<String>,
+    /// Model name at --student-url.
+    #[arg(long, default_value = "student")]
+    student_model: String,
     /// How in-context examples reach the student: `turns` (earlier chat turns) or `inline`
     /// (lines inside the one user turn).
     #[arg(long, default_value = "turns")]
@@ -522,12 +541,9 @@ impl TaskSource {
 }
 
 impl LoopModels {
-    fn open(
-        &self,
-    ) -> Result<(
-        Box<dyn moe::loops::client::ModelClient>,
-        std::sync::Arc<Engine<CpuBackend>>,
-    )> {
+    /// The teacher's client, the student's local model (in process, or the tokenizer's source
+    /// for a remote student) and the remote student's client.
+    fn open(&self) -> Result<OpenedModels> {
         let teacher = teacher_client(
             self.teacher.teacher_url.as_deref(),
             &self.teacher.teacher_model,
@@ -536,7 +552,12 @@ impl LoopModels {
         let student = std::sync::Arc::new(load(&ModelArg {
             model: role_or(self.student.clone(), "student"),
         })?);
-        Ok((teacher, student))
+        let remote = self
+            .student_url
+            .as_deref()
+            .map(|u| moe::loops::client::HttpClient::new(u, &self.student_model))
+            .transpose()?;
+        Ok((teacher, student, remote))
     }
 }
 
@@ -801,7 +822,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     source.load(heldout_size, seed ^ 0x4E1D)?,
                 ),
             };
-            let (teacher, student) = models.open()?;
+            let (teacher, student, remote) = models.open()?;
+            let student = match &remote {
+                Some(c) => moe::loops::learner::Student::remote(&student, c),
+                None => moe::loops::learner::Student::local(&student),
+            };
             let committee_engines: Vec<Engine<CpuBackend>> = committee_model
                 .into_iter()
                 .map(|m| load(&ModelArg { model: Some(m) }))
@@ -867,7 +892,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     source.load(heldout_size, seed ^ 0x4E1D)?,
                 ),
             };
-            let (teacher, student) = models.open()?;
+            let (teacher, student, remote) = models.open()?;
+            let student = match &remote {
+                Some(c) => moe::loops::learner::Student::remote(&student, c),
+                None => moe::loops::learner::Student::local(&student),
+            };
             let cfg = moe::loops::teach::TeachConfig {
                 out: dir,
                 pool,
@@ -908,6 +937,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
             canaries,
             max_tokens,
             seed,
+            resume,
         } => {
             let need = teachers * private + canaries.max(1);
             let n_fresh = teachers * shared.max(1);
@@ -935,7 +965,11 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     },
                 )
             };
-            let (teacher, student) = models.open()?;
+            let (teacher, student, remote) = models.open()?;
+            let student = match &remote {
+                Some(c) => moe::loops::learner::Student::remote(&student, c),
+                None => moe::loops::learner::Student::local(&student),
+            };
             let cfg = moe::loops::social::SocialConfig {
                 out: dir,
                 data,
@@ -953,6 +987,8 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 max_tokens,
                 seed,
                 context: moe::loops::learner::ContextFormat::parse(&models.context)?,
+                resume,
+                stop_after_steps: None,
             };
             let summary = moe::loops::social::run(teacher.as_ref(), &student, &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

@@ -24,7 +24,9 @@
 use super::client::ModelClient;
 use super::learner::{
     self, entropy, gate_entropy, label_probs, messages, messages_in, ContextFormat, PrefillStats,
+    Student,
 };
+use super::progress::Progress;
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
 use crate::engine::Engine;
@@ -120,7 +122,7 @@ fn shots_for(labelled: &[(Task, String)], topic: &str, k: usize) -> Vec<(String,
 
 /// The student's greedy answers to `tasks`, grouped by topic so each group shares its examples.
 fn answer_all(
-    student: &Engine,
+    student: &Student,
     tasks: &[Task],
     labelled: &[(Task, String)],
     shots: usize,
@@ -149,7 +151,7 @@ fn answer_all(
 
 /// Accuracy of the student on `heldout` with the labelled pool in context.
 fn evaluate(
-    student: &Engine,
+    student: &Student,
     cfg: &ActiveConfig,
     labelled: &[(Task, String)],
     stats: &mut PrefillStats,
@@ -177,7 +179,7 @@ fn evaluate(
 #[allow(clippy::too_many_arguments)]
 fn uncertainty(
     strategy: &str,
-    student: &Engine,
+    student: &Student,
     committee_models: &[&Engine],
     cfg: &ActiveConfig,
     items: &[Task],
@@ -186,9 +188,16 @@ fn uncertainty(
     stats: &mut PrefillStats,
 ) -> Result<Vec<f64>> {
     let needs_answers = matches!(strategy, "least_confidence" | "margin" | "entropy" | "nll");
+    // Open answers' entropy needs the whole next-token distribution (asked of a remote student
+    // only here: it is the vocabulary's logprobs at every step).
+    let with_entropy = student.with_entropy();
     let answers = if needs_answers {
         answer_all(
-            student,
+            if strategy == "entropy" {
+                &with_entropy
+            } else {
+                student
+            },
             items,
             labelled,
             cfg.shots,
@@ -233,14 +242,14 @@ fn uncertainty(
         "nll" => out.extend(answers.iter().map(|a| a.nll)),
         "committee" => {
             let mut votes: Vec<Vec<String>> = vec![vec![]; items.len()];
-            let mut members: Vec<(&Engine, Option<u64>)> = vec![(student, None)];
+            let mut members: Vec<(Student, Option<u64>)> = vec![(*student, None)];
             for m in 0..cfg.committee {
-                members.push((student, Some(m as u64 + 1)));
+                members.push((*student, Some(m as u64 + 1)));
             }
             for e in committee_models {
-                members.push((e, None));
+                members.push((Student::local(e), None));
             }
-            for (engine, sample_seed) in members {
+            for (member, sample_seed) in members {
                 let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
                 for (i, t) in items.iter().enumerate() {
                     groups.entry(t.topic()).or_default().push(i);
@@ -266,7 +275,7 @@ fn uncertainty(
                     let ids: Vec<Vec<u32>> = idx
                         .iter()
                         .map(|&i| {
-                            engine.tokenizer.encode_chat(
+                            member.tokenizer().encode_chat(
                                 &messages_in(cfg.context, &sh, None, &items[i].question),
                                 true,
                             )
@@ -281,7 +290,7 @@ fn uncertainty(
                             ..params.clone()
                         })
                         .collect();
-                    let ans = learner::generate_shared(engine, &ids, &ps, true, stats)?;
+                    let ans = learner::generate_shared(&member, &ids, &ps, true, stats)?;
                     for (i, a) in idx.into_iter().zip(ans) {
                         votes[i].push(answer_key(&items[i], &a.text));
                     }
@@ -292,7 +301,7 @@ fn uncertainty(
         "gate" => {
             for t in items {
                 let m = messages(&[], None, &t.question);
-                let ids = student.tokenizer.encode_chat(&m, true)?;
+                let ids = student.tokenizer().encode_chat(&m, true)?;
                 // The template's opening tokens are the same for every question: skip `<s>`.
                 out.push(gate_entropy(student, &ids, 1)?);
             }
@@ -340,10 +349,20 @@ pub fn teacher_labels(
 
 pub fn run(
     teacher: &dyn ModelClient,
-    student: &Engine,
+    student: &Student,
     committee_models: &[&Engine],
     cfg: &ActiveConfig,
 ) -> Result<Value> {
+    tasks::check_sizes(
+        "active",
+        &[
+            ("rounds", cfg.rounds, 1),
+            ("batch", cfg.batch, 1),
+            ("shots", cfg.shots, 1),
+            ("max_tokens", cfg.max_tokens, 1),
+            ("strategies", cfg.strategies.len(), 1),
+        ],
+    )?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     if cfg.pool.is_empty() || cfg.heldout.is_empty() {
         return Err(Error::InvalidRequest(
@@ -356,6 +375,10 @@ pub fn run(
                 "unknown strategy `{s}` (known: {})",
                 STRATEGIES.join(", ")
             )));
+        }
+        // Refused before any work, rather than after the strategies before it.
+        if let (Some(client), "gate") = (student.remote, s.as_str()) {
+            return Err(learner::gate_unavailable(client));
         }
     }
     let t0 = std::time::Instant::now();
@@ -417,7 +440,19 @@ pub fn run(
     let (_, zero_shot) = evaluate(student, cfg, &[], &mut stats)?;
     let mut summary: BTreeMap<String, Value> = BTreeMap::new();
     let total_rounds = cfg.strategies.len() * cfg.rounds;
-    let mut done_rounds = 0;
+    let resumed_rounds = cfg
+        .strategies
+        .iter()
+        .filter(|s| finished.contains(s))
+        .count()
+        * cfg.rounds;
+    let progress = Progress::new(
+        "active: rounds",
+        total_rounds as u64,
+        resumed_rounds as u64,
+        "rounds",
+    );
+    let mut rounds_run = 0u64;
     for strategy in &cfg.strategies {
         if finished.contains(strategy) {
             let curve: Vec<Value> = kept_curves
@@ -436,7 +471,6 @@ pub fn run(
                 strategy.clone(),
                 json!({"curve": curve, "teacher_label_accuracy": right as f64 / qs.len().max(1) as f64}),
             );
-            done_rounds += cfg.rounds;
             continue;
         }
         let mut labelled: Vec<(Task, String)> = vec![];
@@ -449,6 +483,7 @@ pub fn run(
             if remaining.is_empty() {
                 break;
             }
+            let generated_before = stats.generated_tokens;
             let items: Vec<Task> = remaining.iter().map(|&i| cfg.pool[i].clone()).collect();
             let scores = uncertainty(
                 strategy,
@@ -498,14 +533,8 @@ pub fn run(
             let line = json!({"strategy": strategy, "round": round, "labels": labelled.len(), "accuracy": acc});
             writeln!(curves, "{line}").map_err(|e| Error::io(&curves_path, e))?;
             curve.push(json!({"labels": labelled.len(), "accuracy": acc}));
-            done_rounds += 1;
-            eprintln!(
-                "active {strategy} round {round}/{}: {} labels, held-out accuracy {:.3} ({done_rounds}/{total_rounds}, {:.1}s)",
-                cfg.rounds,
-                labelled.len(),
-                acc["all"].as_f64().unwrap_or(0.0),
-                t0.elapsed().as_secs_f64()
-            );
+            rounds_run += 1;
+            progress.inc(1, (stats.generated_tokens - generated_before) as u64);
         }
         summary.insert(
             strategy.clone(),
@@ -521,13 +550,15 @@ pub fn run(
             break;
         }
     }
+    let rounds_rate = progress.finish(rounds_run);
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
-        "loop": "active", "teacher": teacher.name(), "student": student.info.name,
+        "loop": "active", "teacher": teacher.name(), "student": student.name(),
         "committee_models": committee_models.iter().map(|e| e.info.name.clone()).collect::<Vec<_>>(),
         "seed": cfg.seed, "pool": cfg.pool.len(), "heldout": cfg.heldout.len(), "rounds": cfg.rounds,
         "batch": cfg.batch, "shots": cfg.shots, "committee": cfg.committee, "max_tokens": cfg.max_tokens, "context": format!("{:?}", cfg.context).to_lowercase(),"strategies": summary, "teacher_labels_requested": teacher_calls,
-        "student_prefill": stats.json(), "seconds": secs, "version": env!("CARGO_PKG_VERSION"),
+        "student_prefill": stats.json(), "steps": {"rounds": rounds_rate}, "seconds": secs,
+        "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &manifest)?;
     Ok(manifest)

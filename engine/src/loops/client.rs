@@ -8,7 +8,8 @@
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{
-    Completion, FinishReason, GenerateRequest, Prompt, PromptTokenLogprob, TokenLogprob, TopLogprob,
+    Completion, ContinuationScore, FinishReason, GenerateRequest, Prompt, PromptTokenLogprob,
+    TokenLogprob, TopLogprob,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -32,6 +33,20 @@ pub trait ModelClient: Send + Sync {
     fn prompt_logprobs(&self, prompt: &Prompt, top_k: usize) -> Result<Vec<PromptTokenLogprob>>;
     /// Log-likelihood of each continuation of `prompt`.
     fn score(&self, prompt: &str, continuations: &[String]) -> Result<Vec<f64>>;
+    /// Each continuation's tokens and their logprobs. `prompt` and `prompt + continuation` are
+    /// tokenised whole and split after the tokens every one of them shares with the prompt, so a
+    /// token merged across the text boundary is scored, the same one for every continuation.
+    fn score_tokens(
+        &self,
+        prompt: &str,
+        continuations: &[String],
+    ) -> Result<Vec<ContinuationScore>> {
+        let _ = (prompt, continuations);
+        Err(Error::InvalidRequest(format!(
+            "{} cannot give per-token continuation scores",
+            self.name()
+        )))
+    }
 }
 
 /// A model in this process.
@@ -57,13 +72,19 @@ impl ModelClient for LocalClient {
         self.engine.prompt_logprobs(prompt, top_k)
     }
     fn score(&self, prompt: &str, continuations: &[String]) -> Result<Vec<f64>> {
-        let (p, c) = self.engine.split_continuations(prompt, continuations)?;
         Ok(self
-            .engine
-            .score_continuations(&p, &c)?
+            .score_tokens(prompt, continuations)?
             .into_iter()
             .map(|s| s.total)
             .collect())
+    }
+    fn score_tokens(
+        &self,
+        prompt: &str,
+        continuations: &[String],
+    ) -> Result<Vec<ContinuationScore>> {
+        let (p, c) = self.engine.split_continuations(prompt, continuations)?;
+        self.engine.score_continuations(&p, &c)
     }
 }
 
@@ -401,24 +422,130 @@ impl ModelClient for HttpClient {
     }
 
     fn score(&self, prompt: &str, continuations: &[String]) -> Result<Vec<f64>> {
-        continuations
+        Ok(self
+            .score_tokens(prompt, continuations)?
+            .into_iter()
+            .map(|s| s.total)
+            .collect())
+    }
+
+    fn score_tokens(
+        &self,
+        prompt: &str,
+        continuations: &[String],
+    ) -> Result<Vec<ContinuationScore>> {
+        // Token boundaries come from the server's own tokenisation (echoed token ids), not from
+        // text offsets: those are offsets into the decoded text, which drops special tokens such
+        // as `</s>` and adds a space after each, so they do not line up with `prompt.len()`.
+        let mut texts = vec![prompt.to_string()];
+        texts.extend(continuations.iter().map(|c| format!("{prompt}{c}")));
+        let mut echoed = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(64) {
+            echoed.extend(self.echo_logprobs(json!(chunk))?);
+        }
+        let prompt_ids = &echoed[0].0;
+        let common = echoed[1..]
             .iter()
-            .map(|c| {
-                let body = json!({"model": self.model, "prompt": format!("{prompt}{c}"), "max_tokens": 0, "echo": true,
-                                  "logprobs": 0, "temperature": 0, "return_tokens_as_token_ids": true});
-                let v = self.post("/completions", &body)?;
-                let lp = &v["choices"][0]["logprobs"];
-                let offsets = lp["text_offset"].as_array().ok_or_else(|| Error::FeatureUnavailable {
-                    endpoint: self.base_url.clone(),
-                    feature: "text offsets in echoed logprobs".into(),
-                })?;
-                Ok(offsets
+            .map(|(w, _)| prompt_ids.iter().zip(w).take_while(|(a, b)| a == b).count())
+            .min()
+            .unwrap_or(prompt_ids.len());
+        // As in process: at least one prompt token, so every continuation has a predicting row.
+        let common = common.max(1).min(prompt_ids.len());
+        echoed[1..]
+            .iter()
+            .map(|(w, lp)| {
+                let logprobs = lp[common.min(lp.len())..]
                     .iter()
-                    .enumerate()
-                    .filter(|(_, o)| o.as_u64().is_some_and(|o| o as usize >= prompt.len()))
-                    .filter_map(|(i, _)| lp["token_logprobs"][i].as_f64())
-                    .sum())
+                    .map(|x| x.ok_or_else(|| self.err("an echoed prompt token without a logprob")))
+                    .collect::<Result<Vec<f32>>>()?;
+                Ok(ContinuationScore {
+                    token_ids: w[common.min(w.len())..].to_vec(),
+                    total: logprobs.iter().map(|&x| x as f64).sum(),
+                    logprobs,
+                })
             })
             .collect()
+    }
+}
+
+/// A prompt's token ids as the server tokenised them and each token's logprob.
+type Echoed = (Vec<u32>, Vec<Option<f32>>);
+
+impl HttpClient {
+    /// Teacher forcing of several prompts (texts or token-id lists) in one request: each
+    /// prompt's token ids as the server tokenised them and each token's logprob (`None` for the
+    /// first).
+    fn echo_logprobs(&self, prompts: Value) -> Result<Vec<Echoed>> {
+        let body = json!({"model": self.model, "prompt": prompts, "max_tokens": 0, "echo": true,
+                          "logprobs": 0, "temperature": 0, "return_tokens_as_token_ids": true});
+        let v = self.post("/completions", &body)?;
+        let unavailable = || Error::FeatureUnavailable {
+            endpoint: self.base_url.clone(),
+            feature: "prompt logprobs (echo with max_tokens 0)".into(),
+        };
+        let mut choices: Vec<&Value> = v["choices"]
+            .as_array()
+            .ok_or_else(unavailable)?
+            .iter()
+            .collect();
+        choices.sort_by_key(|c| c["index"].as_u64());
+        choices
+            .into_iter()
+            .map(|c| {
+                let lp = &c["logprobs"];
+                let toks = lp["tokens"].as_array().ok_or_else(unavailable)?;
+                let ids = toks
+                    .iter()
+                    .map(|t| self.token_id(t.as_str().unwrap_or("")))
+                    .collect::<Result<Vec<u32>>>()?;
+                let lps = (0..ids.len())
+                    .map(|i| lp["token_logprobs"][i].as_f64().map(|x| x as f32))
+                    .collect();
+                Ok((ids, lps))
+            })
+            .collect()
+    }
+
+    /// Each continuation's token logprobs after `prompt` (token ids, so nothing is retokenised).
+    pub fn score_ids(
+        &self,
+        prompt: &[u32],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<ContinuationScore>> {
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let wholes: Vec<Vec<u32>> = continuations
+            .iter()
+            .map(|c| {
+                if c.is_empty() {
+                    return Err(Error::InvalidRequest(
+                        "a continuation to score is empty".into(),
+                    ));
+                }
+                Ok(prompt.iter().chain(c).copied().collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(wholes.len());
+        for chunk in wholes.chunks(64) {
+            for ((ids, lp), w) in self.echo_logprobs(json!(chunk))?.into_iter().zip(chunk) {
+                if &ids != w {
+                    return Err(self.err("echoed token ids differ from the ones sent"));
+                }
+                let logprobs = lp[prompt.len()..]
+                    .iter()
+                    .map(|x| x.ok_or_else(|| self.err("an echoed token without a logprob")))
+                    .collect::<Result<Vec<f32>>>()?;
+                out.push(ContinuationScore {
+                    token_ids: w[prompt.len()..].to_vec(),
+                    total: logprobs.iter().map(|&x| x as f64).sum(),
+                    logprobs,
+                });
+            }
+        }
+        if out.len() != continuations.len() {
+            return Err(self.err("fewer choices than prompts"));
+        }
+        Ok(out)
     }
 }

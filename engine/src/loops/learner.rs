@@ -2,19 +2,71 @@
 //! the prefix a group of prompts shares once and forks its KV cache for each, answer
 //! log-likelihoods by continuation scoring, and the router's gate entropy.
 //!
-//! These need the model's logits and KV cache, which an HTTP endpoint does not give, so the
-//! student of the loops built on them runs in process.
+//! The student may also sit behind an OpenAI-compatible endpoint ([`Student::remote`]): prompts
+//! are still built with a local copy of its tokenizer and chat template, generation and scoring
+//! go over HTTP by token ids. What an endpoint cannot give is a typed error, never a guess: the
+//! router's gate entropy needs router logits (`moe serve`'s `return_experts` gives only the
+//! chosen experts), and prefix KV sharing is an in-process saving (over HTTP every prompt is
+//! counted as prefilled whole).
 
+use super::client::{HttpClient, ModelClient};
 use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::generate::ContinuationScore;
+use crate::generate::{ContinuationScore, GenerateRequest, Prompt};
 use crate::models::mixtral::SeqStep;
 use crate::sampling::{log_softmax_into, Sampler, SamplingParams};
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::trace::{NoTrace, Trace};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
+
+/// The student of a loop: a model in this process, or one behind an endpoint.
+#[derive(Clone, Copy)]
+pub struct Student<'a> {
+    /// The model in process; for a remote student, the local copy whose tokenizer, chat
+    /// template and end-of-sequence ids build the prompts (its weights are not used).
+    pub engine: &'a Engine,
+    pub remote: Option<&'a HttpClient>,
+    /// A remote student's answers carry the full next-token distribution's entropy (the whole
+    /// vocabulary's logprobs per step, a large response); otherwise their `mean_entropy` is NaN.
+    pub entropy: bool,
+}
+
+impl<'a> Student<'a> {
+    pub fn local(engine: &'a Engine) -> Self {
+        Student {
+            engine,
+            remote: None,
+            entropy: false,
+        }
+    }
+    pub fn remote(engine: &'a Engine, client: &'a HttpClient) -> Self {
+        Student {
+            engine,
+            remote: Some(client),
+            entropy: false,
+        }
+    }
+    pub fn with_entropy(self) -> Self {
+        Student {
+            entropy: true,
+            ..self
+        }
+    }
+    pub fn name(&self) -> String {
+        match self.remote {
+            Some(c) => c.name(),
+            None => self.engine.info.name.clone(),
+        }
+    }
+    pub fn tokenizer(&self) -> &'a Tokenizer {
+        &self.engine.tokenizer
+    }
+    pub fn eos_ids(&self) -> &'a [u32] {
+        &self.engine.eos_ids
+    }
+}
 
 /// How in-context examples are shown to the student.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,7 +203,7 @@ pub fn shared_prefix_len(prompts: &[Vec<u32>]) -> usize {
 /// forked for each prompt. Token choice is the engine's sampler, so a seeded request gives the
 /// same tokens whether or not the prefix is shared.
 pub fn generate_shared(
-    engine: &Engine,
+    student: &Student,
     prompts: &[Vec<u32>],
     params: &[SamplingParams],
     share: bool,
@@ -161,13 +213,17 @@ pub fn generate_shared(
     if prompts.len() > CHUNK {
         let mut out = Vec::with_capacity(prompts.len());
         for (p, q) in prompts.chunks(CHUNK).zip(params.chunks(CHUNK)) {
-            out.extend(generate_shared(engine, p, q, share, stats)?);
+            out.extend(generate_shared(student, p, q, share, stats)?);
         }
         return Ok(out);
     }
     if prompts.is_empty() {
         return Ok(vec![]);
     }
+    if let Some(client) = student.remote {
+        return generate_remote(client, student, prompts, params, stats);
+    }
+    let engine = student.engine;
     let t0 = Instant::now();
     let model = &engine.model;
     let ctx = engine.info.context_length;
@@ -312,9 +368,87 @@ pub fn generate_shared(
     Ok(answers)
 }
 
+/// Generation over HTTP by token ids: the answer's uncertainty from the returned logprobs (the
+/// chosen token's and the top two; the whole distribution when `student.entropy`). Nothing is
+/// shared, so every prompt token counts as prefilled.
+fn generate_remote(
+    client: &HttpClient,
+    student: &Student,
+    prompts: &[Vec<u32>],
+    params: &[SamplingParams],
+    stats: &mut PrefillStats,
+) -> Result<Vec<Answer>> {
+    let t0 = Instant::now();
+    let vocab = student.engine.config().vocab_size;
+    let reqs: Vec<GenerateRequest> = prompts
+        .iter()
+        .zip(params)
+        .map(|(p, q)| {
+            GenerateRequest::new(
+                Prompt::Tokens(p.clone()),
+                SamplingParams {
+                    logprobs: true,
+                    top_logprobs: if student.entropy { vocab } else { 2 },
+                    ..q.clone()
+                },
+            )
+        })
+        .collect();
+    let completions = client.generate(&reqs)?;
+    stats.prompts += prompts.len();
+    let n_prompt: usize = prompts.iter().map(Vec::len).sum();
+    stats.prompt_tokens += n_prompt;
+    stats.prefilled_tokens += n_prompt;
+    let mut out = Vec::with_capacity(completions.len());
+    for c in completions {
+        let steps = c.logprobs.unwrap_or_default();
+        let mut a = Answer {
+            text: c.text,
+            tokens: steps.len(),
+            ..Answer::default()
+        };
+        let mut margin = f64::INFINITY;
+        for t in &steps {
+            a.nll -= t.logprob as f64;
+            let p = |k: usize| {
+                t.top_logprobs
+                    .get(k)
+                    .map_or(0.0, |x| (x.logprob as f64).exp())
+            };
+            margin = margin.min(p(0) - p(1));
+            if student.entropy {
+                a.mean_entropy -= t
+                    .top_logprobs
+                    .iter()
+                    .map(|x| {
+                        let p = (x.logprob as f64).exp();
+                        if p > 0.0 {
+                            p * x.logprob as f64
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum::<f64>();
+            }
+        }
+        a.mean_entropy = if student.entropy {
+            a.mean_entropy / a.tokens.max(1) as f64
+        } else {
+            f64::NAN
+        };
+        a.min_margin = if margin.is_finite() { margin } else { 0.0 };
+        stats.generated_tokens += a.tokens;
+        out.push(a);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    stats.seconds += secs;
+    stats.prefill_seconds += secs;
+    Ok(out)
+}
+
 /// Greedy answers for chat prompts, prompts sharing a prefix grouped by the caller.
 pub fn greedy(
-    engine: &Engine,
+    student: &Student,
     prompts: &[Vec<ChatMessage>],
     max_tokens: usize,
     share: bool,
@@ -322,7 +456,7 @@ pub fn greedy(
 ) -> Result<Vec<Answer>> {
     let ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|m| engine.tokenizer.encode_chat(m, true))
+        .map(|m| student.tokenizer().encode_chat(m, true))
         .collect::<Result<_>>()?;
     let params = vec![
         SamplingParams {
@@ -331,17 +465,16 @@ pub fn greedy(
         };
         ids.len()
     ];
-    generate_shared(engine, &ids, &params, share, stats)
+    generate_shared(student, &ids, &params, share, stats)
 }
 
 /// The prompt `messages` and each answer as the assistant's turn, as token ids: the common
 /// prompt and each answer's own tokens (its end-of-turn included), split where they differ.
 pub fn continuation_ids(
-    engine: &Engine,
+    tok: &Tokenizer,
     messages: &[ChatMessage],
     answers: &[String],
 ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
-    let tok = &engine.tokenizer;
     let prompt = tok.encode_chat(messages, true)?;
     let mut common = prompt.len();
     let mut wholes = Vec::with_capacity(answers.len());
@@ -362,21 +495,24 @@ pub fn continuation_ids(
 
 /// Log-likelihood of each answer as the assistant's turn after `messages` (one shared prefill).
 pub fn answer_scores(
-    engine: &Engine,
+    student: &Student,
     messages: &[ChatMessage],
     answers: &[String],
 ) -> Result<Vec<ContinuationScore>> {
-    let (p, c) = continuation_ids(engine, messages, answers)?;
-    engine.score_continuations(&p, &c)
+    let (p, c) = continuation_ids(student.tokenizer(), messages, answers)?;
+    match student.remote {
+        Some(client) => client.score_ids(&p, &c),
+        None => student.engine.score_continuations(&p, &c),
+    }
 }
 
 /// Softmax over the label set of the labels' log-likelihoods.
 pub fn label_probs(
-    engine: &Engine,
+    student: &Student,
     messages: &[ChatMessage],
     labels: &[String],
 ) -> Result<Vec<f64>> {
-    let s = answer_scores(engine, messages, labels)?;
+    let s = answer_scores(student, messages, labels)?;
     Ok(softmax(&s.iter().map(|x| x.total).collect::<Vec<_>>()))
 }
 
@@ -407,7 +543,11 @@ impl Trace for GateTrace {
 
 /// Mean entropy (nats) of the router's softmax over all experts, over every layer and the
 /// tokens of `ids` from `from` on: how unsure the gates are about where a text belongs.
-pub fn gate_entropy(engine: &Engine, ids: &[u32], from: usize) -> Result<f64> {
+pub fn gate_entropy(student: &Student, ids: &[u32], from: usize) -> Result<f64> {
+    if let Some(client) = student.remote {
+        return Err(gate_unavailable(client));
+    }
+    let engine = student.engine;
     let mut kv = engine.model.new_kv();
     let mut tr = GateTrace::default();
     engine.model.forward(
@@ -430,6 +570,17 @@ pub fn gate_entropy(engine: &Engine, ids: &[u32], from: usize) -> Result<f64> {
         }
     }
     Ok(sum / count.max(1) as f64)
+}
+
+/// Why a remote student has no gate entropy.
+pub fn gate_unavailable(client: &HttpClient) -> Error {
+    Error::FeatureUnavailable {
+        endpoint: client.base_url.clone(),
+        feature: "the router's gate entropy (acquisition strategy `gate`): it needs every \
+                  router logit, and `return_experts` gives only the chosen experts; run the \
+                  student in process for `gate`"
+            .into(),
+    }
 }
 
 /// `−Σ p ln p`.

@@ -31,10 +31,10 @@
 //! `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillStats};
+use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillStats, Student};
+use super::progress::Progress;
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -100,6 +100,113 @@ pub struct SocialConfig {
     pub seed: u64,
     /// How shared examples are shown to the student (and private ones to a relabelling teacher).
     pub context: ContextFormat,
+    /// Keep the steps an earlier run in `out` finished (`state.jsonl`) and run the rest.
+    pub resume: bool,
+    /// Stop after this many steps in this invocation (a run in slices; `resume` goes on).
+    pub stop_after_steps: Option<usize>,
+}
+
+/// The steps a run has finished, one JSON line each in `state.jsonl`, in the order they run:
+/// what each step wrote to `shared.jsonl` (verbatim) and the exact values (texts, booleans,
+/// ranks) its results are computed from, so a resumed run writes the bytes an uninterrupted
+/// one writes.
+struct Steps {
+    done: Vec<Value>,
+    next: usize,
+    path: PathBuf,
+    file: std::fs::File,
+    ran: usize,
+    stop_after: Option<usize>,
+}
+
+impl Steps {
+    fn open(cfg: &SocialConfig, settings: &str) -> Result<Steps> {
+        let path = cfg.out.join("state.jsonl");
+        let mut done: Vec<Value> = vec![];
+        if cfg.resume && path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            // A killed run may leave a torn last line: it and anything after it are redone.
+            for l in text.lines() {
+                match serde_json::from_str::<Value>(l) {
+                    Ok(v) => done.push(v),
+                    Err(_) => break,
+                }
+            }
+            if let Some(first) = done.first() {
+                if first["settings"].as_str() != Some(settings) {
+                    return Err(Error::InvalidRequest(format!(
+                        "--resume: the run in {} was made with other settings or data; use another --out or drop --resume",
+                        cfg.out.display()
+                    )));
+                }
+            }
+        }
+        if done.is_empty() {
+            done.push(json!({"step": "settings", "settings": settings}));
+        }
+        let mut file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        for v in &done {
+            writeln!(file, "{v}").map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(Steps {
+            done,
+            next: 1,
+            path,
+            file,
+            ran: 0,
+            stop_after: cfg.stop_after_steps,
+        })
+    }
+
+    /// The record of the next step when an earlier run finished it.
+    fn stored(&mut self, step: &str) -> Result<Option<Value>> {
+        let Some(v) = self.done.get(self.next) else {
+            return Ok(None);
+        };
+        if v["step"] != step {
+            return Err(Error::InvalidRequest(format!(
+                "--resume: {} has step `{}` where `{step}` was expected",
+                self.path.display(),
+                v["step"]
+            )));
+        }
+        self.next += 1;
+        Ok(Some(v.clone()))
+    }
+
+    /// Records a finished step; true when this invocation is to stop here.
+    fn record(&mut self, v: Value) -> Result<bool> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))?;
+        self.file.flush().map_err(|e| Error::io(&self.path, e))?;
+        self.next += 1;
+        self.ran += 1;
+        Ok(self.stop_after.is_some_and(|n| self.ran >= n))
+    }
+
+    /// What a stopped run returns (no manifest is written).
+    fn stopped(&self) -> Value {
+        json!({"loop": "social", "complete": false, "steps_done": self.next - 1})
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 struct Shared {
@@ -118,7 +225,7 @@ impl Shared {
 }
 
 /// The private examples as chat turns, then an opened user turn the teacher continues.
-fn generation_prompt(student: &Engine, examples: &[Task]) -> Result<Vec<u32>> {
+fn generation_prompt(student: &Student, examples: &[Task]) -> Result<Vec<u32>> {
     let m: Vec<ChatMessage> = examples
         .iter()
         .flat_map(|t| {
@@ -128,24 +235,25 @@ fn generation_prompt(student: &Engine, examples: &[Task]) -> Result<Vec<u32>> {
             ]
         })
         .collect();
-    let text = student.tokenizer.apply_chat_template(&m, false)? + "[INST]";
-    student.tokenizer.encode(&text, false)
+    let text = student.tokenizer().apply_chat_template(&m, false)? + "[INST]";
+    student.tokenizer().encode(&text, false)
 }
 
 /// Chat text without the leading beginning-of-sequence (the client adds its own).
-fn chat_text(student: &Engine, m: &[ChatMessage]) -> Result<String> {
-    let t = student.tokenizer.apply_chat_template(m, false)?;
-    let bos = student.tokenizer.bos_token().unwrap_or("");
+fn chat_text(student: &Student, m: &[ChatMessage]) -> Result<String> {
+    let t = student.tokenizer().apply_chat_template(m, false)?;
+    let bos = student.tokenizer().bos_token().unwrap_or("");
     Ok(t.strip_prefix(bos).unwrap_or(&t).to_string())
 }
 
 /// The voting aggregator: every teacher scores every candidate as a continuation of its own
 /// private examples and votes for its `n` best; the `n` candidates with the most votes win (ties
-/// in pool order). Scores are total log-likelihoods, not per token: clients may count a few
-/// prompt tokens into every continuation, an offset that must not reorder the candidates.
+/// in pool order). Scores are total log-likelihoods, not per token: a token merged across the
+/// prompt/candidate boundary is counted into every candidate, an offset that must not reorder
+/// them.
 pub fn vote_candidates(
     teacher: &dyn ModelClient,
-    student: &Engine,
+    student: &Student,
     private: &[Vec<Task>],
     pool: &[(String, String)],
     n_gen: usize,
@@ -230,7 +338,21 @@ fn majority(keys: &[String]) -> String {
     best.map(|(k, _)| k.clone()).unwrap_or_default()
 }
 
-pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> Result<Value> {
+pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &SocialConfig) -> Result<Value> {
+    tasks::check_sizes(
+        "social",
+        &[
+            ("teachers", cfg.teachers, 1),
+            ("private", cfg.private_per_teacher, 1),
+            ("shared", cfg.shared, 1),
+            ("n_gen", cfg.n_gen, 1),
+            ("samples", cfg.samples, 1),
+            ("keep", cfg.keep, 1),
+            ("canaries", cfg.canaries, 1),
+            ("canary_candidates", cfg.canary_candidates, 2),
+            ("max_tokens", cfg.max_tokens, 1),
+        ],
+    )?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let m = cfg.teachers.max(1);
     let k = cfg.private_per_teacher.max(1);
@@ -279,14 +401,45 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
         .flatten()
         .map(|t| tasks::normalize(&t.question))
         .collect();
+    let settings = json!({
+        "seed": cfg.seed, "teachers": m, "private_per_teacher": k, "shared": cfg.shared, "n_gen": cfg.n_gen,
+        "samples": cfg.samples, "keep": cfg.keep, "temperature": cfg.temperature, "canaries": nc,
+        "canary_candidates": cfg.canary_candidates, "max_tokens": cfg.max_tokens,
+        "context": format!("{:?}", cfg.context), "data": cfg.data, "fresh": cfg.fresh, "test": cfg.test,
+        // The model, not where it is served: a resumed run may reach it at another address.
+        "student": student.remote.map_or(student.engine.info.name.clone(), |c| c.model.clone()),
+    })
+    .to_string();
+    let mut steps = Steps::open(cfg, &settings)?;
     let shared_path = cfg.out.join("shared.jsonl");
     let mut shared_file =
         std::fs::File::create(&shared_path).map_err(|e| Error::io(&shared_path, e))?;
+    let mut write_lines = |lines: &[String]| -> Result<()> {
+        for l in lines {
+            writeln!(shared_file, "{l}").map_err(|e| Error::io(&shared_path, e))?;
+        }
+        Ok(())
+    };
+    let teacher_steps = 2 * m + 3;
+    let teacher_done = (steps.done.len() - 1).min(teacher_steps);
+    let progress = Progress::new(
+        "social: teachers",
+        teacher_steps as u64,
+        teacher_done as u64,
+        "steps",
+    );
 
     // Synthetic examples: each teacher continues its private examples.
     let (mut sampled, mut faulty) = (0usize, 0usize);
     let mut synthetic: Vec<Vec<(String, String)>> = vec![];
     for (i, p) in private.iter().enumerate() {
+        if let Some(v) = steps.stored("synthetic")? {
+            write_lines(&strings(&v["lines"]))?;
+            sampled += v["sampled"].as_u64().unwrap_or(0) as usize;
+            faulty += v["faulty"].as_u64().unwrap_or(0) as usize;
+            synthetic.push(pairs(&v["kept"]));
+            continue;
+        }
         let mut trng = LoopRng(cfg.seed ^ (i as u64 + 1).wrapping_mul(0xC0FFEE));
         let reqs: Vec<GenerateRequest> = (0..cfg.samples)
             .map(|s| {
@@ -304,9 +457,12 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
                 ))
             })
             .collect::<Result<_>>()?;
+        let (mut n_sampled, mut n_faulty, mut tokens) = (0usize, 0usize, 0usize);
+        let mut lines = vec![];
         let mut cands: Vec<((String, String), f64)> = vec![];
         for c in teacher.generate(&reqs)? {
-            sampled += 1;
+            n_sampled += 1;
+            tokens += c.token_ids.len();
             let nll = c
                 .logprobs
                 .as_ref()
@@ -315,25 +471,43 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
             match parse_candidate(&c.text) {
                 Some(pair) => cands.push((pair, nll)),
                 None => {
-                    faulty += 1;
-                    let line = json!({"mode": "synthetic_discarded", "teacher": i, "text": c.text});
-                    writeln!(shared_file, "{line}").map_err(|e| Error::io(&shared_path, e))?;
+                    n_faulty += 1;
+                    lines.push(
+                        json!({"mode": "synthetic_discarded", "teacher": i, "text": c.text})
+                            .to_string(),
+                    );
                 }
             }
         }
         cands.sort_by(|a, b| a.1.total_cmp(&b.1));
         cands.truncate(cfg.keep);
         for (pair, nll) in &cands {
-            let line = json!({"mode": "synthetic", "teacher": i, "question": pair.0, "answer": pair.1, "mean_nll": nll});
-            writeln!(shared_file, "{line}").map_err(|e| Error::io(&shared_path, e))?;
+            lines.push(json!({"mode": "synthetic", "teacher": i, "question": pair.0, "answer": pair.1, "mean_nll": nll}).to_string());
         }
-        synthetic.push(cands.into_iter().map(|(p, _)| p).collect());
+        write_lines(&lines)?;
+        let kept: Vec<(String, String)> = cands.into_iter().map(|(p, _)| p).collect();
+        sampled += n_sampled;
+        faulty += n_faulty;
+        progress.inc(1, tokens as u64);
+        let stop = steps.record(
+            json!({"step": "synthetic", "teacher": i, "lines": lines, "kept": kept,
+                                       "sampled": n_sampled, "faulty": n_faulty}),
+        )?;
+        synthetic.push(kept);
+        if stop {
+            return Ok(steps.stopped());
+        }
     }
 
     // Relabelled public questions: each teacher answers with its private examples in context.
     let mut relabel: Vec<Vec<(String, String)>> = vec![];
     let per = cfg.shared.max(1);
     for (i, p) in private.iter().enumerate() {
+        if let Some(v) = steps.stored("relabel")? {
+            write_lines(&strings(&v["lines"]))?;
+            relabel.push(pairs(&v["pairs"]));
+            continue;
+        }
         let mut trng = LoopRng(cfg.seed ^ (i as u64 + 1).wrapping_mul(0xBEEF));
         let qs: Vec<Task> = cfg.fresh.iter().skip(i * per).take(per).cloned().collect();
         let reqs: Vec<GenerateRequest> = qs
@@ -353,36 +527,83 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
                 )
             })
             .collect();
-        let mut out = vec![];
+        let (mut out, mut lines, mut tokens) = (vec![], vec![], 0usize);
         for (q, c) in qs.iter().zip(teacher.generate(&reqs)?) {
+            tokens += c.token_ids.len();
             let a = tasks::extract_answer(&c.text);
-            let line =
-                json!({"mode": "relabel", "teacher": i, "question": q.question, "answer": a});
-            writeln!(shared_file, "{line}").map_err(|e| Error::io(&shared_path, e))?;
+            lines.push(
+                json!({"mode": "relabel", "teacher": i, "question": q.question, "answer": a})
+                    .to_string(),
+            );
             out.push((q.question.clone(), a));
         }
+        write_lines(&lines)?;
+        progress.inc(1, tokens as u64);
+        let stop =
+            steps.record(json!({"step": "relabel", "teacher": i, "lines": lines, "pairs": out}))?;
         relabel.push(out);
+        if stop {
+            return Ok(steps.stopped());
+        }
     }
 
     // A written instruction from the first teacher.
-    let shown: Vec<Task> = private[0].iter().take(8).cloned().collect();
-    let instruction = teacher
-        .generate(&[GenerateRequest::new(
-            Prompt::Chat(vec![ChatMessage::user(instruction_prompt(&shown))]),
-            SamplingParams {
-                max_tokens: cfg.max_tokens.max(64),
-                ..SamplingParams::greedy()
-            },
-        )])?
-        .pop()
-        .map(|c| c.text.trim().to_string())
-        .unwrap_or_default();
-    writeln!(
-        shared_file,
-        "{}",
-        json!({"mode": "instruction", "teacher": 0, "text": instruction})
-    )
-    .map_err(|e| Error::io(&shared_path, e))?;
+    let instruction = match steps.stored("instruction")? {
+        Some(v) => {
+            write_lines(&strings(&v["lines"]))?;
+            v["text"].as_str().unwrap_or("").to_string()
+        }
+        None => {
+            let shown: Vec<Task> = private[0].iter().take(8).cloned().collect();
+            let c = teacher
+                .generate(&[GenerateRequest::new(
+                    Prompt::Chat(vec![ChatMessage::user(instruction_prompt(&shown))]),
+                    SamplingParams {
+                        max_tokens: cfg.max_tokens.max(64),
+                        ..SamplingParams::greedy()
+                    },
+                )])?
+                .pop();
+            let tokens = c.as_ref().map_or(0, |c| c.token_ids.len());
+            let text = c.map(|c| c.text.trim().to_string()).unwrap_or_default();
+            let lines =
+                vec![json!({"mode": "instruction", "teacher": 0, "text": text}).to_string()];
+            write_lines(&lines)?;
+            progress.inc(1, tokens as u64);
+            if steps.record(json!({"step": "instruction", "lines": lines, "text": text}))? {
+                return Ok(steps.stopped());
+            }
+            text
+        }
+    };
+
+    // The voting aggregator's picks (the teachers score every candidate).
+    let mut voted = vec![];
+    for (name, pool) in [
+        (
+            "relabel_voted",
+            relabel.iter().flatten().cloned().collect::<Vec<_>>(),
+        ),
+        (
+            "synthetic_voted",
+            synthetic.iter().flatten().cloned().collect::<Vec<_>>(),
+        ),
+    ] {
+        if let Some(v) = steps.stored("voted")? {
+            voted.push(pairs(&v["shots"]));
+            continue;
+        }
+        let shots = vote_candidates(teacher, student, &private, &pool, cfg.n_gen, cfg.shared)?;
+        progress.inc(1, 0);
+        let stop = steps.record(json!({"step": "voted", "mode": name, "shots": shots}))?;
+        voted.push(shots);
+        if stop {
+            return Ok(steps.stopped());
+        }
+    }
+    let teacher_rate = progress.finish(steps.ran as u64);
+    let synthetic_voted = voted.pop().unwrap_or_default();
+    let relabel_voted = voted.pop().unwrap_or_default();
 
     let pick = |pools: &[Vec<(String, String)>], salt: u64| -> Vec<(String, String)> {
         let all: Vec<(String, String)> = pools.iter().flatten().cloned().collect();
@@ -417,28 +638,14 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
         (
             "relabel_voted",
             Shared {
-                shots: vote_candidates(
-                    teacher,
-                    student,
-                    &private,
-                    &relabel.iter().flatten().cloned().collect::<Vec<_>>(),
-                    cfg.n_gen,
-                    cfg.shared,
-                )?,
+                shots: relabel_voted,
                 instruction: None,
             },
         ),
         (
             "synthetic_voted",
             Shared {
-                shots: vote_candidates(
-                    teacher,
-                    student,
-                    &private,
-                    &synthetic.iter().flatten().cloned().collect::<Vec<_>>(),
-                    cfg.n_gen,
-                    cfg.shared,
-                )?,
+                shots: synthetic_voted,
                 instruction: None,
             },
         ),
@@ -488,7 +695,8 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
         }
     }
     let n_candidates = alternatives.len() + 1;
-    let expose = |sh: &Shared| -> Result<Value> {
+    // Each canary's rank among the alternatives after the student's prompt.
+    let canary_ranks = |sh: &Shared| -> Result<Vec<usize>> {
         let mut ranks = vec![];
         for canary in &canaries {
             let msgs = messages_in(
@@ -506,15 +714,16 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
                 .collect();
             ranks.push(rank_of(per_token[0], &per_token[1..]));
         }
+        Ok(ranks)
+    };
+    let exposure_of = |ranks: &[usize]| -> Value {
         let mean_exposure = ranks
             .iter()
             .map(|&r| exposure(r, n_candidates))
             .sum::<f64>()
             / ranks.len() as f64;
-        Ok(
-            json!({"ranks": ranks, "mean_rank": ranks.iter().sum::<usize>() as f64 / ranks.len() as f64,
-                  "candidates": n_candidates, "exposure": mean_exposure}),
-        )
+        json!({"ranks": ranks, "mean_rank": ranks.iter().sum::<usize>() as f64 / ranks.len() as f64,
+               "candidates": n_candidates, "exposure": mean_exposure})
     };
     modes.push((
         "canary_in_context",
@@ -526,14 +735,52 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
             instruction: None,
         },
     ));
+    let student_steps = modes.len() + 2;
+    let student_done = (steps.done.len() - 1).saturating_sub(teacher_steps);
+    let progress = Progress::new(
+        "social: student",
+        student_steps as u64,
+        student_done.min(student_steps) as u64,
+        "modes",
+    );
+    let ran_before = steps.ran;
+    let bools = |v: &Value| -> Vec<bool> {
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_bool().unwrap_or(false)).collect())
+            .unwrap_or_default()
+    };
     for (name, sh) in &modes {
-        let texts = answer(sh, &mut stats)?;
-        let correct: Vec<bool> = cfg
-            .test
-            .iter()
-            .zip(&texts)
-            .map(|(t, a)| tasks::is_correct(t, a))
-            .collect();
+        let (correct, ranks) = match steps.stored("mode")? {
+            Some(v) => (
+                bools(&v["correct"]),
+                v["ranks"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_u64().map(|r| r as usize))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            None => {
+                let before = stats.generated_tokens;
+                let texts = answer(sh, &mut stats)?;
+                let correct: Vec<bool> = cfg
+                    .test
+                    .iter()
+                    .zip(&texts)
+                    .map(|(t, a)| tasks::is_correct(t, a))
+                    .collect();
+                let ranks = canary_ranks(sh)?;
+                progress.inc(1, (stats.generated_tokens - before) as u64);
+                if steps.record(
+                    json!({"step": "mode", "mode": name, "correct": correct, "ranks": ranks}),
+                )? {
+                    return Ok(steps.stopped());
+                }
+                (correct, ranks)
+            }
+        };
         let shared_text = sh.text();
         let verbatim = sh
             .shots
@@ -542,59 +789,71 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &SocialConfig) -> R
             .count();
         let mut v = json!({
             "accuracy": tasks::accuracy_json(&cfg.test, &correct), "shared_examples": sh.shots.len(),
-            "exposure": expose(sh)?,
+            "exposure": exposure_of(&ranks),
         });
         if !matches!(*name, "none" | "private" | "canary_in_context") {
             v["ngram_overlap"] = json!(ngram_overlap(&shared_text, &private_text));
             v["verbatim_private_questions"] = json!(verbatim);
             v["secret_in_shared_text"] = json!(secrets.iter().any(|x| shared_text.contains(x)));
         }
-        eprintln!(
-            "social {name}: accuracy {:.3}, canary mean rank {} of {} ({:.1}s)",
-            v["accuracy"]["all"].as_f64().unwrap_or(0.0),
-            v["exposure"]["mean_rank"],
-            n_candidates,
-            t0.elapsed().as_secs_f64()
-        );
         report.insert(name.to_string(), v);
     }
     for (name, pools) in [("vote_synthetic", &synthetic), ("vote_relabel", &relabel)] {
-        let mut keys: Vec<Vec<String>> = vec![vec![]; cfg.test.len()];
-        for (i, p) in pools.iter().enumerate() {
-            let sh = Shared {
-                shots: LoopRng(cfg.seed ^ 0x707E ^ i as u64).sample(p, cfg.shared),
-                instruction: None,
-            };
-            for (j, (t, a)) in cfg.test.iter().zip(answer(&sh, &mut stats)?).enumerate() {
-                keys[j].push(answer_key(t, &a));
+        let correct = match steps.stored("vote")? {
+            Some(v) => bools(&v["correct"]),
+            None => {
+                let before = stats.generated_tokens;
+                let mut keys: Vec<Vec<String>> = vec![vec![]; cfg.test.len()];
+                for (i, p) in pools.iter().enumerate() {
+                    let sh = Shared {
+                        shots: LoopRng(cfg.seed ^ 0x707E ^ i as u64).sample(p, cfg.shared),
+                        instruction: None,
+                    };
+                    for (j, (t, a)) in cfg.test.iter().zip(answer(&sh, &mut stats)?).enumerate() {
+                        keys[j].push(answer_key(t, &a));
+                    }
+                }
+                let correct: Vec<bool> = cfg
+                    .test
+                    .iter()
+                    .zip(&keys)
+                    .map(|(t, k)| {
+                        let v = majority(k);
+                        tasks::normalize(&v) == tasks::normalize(&t.answer)
+                    })
+                    .collect();
+                progress.inc(1, (stats.generated_tokens - before) as u64);
+                if steps.record(json!({"step": "vote", "mode": name, "correct": correct}))? {
+                    return Ok(steps.stopped());
+                }
+                correct
             }
-        }
-        let correct: Vec<bool> = cfg
-            .test
-            .iter()
-            .zip(&keys)
-            .map(|(t, k)| {
-                let v = majority(k);
-                tasks::normalize(&v) == tasks::normalize(&t.answer)
-            })
-            .collect();
+        };
         let v =
             json!({"accuracy": tasks::accuracy_json(&cfg.test, &correct), "teachers": pools.len()});
-        eprintln!(
-            "social {name}: accuracy {:.3}",
-            v["accuracy"]["all"].as_f64().unwrap_or(0.0)
-        );
         report.insert(name.to_string(), v);
+    }
+    let student_rate = progress.finish((steps.ran - ran_before) as u64);
+    for (name, v) in &report {
+        eprintln!(
+            "social {name}: accuracy {:.3}{}",
+            v["accuracy"]["all"].as_f64().unwrap_or(0.0),
+            v["exposure"]["mean_rank"]
+                .as_f64()
+                .map(|r| format!(", canary mean rank {r} of {n_candidates}"))
+                .unwrap_or_default()
+        );
     }
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
-        "loop": "social", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
+        "loop": "social", "teacher": teacher.name(), "student": student.name(), "seed": cfg.seed,
         "teachers": m, "private_per_teacher": k, "shared": cfg.shared, "n_gen": cfg.n_gen, "samples": cfg.samples,
         "keep": cfg.keep, "temperature": cfg.temperature, "context": format!("{:?}", cfg.context).to_lowercase(),"test": cfg.test.len(),
         "canaries": canaries.iter().map(|c| json!({"question": c.question, "secret": c.answer})).collect::<Vec<_>>(),
         "synthetic_candidates": {"sampled": sampled, "faulty_format": faulty, "kept": synthetic.iter().map(Vec::len).sum::<usize>()},
-        "instruction": instruction, "modes": report, "student_prefill": stats.json(), "seconds": secs,
-        "version": env!("CARGO_PKG_VERSION"),
+        "instruction": instruction, "modes": report, "student_prefill": stats.json(),
+        "steps": {"teachers": teacher_rate, "student": student_rate}, "resumed_steps": steps.done.len() - 1,
+        "seconds": secs, "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &manifest)?;
     Ok(manifest)

@@ -41,6 +41,20 @@ impl Task {
     }
 }
 
+/// Checks the sizes of a loop's configuration: each `(name, value, least)` names the setting
+/// (and its command-line flag) in the error.
+pub fn check_sizes(loop_name: &str, sizes: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, value, least) in sizes {
+        if value < least {
+            return Err(Error::InvalidRequest(format!(
+                "{loop_name}: {name} (--{}) must be at least {least}, got {value}",
+                name.replace('_', "-")
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>> {
     super::read_jsonl(path)
 }
@@ -509,7 +523,7 @@ pub fn extract_label(response: &str, labels: &[String]) -> Option<String> {
         .iter()
         .filter(|l| {
             let l = normalize(l);
-            words.iter().any(|w| *w == l)
+            words.contains(&l)
         })
         .collect();
     match found.as_slice() {

@@ -22,10 +22,10 @@
 //! the problems already there), `rounds.jsonl`, `manifest.json`.
 
 use super::client::ModelClient;
-use super::learner::{self, messages_in, ContextFormat, PrefillStats};
+use super::learner::{self, messages_in, ContextFormat, PrefillStats, Student};
+use super::progress::{Progress, StepRate};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -110,7 +110,7 @@ fn teacher_samples(
     prompt: &[ChatMessage],
     n: usize,
     seed: u64,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, usize)> {
     let reqs: Vec<GenerateRequest> = (0..n)
         .map(|j| {
             GenerateRequest::new(
@@ -126,17 +126,20 @@ fn teacher_samples(
             )
         })
         .collect();
-    Ok(teacher
-        .generate(&reqs)?
-        .into_iter()
-        .map(|c| c.text.trim().to_string())
-        .collect())
+    let done = teacher.generate(&reqs)?;
+    let tokens = done.iter().map(|c| c.token_ids.len()).sum();
+    Ok((
+        done.into_iter()
+            .map(|c| c.text.trim().to_string())
+            .collect(),
+        tokens,
+    ))
 }
 
 /// The student's exam with `demo` as its single in-context example: correct answers out of
 /// `exam.len() × repeats`, and each answer.
 pub fn exam_score(
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     demo: Option<(&str, &str)>,
     exam: &[Task],
@@ -175,20 +178,20 @@ pub fn exam_score(
 /// An exam prompt: the example, the question, and the assistant's turn opened (with the prefill
 /// when there is one).
 fn exam_ids(
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     shots: &[(String, String)],
     question: &str,
 ) -> Result<Vec<u32>> {
     let mut m = messages_in(cfg.context, shots, None, &cfg.style.question(question));
     let Some(prefill) = cfg.prefill.as_deref() else {
-        return student.tokenizer.encode_chat(&m, true);
+        return student.tokenizer().encode_chat(&m, true);
     };
     // Rendered as a finished assistant turn, then its end-of-turn dropped, so the prefill is
     // tokenised exactly as the template writes it.
     m.push(ChatMessage::assistant(prefill.to_string()));
-    let mut ids = student.tokenizer.encode_chat(&m, false)?;
-    while ids.last().is_some_and(|t| student.eos_ids.contains(t)) {
+    let mut ids = student.tokenizer().encode_chat(&m, false)?;
+    while ids.last().is_some_and(|t| student.eos_ids().contains(t)) {
         ids.pop();
     }
     Ok(ids)
@@ -229,15 +232,28 @@ pub fn select(pairs: &[(String, usize)]) -> (String, String, String) {
     )
 }
 
-fn read_done(path: &Path) -> Result<Vec<Value>> {
+/// The lines of `path` an earlier run finished, kept as written (a float parsed and printed
+/// again may change its last digit): those that parse, up to a torn one (a killed run), and that
+/// `keep` accepts. The file is rewritten to hold just them, so later lines append cleanly.
+fn keep_lines(path: &Path, keep: impl Fn(&Value) -> bool) -> Result<Vec<Value>> {
     if !path.exists() {
         return Ok(vec![]);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let mut kept = vec![];
+    let mut out = String::new();
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            break;
+        };
+        if keep(&v) {
+            out += l;
+            out += "\n";
+            kept.push(v);
+        }
+    }
+    std::fs::write(path, out).map_err(|e| Error::io(path, e))?;
+    Ok(kept)
 }
 
 fn append(path: &Path, v: &Value) -> Result<()> {
@@ -270,19 +286,39 @@ fn plan(cfg: &TeachConfig) -> (Vec<usize>, Vec<Vec<usize>>) {
     (teach, exams)
 }
 
-pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Result<Value> {
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    if cfg.pool.is_empty() || cfg.rationales == 0 {
-        return Err(Error::InvalidRequest(
-            "teach needs a non-empty pool and at least one rationale".into(),
-        ));
+pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> Result<Value> {
+    tasks::check_sizes(
+        "teach",
+        &[
+            ("teach_problems", cfg.teach_problems, 1),
+            ("rationales", cfg.rationales, 1),
+            ("exam_problems", cfg.exam_problems, 1),
+            ("repeats", cfg.repeats, 1),
+            ("max_tokens", cfg.max_tokens, 1),
+        ],
+    )?;
+    if cfg.pool.len() < 2 {
+        return Err(Error::InvalidRequest(format!(
+            "teach: the pool has {} problems; it needs a teaching problem and exam problems",
+            cfg.pool.len()
+        )));
     }
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let t0 = std::time::Instant::now();
     let problems_path = cfg.out.join("problems.jsonl");
     let rationales_path = cfg.out.join("rationales.jsonl");
     let rounds_path = cfg.out.join("rounds.jsonl");
     let mut done = if cfg.resume {
-        read_done(&problems_path)?
+        let done = keep_lines(&problems_path, |_| true)?;
+        // Rationales of a problem the earlier run did not finish are written again; the adaptive
+        // rounds run again whole.
+        keep_lines(&rationales_path, |r| {
+            done.iter().any(|d| d["index"] == r["index"])
+        })?;
+        if rounds_path.exists() {
+            std::fs::remove_file(&rounds_path).map_err(|e| Error::io(&rounds_path, e))?;
+        }
+        done
     } else {
         for p in [&problems_path, &rationales_path, &rounds_path] {
             if p.exists() {
@@ -294,6 +330,17 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
     let (teach, exams) = plan(cfg);
     let mut stats = PrefillStats::default();
     let mut teacher_seconds = 0.0;
+    let resumed = teach
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| done.iter().any(|d| d["index"] == json!(k)))
+        .count();
+    let progress = Progress::new(
+        "teach: problems",
+        teach.len() as u64,
+        resumed as u64,
+        "problems",
+    );
     for (k, (&tp, exam_idx)) in teach.iter().zip(&exams).enumerate() {
         if done.iter().any(|d| d["index"] == json!(k)) {
             continue;
@@ -302,7 +349,8 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
         let exam: Vec<Task> = exam_idx.iter().map(|&i| cfg.pool[i].clone()).collect();
         let seed = mix(cfg.seed, k as u64);
         let t1 = std::time::Instant::now();
-        let responses = teacher_samples(
+        let generated_before = stats.generated_tokens;
+        let (responses, teacher_tokens) = teacher_samples(
             teacher,
             cfg,
             &[ChatMessage::user(cfg.style.question(&task.question))],
@@ -351,19 +399,12 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
         });
         append(&problems_path, &line)?;
         done.push(line);
-        eprintln!(
-            "teach {}/{}: MAJ {} MAX {} SUM {} (reference {}), exam {:.2} zero-shot vs {:.2} with an example ({:.1}s)",
-            k + 1,
-            teach.len(),
-            maj,
-            max,
-            sum,
-            task.answer,
-            zero as f64 / n_exam,
-            done.last().and_then(|d| d["student_with_example_mean"].as_f64()).unwrap_or(0.0),
-            t0.elapsed().as_secs_f64()
+        progress.inc(
+            1,
+            (teacher_tokens + stats.generated_tokens - generated_before) as u64,
         );
     }
+    let problems_rate = progress.finish((teach.len() - resumed) as u64);
     done.sort_by_key(|d| d["index"].as_u64());
     let rate = |key: &str| {
         done.iter().filter(|d| d[key] == json!(true)).count() as f64 / done.len().max(1) as f64
@@ -397,14 +438,15 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
                    "student_zero_shot": m("student_zero_shot"), "student_with_example_mean": m("student_with_example_mean")}),
         );
     }
-    let adaptive = if cfg.rounds > 0 {
-        adaptive_rounds(teacher, student, cfg, &teach, &mut stats, &rounds_path)?
+    let (adaptive, adaptive_rate) = if cfg.rounds > 0 {
+        let (a, r) = adaptive_rounds(teacher, student, cfg, &teach, &mut stats, &rounds_path)?;
+        (a, json!(r))
     } else {
-        Value::Null
+        (Value::Null, Value::Null)
     };
     let secs = t0.elapsed().as_secs_f64();
     let manifest = json!({
-        "loop": "teach", "teacher": teacher.name(), "student": student.info.name, "seed": cfg.seed,
+        "loop": "teach", "teacher": teacher.name(), "student": student.name(), "seed": cfg.seed,
         "style": format!("{:?}", cfg.style).to_lowercase(), "context": format!("{:?}", cfg.context).to_lowercase(), "prefill": cfg.prefill,"teach_problems": done.len(), "rationales": cfg.rationales,
         "exam_problems": cfg.exam_problems, "repeats": cfg.repeats, "teacher_temperature": cfg.teacher_temperature,
         "teacher_top_k": cfg.teacher_top_k, "exam_temperature": cfg.exam_temperature, "max_tokens": cfg.max_tokens,
@@ -416,7 +458,8 @@ pub fn run(teacher: &dyn ModelClient, student: &Engine, cfg: &TeachConfig) -> Re
                          "with_wrong_examples": mean("student_with_wrong_examples")},
         "per_topic": per_topic, "adaptive": adaptive,
         "prefix_cache": {"enabled": cfg.share_prefix, "student": stats.json()},
-        "teacher_seconds": teacher_seconds, "seconds": secs, "version": env!("CARGO_PKG_VERSION"),
+        "teacher_seconds": teacher_seconds, "seconds": secs,
+        "steps": {"problems": problems_rate, "adaptive": adaptive_rate}, "version": env!("CARGO_PKG_VERSION"),
     });
     super::write_manifest(&cfg.out, &manifest)?;
     Ok(manifest)
@@ -433,7 +476,7 @@ fn mean_score(pairs: &[(String, usize, bool)], correct: bool) -> Option<f64> {
 
 /// The student's held-out answers with one example per topic in context.
 fn heldout_exam(
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     material: &BTreeMap<String, (String, String, usize)>,
     stats: &mut PrefillStats,
@@ -475,12 +518,12 @@ fn heldout_exam(
 
 fn adaptive_rounds(
     teacher: &dyn ModelClient,
-    student: &Engine,
+    student: &Student,
     cfg: &TeachConfig,
     used: &[usize],
     stats: &mut PrefillStats,
     rounds_path: &Path,
-) -> Result<Value> {
+) -> Result<(Value, StepRate)> {
     if cfg.heldout.is_empty() {
         return Err(Error::InvalidRequest(
             "adaptive rounds need a held-out set".into(),
@@ -491,17 +534,16 @@ fn adaptive_rounds(
     let mut used: Vec<usize> = used.to_vec();
     let mut rng = LoopRng(cfg.seed ^ 0xADA9);
     let mut out = vec![];
+    let progress = Progress::new("teach: adaptive rounds", cfg.rounds as u64 + 1, 0, "rounds");
+    let mut tokens = stats.generated_tokens;
     for round in 0..=cfg.rounds {
         let (correct, texts) = heldout_exam(student, cfg, &material, stats)?;
         let acc = tasks::accuracy_json(&cfg.heldout, &correct);
         let line = json!({"round": round, "accuracy": acc,
                           "material": material.iter().map(|(k, v)| (k.clone(), json!({"question": v.0, "example": v.1, "lbt_score": v.2}))).collect::<serde_json::Map<_, _>>()});
         append(rounds_path, &line)?;
-        eprintln!(
-            "teach adaptive round {round}/{}: held-out accuracy {:.3}",
-            cfg.rounds,
-            acc["all"].as_f64().unwrap_or(0.0)
-        );
+        progress.inc(1, (stats.generated_tokens - tokens) as u64);
+        tokens = stats.generated_tokens;
         out.push(line);
         if round == cfg.rounds {
             break;
@@ -549,7 +591,7 @@ fn adaptive_rounds(
                 ))],
             };
             let seed = mix(cfg.seed ^ 0xADA9, (round * 1000) as u64 + picked[0] as u64);
-            let responses = teacher_samples(teacher, cfg, &prompt, cfg.rationales, seed)?;
+            let (responses, _) = teacher_samples(teacher, cfg, &prompt, cfg.rationales, seed)?;
             // The material to beat: the topic's current example (or none) on the same exam.
             let current = material.get(&topic).map(|(q, a, _)| (q.clone(), a.clone()));
             let (base, _) = exam_score(
@@ -573,5 +615,5 @@ fn adaptive_rounds(
             }
         }
     }
-    Ok(json!(out))
+    Ok((json!(out), progress.finish(cfg.rounds as u64 + 1)))
 }
