@@ -201,9 +201,12 @@ fn loop_distill_writes_rows_divergences_and_a_manifest() {
         &teacher,
         "--top-k",
         "7",
+        "--format",
+        "both",
         "--eval",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("distill-00000.parquet").is_file());
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("distill-00000.jsonl"))
         .unwrap()
         .lines()
