@@ -84,7 +84,15 @@ fn dot4_impl<const PREFETCH: bool>(x: &[f32], w: [WeightData; 4]) -> [f32; 4] {
 /// `emit(t, dot4(x_t, w))`, bit for bit, so a token's result never depends on how many tokens
 /// share the call. Several tokens are computed per pass over the rows (the weight vectors are
 /// loaded once for all of them), which turns the load-bound dot product into an FMA-bound one.
-pub fn dot4_tokens(x: &[f32], n: usize, w: [WeightData; 4], mut emit: impl FnMut(usize, [f32; 4])) {
+/// With `next_quad_follows` (four more rows of the same matrix follow these in memory), the first
+/// pass streams them in, as [`dot4_then_next`] does: a few tokens per expert are memory-bound.
+pub fn dot4_tokens(
+    x: &[f32],
+    n: usize,
+    w: [WeightData; 4],
+    next_quad_follows: bool,
+    mut emit: impl FnMut(usize, [f32; 4]),
+) {
     let k = if n == 0 { 0 } else { x.len() / n };
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -100,13 +108,24 @@ pub fn dot4_tokens(x: &[f32], n: usize, w: [WeightData; 4], mut emit: impl FnMut
                     // SAFETY: features checked; `xt` holds `step` rows of `k`; the rows of one
                     // matrix share a dtype and have `k` elements.
                     unsafe {
-                        match (wide, step) {
-                            (true, 6) => avx2::$tile_vl::<6>(xt, k, ws, &mut out),
-                            (true, 5) => avx2::$tile_vl::<5>(xt, k, ws, &mut out),
-                            (true, 4) => avx2::$tile_vl::<4>(xt, k, ws, &mut out),
-                            (_, 3) => avx2::$tile::<3>(xt, k, ws, &mut out),
-                            (_, 2) => avx2::$tile::<2>(xt, k, ws, &mut out),
-                            _ => avx2::$tile::<1>(xt, k, ws, &mut out),
+                        if t == 0 && next_quad_follows {
+                            match (wide, step) {
+                                (true, 6) => avx2::$tile_vl::<6, true>(xt, k, ws, &mut out),
+                                (true, 5) => avx2::$tile_vl::<5, true>(xt, k, ws, &mut out),
+                                (true, 4) => avx2::$tile_vl::<4, true>(xt, k, ws, &mut out),
+                                (_, 3) => avx2::$tile::<3, true>(xt, k, ws, &mut out),
+                                (_, 2) => avx2::$tile::<2, true>(xt, k, ws, &mut out),
+                                _ => avx2::$tile::<1, true>(xt, k, ws, &mut out),
+                            }
+                        } else {
+                            match (wide, step) {
+                                (true, 6) => avx2::$tile_vl::<6, false>(xt, k, ws, &mut out),
+                                (true, 5) => avx2::$tile_vl::<5, false>(xt, k, ws, &mut out),
+                                (true, 4) => avx2::$tile_vl::<4, false>(xt, k, ws, &mut out),
+                                (_, 3) => avx2::$tile::<3, false>(xt, k, ws, &mut out),
+                                (_, 2) => avx2::$tile::<2, false>(xt, k, ws, &mut out),
+                                _ => avx2::$tile::<1, false>(xt, k, ws, &mut out),
+                            }
                         }
                     }
                 }};
@@ -305,7 +324,7 @@ mod avx2 {
     macro_rules! tile_impl {
         ($name:ident, $features:literal, $t:ty, $load:ident, $cvt:expr) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name<const M: usize>(
+            pub unsafe fn $name<const M: usize, const PREFETCH: bool>(
                 x: &[f32],
                 k: usize,
                 w: [&[$t]; 4],
@@ -315,7 +334,16 @@ mod avx2 {
                 let p = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
                 let mut acc = [[_mm256_setzero_ps(); 4]; M];
                 let mut i = 0;
+                // As in the four-row product: the next four rows follow these; stream them in.
+                let ahead = (p[0] as *const i8).add(4 * k * std::mem::size_of::<$t>());
                 while i + 8 <= k {
+                    if PREFETCH {
+                        let at = ahead.add(i * 4 * std::mem::size_of::<$t>());
+                        _mm_prefetch::<_MM_HINT_T0>(at);
+                        if std::mem::size_of::<$t>() == 4 {
+                            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
+                        }
+                    }
                     let mut xv = [_mm256_setzero_ps(); M];
                     for (m, v) in xv.iter_mut().enumerate() {
                         *v = load_f32(xp.add(m * k + i));
@@ -426,13 +454,15 @@ mod tests {
                 for tokens in [1, 2, 3, 4, 5, 6, 7, 13] {
                     let xs: Vec<f32> = (0..tokens).flat_map(|t| data(n, 10 + t as u32)).collect();
                     let rows = [wd, wd.slice(0, n), wd, wd];
-                    let mut seen = 0;
-                    dot4_tokens(&xs, tokens, rows, |t, v| {
-                        assert_eq!(v, dot4(&xs[t * n..(t + 1) * n], rows), "n={n} token {t}");
-                        assert_eq!(t, seen);
-                        seen += 1;
-                    });
-                    assert_eq!(seen, tokens);
+                    for follows in [false, true] {
+                        let mut seen = 0;
+                        dot4_tokens(&xs, tokens, rows, follows, |t, v| {
+                            assert_eq!(v, dot4(&xs[t * n..(t + 1) * n], rows), "n={n} token {t}");
+                            assert_eq!(t, seen);
+                            seen += 1;
+                        });
+                        assert_eq!(seen, tokens);
+                    }
                 }
             }
         }

@@ -67,7 +67,7 @@ fn block_dots(
                     emit(0, r + q, val);
                 }
             } else {
-                dot4_tokens(x, n, rows, |t, v| {
+                dot4_tokens(x, n, rows, r + 8 <= w.rows, |t, v| {
                     for (q, val) in v.into_iter().enumerate() {
                         emit(t, r + q, val);
                     }
