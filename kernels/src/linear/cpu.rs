@@ -178,7 +178,13 @@ mod tests {
 
     #[test]
     fn fast_linear_matches_reference_for_all_dtypes_and_shapes() {
-        for (n, out, inn) in [(1, 5, 3), (1, 40, 24), (3, 17, 33), (70, 130, 64), (5, 256, 100)] {
+        for (n, out, inn) in [
+            (1, 5, 3),
+            (1, 40, 24),
+            (3, 17, 33),
+            (70, 130, 64),
+            (5, 256, 100),
+        ] {
             let x = data(n * inn, 1);
             let w = data(out * inn, 2);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
