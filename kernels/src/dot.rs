@@ -105,27 +105,25 @@ pub fn dot4_tokens(
             macro_rules! run {
                 ($tile:ident, $tile_vl:ident, $a:expr, $b:expr, $c:expr, $d:expr) => {{
                     let ws = [$a, $b, $c, $d];
+                    macro_rules! by_height {
+                        ($prefetch:literal) => {
+                            match (wide, step) {
+                                (true, 6) => avx2::$tile_vl::<6, $prefetch>(xt, k, ws, &mut out),
+                                (true, 5) => avx2::$tile_vl::<5, $prefetch>(xt, k, ws, &mut out),
+                                (true, 4) => avx2::$tile_vl::<4, $prefetch>(xt, k, ws, &mut out),
+                                (_, 3) => avx2::$tile::<3, $prefetch>(xt, k, ws, &mut out),
+                                (_, 2) => avx2::$tile::<2, $prefetch>(xt, k, ws, &mut out),
+                                _ => avx2::$tile::<1, $prefetch>(xt, k, ws, &mut out),
+                            }
+                        };
+                    }
                     // SAFETY: features checked; `xt` holds `step` rows of `k`; the rows of one
                     // matrix share a dtype and have `k` elements.
                     unsafe {
                         if t == 0 && next_quad_follows {
-                            match (wide, step) {
-                                (true, 6) => avx2::$tile_vl::<6, true>(xt, k, ws, &mut out),
-                                (true, 5) => avx2::$tile_vl::<5, true>(xt, k, ws, &mut out),
-                                (true, 4) => avx2::$tile_vl::<4, true>(xt, k, ws, &mut out),
-                                (_, 3) => avx2::$tile::<3, true>(xt, k, ws, &mut out),
-                                (_, 2) => avx2::$tile::<2, true>(xt, k, ws, &mut out),
-                                _ => avx2::$tile::<1, true>(xt, k, ws, &mut out),
-                            }
+                            by_height!(true)
                         } else {
-                            match (wide, step) {
-                                (true, 6) => avx2::$tile_vl::<6, false>(xt, k, ws, &mut out),
-                                (true, 5) => avx2::$tile_vl::<5, false>(xt, k, ws, &mut out),
-                                (true, 4) => avx2::$tile_vl::<4, false>(xt, k, ws, &mut out),
-                                (_, 3) => avx2::$tile::<3, false>(xt, k, ws, &mut out),
-                                (_, 2) => avx2::$tile::<2, false>(xt, k, ws, &mut out),
-                                _ => avx2::$tile::<1, false>(xt, k, ws, &mut out),
-                            }
+                            by_height!(false)
                         }
                     }
                 }};
