@@ -7,6 +7,7 @@
 //! after every batch), `state.json` (counts and RNG, for `--resume`), and at the end
 //! `alpaca_data.json` and `manifest.json`.
 
+use super::append_jsonl;
 use super::client::ModelClient;
 use super::dedup::{Dedup, NearDupPool};
 use super::self_instruct::{read_seed_tasks, text_filter, LoopRng, SeedTask};
@@ -16,7 +17,6 @@ use crate::generate::{FinishReason, GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -133,15 +133,6 @@ pub struct AlpacaState {
     pub dedup: Option<Dedup>,
 }
 
-fn append(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
-}
-
 fn save_state(path: &Path, state: &AlpacaState) -> Result<()> {
     std::fs::write(
         path,
@@ -214,7 +205,7 @@ pub fn run(model: &dyn ModelClient, cfg: &AlpacaConfig) -> Result<serde_json::Va
             pool.add(&it.instruction);
             names.push(it.instruction.clone());
             kept.push(it);
-            append(&items_path, &l)?;
+            append_jsonl(&items_path, &l)?;
         }
     }
     let resumed_requests = state.requests;
@@ -287,7 +278,7 @@ pub fn run(model: &dyn ModelClient, cfg: &AlpacaConfig) -> Result<serde_json::Va
                     .iter()
                     .map(|&(i, score)| (names[i].clone(), json!(score)))
                     .collect();
-                append(
+                append_jsonl(
                     &items_path,
                     &json!({"instruction": it.instruction, "input": it.input, "output": it.output,
                         "most_similar_instructions": most_similar, "avg_similarity_score": sim.mean}),
@@ -497,7 +488,7 @@ pub fn check_on_tasks(
                     e.kept_correct += ok as usize;
                 }
             }
-            append(
+            append_jsonl(
                 &items_path,
                 &json!({"task": t.topic(), "instruction": t.question, "input": "", "output": output,
                     "answer": t.answer, "correct": ok, "rejected": why}),

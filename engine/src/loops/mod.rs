@@ -43,3 +43,15 @@ pub(crate) fn write_manifest(
     let text = serde_json::to_string_pretty(summary).unwrap_or_default();
     std::fs::write(&path, text).map_err(|e| crate::Error::io(&path, e))
 }
+
+/// Appends one JSON value as a line of `path` (created if missing): loop outputs grow as they are
+/// produced, so an interrupted run keeps what it finished.
+pub(crate) fn append_jsonl(path: &std::path::Path, v: &serde_json::Value) -> crate::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| crate::Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| crate::Error::io(path, e))
+}

@@ -20,6 +20,7 @@
 //! be), `machine_generated_instructions.jsonl`, `is_classification.jsonl`,
 //! `machine_generated_instances.jsonl` and `alpaca_data.json`.
 
+use super::append_jsonl;
 use super::client::ModelClient;
 use super::dedup::{Dedup, NearDupPool};
 use super::progress::{Progress, StepRate};
@@ -28,7 +29,6 @@ use crate::generate::{FinishReason, GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -319,15 +319,6 @@ pub struct RunState {
     pub dedup: Option<Dedup>,
 }
 
-fn append(path: &Path, v: &Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
-}
-
 fn read_lines(path: &Path) -> Result<Vec<Value>> {
     if !path.exists() {
         return Ok(vec![]);
@@ -426,7 +417,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         let lines = read_lines(&machine_path)?;
         let _ = std::fs::remove_file(&machine_path);
         for l in lines.into_iter().take(state.accepted) {
-            append(&machine_path, &l)?;
+            append_jsonl(&machine_path, &l)?;
         }
     }
     let seed_texts: Vec<String> = seeds.iter().map(|s| s.instruction.clone()).collect();
@@ -496,7 +487,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
                     .map(|&(i, score)| (all[i].clone(), json!(score)))
                     .collect();
                 let avg = sim.mean;
-                append(
+                append_jsonl(
                     &machine_path,
                     &json!({"instruction": inst, "most_similar": most_similar, "avg_similarity_score": avg, "request_idx": state.request_idx + b}),
                 )?;
@@ -564,7 +555,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         progress.inc(results.len() as u64, tokens as u64);
         for (c, inst) in results.into_iter().zip(insts) {
             let yes = matches!(c.text.trim(), "Yes" | "yes" | "YES");
-            append(
+            append_jsonl(
                 &clf_path,
                 &json!({"instruction": inst, "is_classification": c.text}),
             )?;
@@ -593,7 +584,7 @@ pub fn run(model: &dyn ModelClient, cfg: &SelfInstructConfig) -> Result<Value> {
         let tokens = results.iter().map(|c| c.token_ids.len()).sum::<usize>();
         progress.inc(results.len() as u64, tokens as u64);
         for ((m, is_clf), c) in chunk.iter().zip(results) {
-            append(
+            append_jsonl(
                 &inst_path,
                 &json!({"instruction": m, "is_classification": is_clf, "raw_instances": c.text, "finish_reason": c.finish_reason.as_str()}),
             )?;

@@ -21,6 +21,7 @@
 //! Output: `rationales.jsonl`, `problems.jsonl` (one line per teaching problem; `--resume` skips
 //! the problems already there), `rounds.jsonl`, `manifest.json`.
 
+use super::append_jsonl;
 use super::client::ModelClient;
 use super::learner::{self, messages_in, ContextFormat, PrefillStats, Student};
 use super::progress::{Progress, StepRate};
@@ -32,7 +33,6 @@ use crate::sampling::SamplingParams;
 use crate::tokenizer::ChatMessage;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,15 +256,6 @@ fn keep_lines(path: &Path, keep: impl Fn(&Value) -> bool) -> Result<Vec<Value>> 
     Ok(kept)
 }
 
-fn append(path: &Path, v: &Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
-}
-
 /// Teaching problems and, for each, its exam: other pool problems of its topic.
 fn plan(cfg: &TeachConfig) -> (Vec<usize>, Vec<Vec<usize>>) {
     let mut rng = LoopRng(cfg.seed ^ 0x7EAC);
@@ -371,7 +362,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
             )?;
             let ta = answer_key(task, r);
             let ta_correct = tasks::is_correct(task, r);
-            append(
+            append_jsonl(
                 &rationales_path,
                 &json!({"index": k, "pair": j, "question": task.question, "topic": task.topic, "response": r,
                         "answer": ta, "answer_correct": ta_correct, "lbt_score": score, "student_answers": answers}),
@@ -397,7 +388,7 @@ pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> R
             "student_with_correct_examples": mean_score(&pairs, true) .map(|x| x / n_exam),
             "student_with_wrong_examples": mean_score(&pairs, false).map(|x| x / n_exam),
         });
-        append(&problems_path, &line)?;
+        append_jsonl(&problems_path, &line)?;
         done.push(line);
         progress.inc(
             1,
@@ -541,7 +532,7 @@ fn adaptive_rounds(
         let acc = tasks::accuracy_json(&cfg.heldout, &correct);
         let line = json!({"round": round, "accuracy": acc,
                           "material": material.iter().map(|(k, v)| (k.clone(), json!({"question": v.0, "example": v.1, "lbt_score": v.2}))).collect::<serde_json::Map<_, _>>()});
-        append(rounds_path, &line)?;
+        append_jsonl(rounds_path, &line)?;
         progress.inc(1, (stats.generated_tokens - tokens) as u64);
         tokens = stats.generated_tokens;
         out.push(line);
