@@ -459,7 +459,8 @@ fn continuation_scores_equal_prompt_logprobs_of_the_whole() {
 }
 
 /// On a CUDA device: greedy generations of the f32 fixtures (both cases, 16 tokens) identical to
-/// the CPU backend's, and the load-balance counters of the whole run identical too.
+/// the CPU backend's, seeded sampled generations too (picked on the device), and the
+/// load-balance counters of the whole run identical.
 #[test]
 fn cuda_greedy_and_expert_counts_equal_cpu() {
     for name in ["mixtral-tiny-f32", "mixtral-small-f32"] {
@@ -492,6 +493,42 @@ fn cuda_greedy_and_expert_counts_equal_cpu() {
                         q.logprob
                     );
                 }
+            }
+        }
+        // Seeded sampling picks on the device with the host's rules and RNG stream: the same
+        // tokens as the CPU backend (f32 logits agree to ~1e-6, far from any pick's boundary).
+        for (i, params) in [
+            SamplingParams {
+                temperature: 0.9,
+                top_p: 0.95,
+                top_k: 50,
+                repetition_penalty: 1.1,
+                ..greedy_16()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                top_logprobs: 0,
+                logprobs: false,
+                presence_penalty: 0.3,
+                ..greedy_16()
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reqs: Vec<GenerateRequest> = prompt_rows(&g, "p0")
+                .into_iter()
+                .enumerate()
+                .map(|(j, r)| {
+                    let mut p = params.clone();
+                    p.seed = Some(11 + 100 * i as u64 + j as u64);
+                    GenerateRequest::new(Prompt::Tokens(r), p)
+                })
+                .collect();
+            let a = cpu.generate(&reqs).unwrap();
+            let b = gpu.generate(&reqs).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.token_ids, y.token_ids, "{name}: seeded sampling {i}");
             }
         }
         let (sa, sb) = (cpu.stats(), gpu.stats());

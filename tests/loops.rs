@@ -358,3 +358,99 @@ print(json.dumps(out))
         rows.iter().map(|r| r.input_ids.len() * 7).sum::<usize>()
     );
 }
+
+/// The loops' local models on a CUDA device (skipped where there is none): the teacher as a
+/// `LocalClient<CudaBackend>`, the divergence evaluation with both models there and with the
+/// student on the CPU beside a teacher on the GPU, and a student's generation with a shared
+/// prefix, against the same on the CPU. The tiny checkpoints are bf16, which CUDA's tensor-core
+/// kernels round activations to, so values agree within bf16 rounding, not bit for bit.
+#[test]
+fn loops_run_on_cuda_like_on_the_cpu() {
+    use moe::loops::learner::{self, PrefillStats, Student};
+    use moe::tokenizer::ChatMessage;
+    let (teacher_dir, student_dir) = (
+        ModelSource::Dir(repo_path("models/moe-teacher-tiny")),
+        ModelSource::Dir(repo_path("models/moe-student-tiny")),
+    );
+    let Some(b) = moe_tests::cuda_or_skip() else {
+        return;
+    };
+    let gpu_teacher = Engine::load_with(&teacher_dir, b, Default::default()).unwrap();
+    let gpu_student = Engine::load_with(
+        &student_dir,
+        moe::CudaBackend::new(0).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let cpu_teacher = Engine::load(&teacher_dir).unwrap();
+    let cpu_student = Engine::load(&student_dir).unwrap();
+    let close = |a: f64, b: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= 0.05 + 0.05 * a.abs().max(b.abs()),
+            "{what}: cuda {a} vs cpu {b}"
+        );
+    };
+
+    let data: Vec<distill::Tokenised> = [("What is 12 plus 30?", "42"), ("Sort: c a b", "a b c")]
+        .iter()
+        .map(|(q, a)| {
+            let r = Record {
+                text: None,
+                messages: None,
+                question: Some(q.to_string()),
+                answer: Some(a.to_string()),
+                task: None,
+            };
+            distill::tokenise(&gpu_teacher, &r).unwrap()
+        })
+        .collect();
+    let on_gpu = distill::evaluate(&gpu_teacher, &gpu_student, &data, 0.5).unwrap();
+    let mixed = distill::evaluate(&gpu_teacher, &cpu_student, &data, 0.5).unwrap();
+    let on_cpu = distill::evaluate(&cpu_teacher, &cpu_student, &data, 0.5).unwrap();
+    for ((g, m), c) in on_gpu.iter().zip(&mixed).zip(&on_cpu) {
+        assert_eq!((g.positions, m.positions), (c.positions, c.positions));
+        for d in [g, m] {
+            close(d.mean.forward_kl, c.mean.forward_kl, "forward KL");
+            close(d.mean.jsd, c.mean.jsd, "JSD");
+            close(d.mean.tvd, c.mean.tvd, "TVD");
+        }
+    }
+
+    let gpu_client = LocalClient {
+        engine: Arc::new(gpu_teacher),
+    };
+    let cpu_client = LocalClient {
+        engine: Arc::new(cpu_teacher),
+    };
+    let (g, c) = (
+        distill::distill_row(&gpu_client, &data[0].ids, 4).unwrap(),
+        distill::distill_row(&cpu_client, &data[0].ids, 4).unwrap(),
+    );
+    assert_eq!(g.input_ids, c.input_ids);
+    for (a, b) in g.token_logprobs.iter().zip(&c.token_logprobs).skip(1) {
+        close(a.unwrap() as f64, b.unwrap() as f64, "token logprob");
+    }
+
+    let prompts: Vec<Vec<ChatMessage>> = ["What is 2 plus 3?", "What is 7 plus 1?"]
+        .iter()
+        .map(|q| learner::messages(&[("What is 1 plus 1?".into(), "2".into())], None, q))
+        .collect();
+    let (mut sg, mut sc) = (PrefillStats::default(), PrefillStats::default());
+    let ag = learner::greedy(&Student::local(&gpu_student), &prompts, 8, true, &mut sg).unwrap();
+    let ac = learner::greedy(&Student::local(&cpu_student), &prompts, 8, true, &mut sc).unwrap();
+    assert!(sg.prefilled_tokens < sg.prompt_tokens, "{sg:?}");
+    assert_eq!(sg.prefilled_tokens, sc.prefilled_tokens);
+    for (a, b) in ag.iter().zip(&ac) {
+        assert!(a.tokens > 0);
+        close(a.nll, b.nll, "answer nll");
+    }
+    let ids = gpu_student
+        .tokenizer
+        .encode_chat(&prompts[0], true)
+        .unwrap();
+    close(
+        learner::gate_entropy(&Student::local(&gpu_student), &ids, 1).unwrap(),
+        learner::gate_entropy(&Student::local(&cpu_student), &ids, 1).unwrap(),
+        "gate entropy",
+    );
+}

@@ -41,6 +41,9 @@ pub struct LayerBenchRow {
     pub gpu_ms: f64,
     /// Median host time per call with a synchronize on each side (launch overhead included).
     pub wall_ms: f64,
+    /// Median device time per call replayed from a CUDA graph (fused path only: the cuBLAS path
+    /// reads the expert offsets back, which a capture cannot hold).
+    pub graph_ms: Option<f64>,
     pub floor_bw_ms: f64,
     pub floor_fl_ms: f64,
     pub floor_ms: f64,
@@ -213,6 +216,16 @@ pub fn run_layer_bench(
         }
         walls.sort_by(|a, b| a.total_cmp(b));
         let wall_ms = walls[walls.len() / 2];
+        // The same calls replayed from graphs, one per input set (each captures its pointers).
+        let graph_ms = if use_blas(&sets[0].layer.experts, t * k) {
+            None
+        } else {
+            let graphs = (0..n_inputs)
+                .map(|i| gpu.capture(|| call(i, &mut scratch)))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(gpu_err)?;
+            Some(time_ms(&gpu, 5, reps, |i| graphs[i % n_inputs].launch()).map_err(gpu_err)?)
+        };
         let w_bytes = uniq * expert_bytes as f64;
         let io_bytes = (e * h * ds + 2 * t * h * ds) as f64;
         let flops = (2 * t * h * e + t * k * 6 * h * f) as f64;
@@ -229,6 +242,7 @@ pub fn run_layer_bench(
             uniq_experts: uniq,
             gpu_ms,
             wall_ms,
+            graph_ms,
             floor_bw_ms,
             floor_fl_ms,
             floor_ms,
@@ -236,8 +250,9 @@ pub fn run_layer_bench(
             weight_gbps: w_bytes / (gpu_ms * 1e-3) / 1e9,
             tflops: flops / (gpu_ms * 1e-3) / 1e12,
         };
+        let graph = graph_ms.map_or(String::new(), |g| format!(", graph {g:.4}"));
         log(&format!(
-            "T={t}: {gpu_ms:.4} ms (wall {wall_ms:.4}), floor {floor_ms:.4} ms, {:.2}x floor, {:.0} GB/s, {:.1} TFLOP/s",
+            "T={t}: {gpu_ms:.4} ms (wall {wall_ms:.4}{graph}), floor {floor_ms:.4} ms, {:.2}x floor, {:.0} GB/s, {:.1} TFLOP/s",
             row.x_floor, row.weight_gbps, row.tflops
         ));
         rows.push(row);
@@ -260,17 +275,18 @@ pub fn run_layer_bench(
 impl LayerBenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "moe-layer {} H{} F{} E{} top-{} {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | path | experts touched | gpu ms | wall ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n",
+            "moe-layer {} H{} F{} E{} top-{} {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | path | experts touched | gpu ms | wall ms | graph ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
             self.device, self.hidden, self.ffn, self.experts, self.top_k, self.dtype, self.copy_gbps, self.gemm_tflops
         );
         for r in &self.rows {
             s += &format!(
-                "| {} | {} | {:.2} | {:.4} | {:.4} | {:.4} | {:.2} | {:.0} | {:.1} |\n",
+                "| {} | {} | {:.2} | {:.4} | {:.4} | {} | {:.4} | {:.2} | {:.0} | {:.1} |\n",
                 r.tokens,
                 r.path,
                 r.uniq_experts,
                 r.gpu_ms,
                 r.wall_ms,
+                r.graph_ms.map_or("—".to_string(), |g| format!("{g:.4}")),
                 r.floor_ms,
                 r.x_floor,
                 r.weight_gbps,

@@ -220,6 +220,42 @@ impl<'t, K> Sequence<'t, K> {
         self.accept_token(tok, logprob, eos_ids)
     }
 
+    /// Whether the next pick can be made where the logits are (no prompt logprobs still to
+    /// compute, at most `MAX_TOP` alternatives).
+    pub fn device_sampleable(&self) -> bool {
+        !self.wants_all_logits() && self.params.top_logprobs <= moe_kernels::sample::MAX_TOP
+    }
+
+    /// Takes a token picked on the device (see [`Sampler::device_row`]) and, when asked, its
+    /// logprobs computed as `log_softmax` does from the raw logits' max and Σ exp.
+    pub fn accept_picked(
+        &mut self,
+        pick: moe_kernels::sample::Picked,
+        eos_ids: &[u32],
+    ) -> Result<Step> {
+        let p = &self.params;
+        let logprob = if p.logprobs || p.top_logprobs > 0 {
+            let shift = pick.max as f64 + pick.z.ln();
+            let lp = |l: f32| (l as f64 - shift) as f32;
+            Some(TokenLogprob {
+                token_id: pick.token,
+                logprob: lp(pick.chosen),
+                top_logprobs: pick
+                    .top
+                    .iter()
+                    .take(p.top_logprobs)
+                    .map(|&(token_id, l)| TopLogprob {
+                        token_id,
+                        logprob: lp(l),
+                    })
+                    .collect(),
+            })
+        } else {
+            None
+        };
+        self.accept_token(pick.token, logprob, eos_ids)
+    }
+
     /// Greedy with nothing that needs the logits on the host (no penalties or bias, no
     /// logprobs, no prompt logprobs still to compute).
     pub fn plain_greedy(&self) -> bool {
@@ -360,6 +396,31 @@ impl<B: Backend> Engine<B> {
     pub fn step(&self, seqs: &mut [&mut Sequence<'_, B::Kv>]) -> Result<Vec<Step>> {
         let want_experts = seqs.iter().any(|s| s.want_experts);
         let all_greedy = seqs.iter().all(|s| s.plain_greedy());
+        // Other picks where the logits are, on a backend that can: the sampler's RNG draws on
+        // the host and the device applies the same rules.
+        let on_device = !all_greedy
+            && self.model.backend.samples_on_device()
+            && seqs.iter().all(|s| s.device_sampleable());
+        let device_rows = if on_device {
+            let mut rows = Vec::with_capacity(seqs.len());
+            let mut edits = Vec::new();
+            for s in seqs.iter_mut() {
+                let Sequence {
+                    sampler,
+                    context,
+                    n_prompt,
+                    ..
+                } = &mut **s;
+                let (mut row, e) = sampler.device_row(context, *n_prompt);
+                row.edit_begin = edits.len() as u32;
+                edits.extend(e);
+                row.edit_end = edits.len() as u32;
+                rows.push(row);
+            }
+            Some((rows, edits))
+        } else {
+            None
+        };
         let mut inputs: Vec<SeqStep<B::Kv>> = seqs
             .iter_mut()
             .map(|s| {
@@ -396,9 +457,15 @@ impl<B: Backend> Engine<B> {
         } else {
             None
         };
-        let logits = match picked {
-            Some(_) => vec![],
-            None => self.model.forward(&mut inputs, trace)?,
+        let device_picks = match &device_rows {
+            Some((rows, edits)) => {
+                Some(self.model.forward_sample(&mut inputs, trace, rows, edits)?)
+            }
+            None => None,
+        };
+        let logits = match (&picked, &device_picks) {
+            (None, None) => self.model.forward(&mut inputs, trace)?,
+            _ => vec![],
         };
         if want_experts {
             let mut row = 0;
@@ -419,6 +486,13 @@ impl<B: Backend> Engine<B> {
             }
         }
         let vocab = self.model.cfg.vocab_size;
+        if let Some(picks) = device_picks {
+            return seqs
+                .iter_mut()
+                .zip(picks)
+                .map(|(s, pick)| s.accept_picked(pick, &self.eos_ids))
+                .collect();
+        }
         match picked {
             Some(ids) => seqs
                 .iter_mut()

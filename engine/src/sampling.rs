@@ -8,6 +8,7 @@
 //! elements either.
 
 use crate::error::{Error, Result};
+use moe_kernels::sample::{Edit, SampleRow, MAX_TOP};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
@@ -341,6 +342,39 @@ pub(crate) fn apply_penalties(
     penalize(p, logits, context, n_prompt, &mut Vec::new());
 }
 
+/// The penalties and logit bias of [`penalize`] as one edit per token id (`l' = rep(l + bias) −
+/// sub`), for a device that applies them where the logits are. Duplicate bias ids are summed.
+fn penalty_edits(p: &SamplingParams, context: &[u32], n_prompt: usize) -> Vec<Edit> {
+    use std::collections::BTreeMap;
+    let mut edits: BTreeMap<u32, Edit> = BTreeMap::new();
+    let mut at = |id: u32, f: &mut dyn FnMut(&mut Edit)| {
+        let e = edits.entry(id).or_insert(Edit {
+            id,
+            bias: 0.0,
+            rep: 1.0,
+            sub: 0.0,
+        });
+        f(e);
+    };
+    for &(id, bias) in &p.logit_bias {
+        at(id, &mut |e| e.bias += bias);
+    }
+    if p.repetition_penalty != 1.0 {
+        for &id in context {
+            at(id, &mut |e| e.rep = p.repetition_penalty);
+        }
+    }
+    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let mut ids = context[n_prompt.min(context.len())..].to_vec();
+        ids.sort_unstable();
+        for run in ids.chunk_by(|a, b| a == b) {
+            let sub = p.frequency_penalty * run.len() as f32 + p.presence_penalty;
+            at(run[0], &mut |e| e.sub = sub);
+        }
+    }
+    edits.into_values().collect()
+}
+
 /// Picks tokens for one request with its own RNG.
 pub struct Sampler {
     params: SamplingParams,
@@ -364,6 +398,32 @@ impl Sampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// What a device needs to pick the next token as [`Sampler::sample`] would over the same
+    /// logits: the parameters, the penalty edits over `context`, and for a non-greedy pick this
+    /// sampler's one uniform draw (the RNG stays here, so a seed gives the same stream on every
+    /// backend). The returned row's edit range is left for the caller to set.
+    pub fn device_row(&mut self, context: &[u32], n_prompt: usize) -> (SampleRow, Vec<Edit>) {
+        let p = &self.params;
+        let edits = if needs_penalties(p) {
+            penalty_edits(p, context, n_prompt)
+        } else {
+            vec![]
+        };
+        let greedy = p.is_greedy();
+        let row = SampleRow {
+            temperature: if greedy { 0.0 } else { p.temperature },
+            top_k: p.top_k.min(u32::MAX as usize) as u32,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            u: if greedy { 0.0 } else { self.rng.next_f64() },
+            edit_begin: 0,
+            edit_end: 0,
+            n_top: p.top_logprobs.min(MAX_TOP) as u32,
+            want_logprobs: (p.logprobs || p.top_logprobs > 0) as u32,
+        };
+        (row, edits)
     }
 
     /// Picks the next token. `logits`: raw model logits `[vocab]`; `context`: prompt plus the ids

@@ -388,3 +388,100 @@ fn active_with_the_student_behind_a_server() {
     );
     h.shutdown();
 }
+
+/// `--device` reaches the loops: where CUDA is missing, a loop with local models on `cuda`
+/// exits 1 naming the reason (no panic, nothing loaded onto the CPU instead); on a GPU machine
+/// the distillation with its evaluation runs there (scripts/gpu_check_loops.sh compares the
+/// loops' results on both devices).
+#[test]
+fn loops_take_the_device() {
+    let d = tmp("cuda");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = d.join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"task\": \"add\", \"question\": \"What is 2 + 3?\", \"answer\": \"5\"}\n",
+    )
+    .unwrap();
+    let out = d.join("run");
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let reason = match moe::CudaBackend::new(0) {
+        Ok(_) => {
+            let args = [
+                "--device",
+                "cuda",
+                "loop",
+                "distill",
+                "--teacher",
+                "teacher",
+                "--student",
+                "student",
+                "--eval",
+                "--data",
+                data,
+                "--out",
+                out,
+            ];
+            let r = moe(&args);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert!(r.status.success(), "moe {args:?}: {err}");
+            assert!(Path::new(out).join("divergence-summary.json").exists());
+            return;
+        }
+        Err(e) => e.to_string(),
+    };
+    for (device, args) in [
+        (
+            "cuda",
+            vec![
+                "distill",
+                "--teacher",
+                "teacher",
+                "--student",
+                "student",
+                "--eval",
+                "--data",
+                data,
+                "--out",
+                out,
+            ],
+        ),
+        (
+            "cuda:0",
+            vec![
+                "teach",
+                "--families",
+                "mul",
+                "--pool-size",
+                "4",
+                "--out",
+                out,
+            ],
+        ),
+        (
+            "cuda",
+            vec![
+                "active",
+                "--pool-size",
+                "4",
+                "--heldout-size",
+                "2",
+                "--out",
+                out,
+            ],
+        ),
+    ] {
+        let mut all = vec!["--device", device, "loop"];
+        all.extend_from_slice(&args);
+        let r = moe(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "moe {all:?}: {err}");
+        let ordinal = if device == "cuda" { "cuda:0" } else { device };
+        let needle = format!("--device {ordinal}: {reason}");
+        assert!(
+            err.contains(&needle),
+            "moe {all:?}: {err:?} lacks {needle:?}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

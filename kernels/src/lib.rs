@@ -21,6 +21,7 @@ pub mod permute;
 pub mod rms_norm;
 pub mod rope;
 pub mod router_topk;
+pub mod sample;
 mod weight;
 
 pub use weight::{Mat, WeightDType, WeightData};

@@ -233,6 +233,27 @@ fn rope_matches_cpu() {
             &x,
             1e-5,
         );
+        // q and k (fewer heads) rotated in one launch.
+        let kv_heads = (heads / 4).max(1);
+        let mut q = r.vec(n * heads * hd, 1.0);
+        let mut k = r.vec(n * kv_heads * hd, 1.0);
+        let (dq, dk) = (g.upload(&q).unwrap(), g.upload(&k).unwrap());
+        rope::cuda::rope_apply2(
+            &g,
+            dq.ptr(),
+            heads,
+            dk.ptr(),
+            kv_heads,
+            cos.ptr(),
+            sin.ptr(),
+            n,
+            hd,
+        )
+        .unwrap();
+        rope::cpu::run(&rope_p, &mut q, &positions).unwrap();
+        rope::cpu::run(&rope_p, &mut k, &positions).unwrap();
+        assert_close(&format!("rope q hd {hd}"), &read(&dq, q.len()), &q, 1e-5);
+        assert_close(&format!("rope k hd {hd}"), &read(&dk, k.len()), &k, 1e-5);
     }
 }
 
@@ -345,7 +366,9 @@ fn linear_tensor_cores_and_simt() {
             linear::cuda::linear(&g, dx.ptr(), &w.dev(&g, n, k), out.ptr(), t).unwrap();
             let mut want = vec![0f32; t * n];
             linear::cpu::reference(&x, t, &w.mat(n, k), &mut want).unwrap();
-            let path = if linear::cuda::tensor_core_fits(dt, n, k) {
+            let path = if linear::cuda::gemv_fits(&[&w.dev(&g, n, k)], t) {
+                "gemv"
+            } else if linear::cuda::tensor_core_fits(dt, n, k) {
                 "tc"
             } else {
                 "simt"
@@ -356,6 +379,47 @@ fn linear_tensor_cores_and_simt() {
                 &want,
                 tol,
             );
+        }
+    }
+}
+
+/// q, k and v in one GEMV launch (decode sizes), each output against the CPU reference.
+#[test]
+fn linear_gemv_three_weights_one_launch() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng(seed());
+    for (dt, tol) in DTYPES {
+        if dt == WeightDType::F32 {
+            continue;
+        }
+        for &(t, k, ns) in &[
+            (1usize, 4096usize, [4096usize, 1024, 1024]),
+            (3, 512, [256, 64, 64]),
+            (8, 1024, [1024, 256, 256]),
+            (5, 40, [24, 8, 12]),
+        ] {
+            let x = r.vec(t * k, 1.0);
+            let ws: Vec<HostW> = ns
+                .iter()
+                .map(|&n| HostW::new(r.vec(n * k, 0.1), dt))
+                .collect();
+            let dws: Vec<DevMat> = ws.iter().zip(ns).map(|(w, n)| w.dev(&g, n, k)).collect();
+            let refs: Vec<&DevMat> = dws.iter().collect();
+            assert!(linear::cuda::gemv_shapes_fit(&refs, t));
+            let outs: Vec<DevBuf> = ns.iter().map(|&n| poisoned(&g, t * n)).collect();
+            let ptrs: Vec<u64> = outs.iter().map(|o| o.ptr()).collect();
+            let dx = g.upload(&x).unwrap();
+            linear::cuda::linear_gemv(&g, dx.ptr(), &refs, &ptrs, t).unwrap();
+            for (i, &n) in ns.iter().enumerate() {
+                let mut want = vec![0f32; t * n];
+                linear::cpu::reference(&x, t, &ws[i].mat(n, k), &mut want).unwrap();
+                assert_close(
+                    &format!("linear gemv {dt:?} weight {i} {t}x{n}x{k}"),
+                    &read(&outs[i], t * n),
+                    &want,
+                    tol,
+                );
+            }
         }
     }
 }

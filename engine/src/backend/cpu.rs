@@ -110,6 +110,38 @@ impl Backend for CpuBackend {
         Ok(linear::cpu::run(&x.data, x.rows, &w.mat(), &mut out.data)?)
     }
 
+    fn linear_many(
+        &self,
+        x: &CpuAct,
+        ws: &[&WeightTensor],
+        outs: &mut [&mut CpuAct],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(shape_err("linear_many outputs", outs.len(), ws.len()));
+        }
+        let mats: Vec<_> = ws.iter().map(|w| w.mat()).collect();
+        let mut ys: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.data.as_mut_slice()).collect();
+        Ok(linear::cpu::run_many(&x.data, x.rows, &mats, &mut ys)?)
+    }
+
+    /// On a rayon worker: the pass's ≈ 40 parallel regions are then started from inside the
+    /// pool, instead of each one waking the pool from outside and putting the caller to sleep.
+    fn forward_scope<R: Send>(&self, f: impl FnOnce() -> R) -> R {
+        if rayon::current_thread_index().is_some() {
+            return f();
+        }
+        /// The pass borrows the caller's trace, which is not `Send`; the caller is blocked in
+        /// `rayon::scope` until the pass returns, so nothing is touched from two threads.
+        struct Blocked<F>(F);
+        // SAFETY: see above; the traces are plain data with no thread affinity.
+        unsafe impl<F> Send for Blocked<F> {}
+        let job = Blocked(f);
+        rayon::scope(move |_| {
+            let job = job;
+            (job.0)()
+        })
+    }
+
     fn rope(&self, x: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {
         Ok(rope::cpu::run(r, &mut x.data, positions)?)
     }

@@ -14,7 +14,8 @@ use moe_kernels::expert_ffn::cuda::ExpertStack;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::cuda::{add_stats, stats_words};
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
-use moe_kernels::{embedding, linear, rms_norm, rope};
+use moe_kernels::sample::{Edit, Picked, SampleRow};
+use moe_kernels::{embedding, linear, rms_norm, rope, sample};
 use std::sync::{Arc, Mutex};
 
 pub struct CudaBackend {
@@ -33,6 +34,7 @@ struct State {
     rope_table: Option<(Vec<u32>, usize, DevBuf, DevBuf)>,
     /// This forward's attention rows, built at layer 0 and reused by every layer.
     meta: Option<(Vec<RowMeta>, DevBuf)>,
+    sample: sample::cuda::SampleScratch,
 }
 
 impl CudaBackend {
@@ -50,6 +52,33 @@ impl CudaBackend {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cos/sin table of these positions (device pointers), built once per set of positions:
+    /// a forward's q, k and every layer share it.
+    fn rope_table(&self, positions: &[u32], r: &Rope) -> Result<(u64, u64)> {
+        let mut st = self.state();
+        let st = &mut *st;
+        let fresh = !matches!(&st.rope_table, Some((p, hd, _, _)) if p.as_slice() == positions && *hd == r.head_dim);
+        if fresh {
+            let pos = self.gpu.upload(positions)?;
+            let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
+            let half = r.head_dim / 2;
+            let cos = self.gpu.alloc(4 * positions.len() * half)?;
+            let sin = self.gpu.alloc(4 * positions.len() * half)?;
+            rope::cuda::rope_table(
+                &self.gpu,
+                pos.ptr(),
+                freq,
+                positions.len(),
+                r.head_dim,
+                cos.ptr(),
+                sin.ptr(),
+            )?;
+            st.rope_table = Some((positions.to_vec(), r.head_dim, cos, sin));
+        }
+        let (_, _, cos, sin) = st.rope_table.as_ref().expect("built above");
+        Ok((cos.ptr(), sin.ptr()))
     }
 }
 
@@ -243,39 +272,60 @@ impl Backend for CudaBackend {
         )?)
     }
 
+    fn linear_many(&self, x: &CudaAct, ws: &[&DevMat], outs: &mut [&mut CudaAct]) -> Result<()> {
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            if x.cols != w.cols || out.cols != w.rows || out.rows != x.rows {
+                return Err(shape_err("linear", x.cols, w.cols));
+            }
+        }
+        if ws.len() == outs.len() && linear::cuda::gemv_fits(ws, x.rows) {
+            let ptrs: Vec<u64> = outs.iter().map(|o| o.ptr()).collect();
+            return Ok(linear::cuda::linear_gemv(
+                &self.gpu,
+                x.ptr(),
+                ws,
+                &ptrs,
+                x.rows,
+            )?);
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.linear(x, w, out)?;
+        }
+        Ok(())
+    }
+
     fn rope(&self, x: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
         if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
             return Err(shape_err("rope rows", positions.len(), x.rows));
         }
-        let mut st = self.state();
-        let st = &mut *st;
-        // One cos/sin table per set of positions (a forward's q, k and every layer share it).
-        let fresh = !matches!(&st.rope_table, Some((p, hd, _, _)) if p.as_slice() == positions && *hd == r.head_dim);
-        if fresh {
-            let pos = self.gpu.upload(positions)?;
-            let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
-            let half = r.head_dim / 2;
-            let cos = self.gpu.alloc(4 * positions.len() * half)?;
-            let sin = self.gpu.alloc(4 * positions.len() * half)?;
-            rope::cuda::rope_table(
-                &self.gpu,
-                pos.ptr(),
-                freq,
-                positions.len(),
-                r.head_dim,
-                cos.ptr(),
-                sin.ptr(),
-            )?;
-            st.rope_table = Some((positions.to_vec(), r.head_dim, cos, sin));
-        }
-        let (_, _, cos, sin) = st.rope_table.as_ref().expect("built above");
+        let (cos, sin) = self.rope_table(positions, r)?;
         Ok(rope::cuda::rope_apply(
             &self.gpu,
             x.ptr(),
-            cos.ptr(),
-            sin.ptr(),
+            cos,
+            sin,
             x.rows,
             x.cols / r.head_dim,
+            r.head_dim,
+        )?)
+    }
+
+    fn rope_qk(&self, q: &mut CudaAct, k: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
+        for x in [&*q, &*k] {
+            if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
+                return Err(shape_err("rope rows", positions.len(), x.rows));
+            }
+        }
+        let (cos, sin) = self.rope_table(positions, r)?;
+        Ok(rope::cuda::rope_apply2(
+            &self.gpu,
+            q.ptr(),
+            q.cols / r.head_dim,
+            k.ptr(),
+            k.cols / r.head_dim,
+            cos,
+            sin,
+            q.rows,
             r.head_dim,
         )?)
     }
@@ -405,6 +455,25 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn sample_rows(&self, x: &CudaAct, rows: &[SampleRow], edits: &[Edit]) -> Result<Vec<Picked>> {
+        if rows.len() != x.rows {
+            return Err(shape_err("sample rows", rows.len(), x.rows));
+        }
+        let mut st = self.state();
+        Ok(sample::cuda::sample_rows(
+            &self.gpu,
+            x.ptr(),
+            x.cols,
+            rows,
+            edits,
+            &mut st.sample,
+        )?)
+    }
+
     fn argmax_rows(&self, x: &CudaAct) -> Result<Vec<u32>> {
         let out = self.gpu.alloc(4 * x.rows)?;
         rms_norm::cuda::argmax_rows(&self.gpu, x.ptr(), x.rows, x.cols, out.ptr())?;
@@ -473,3 +542,173 @@ impl Backend for CudaBackend {
 
 /// One layer's experts on the device.
 pub struct MoeLayerExperts(pub ExpertStack);
+
+#[cfg(test)]
+mod tests {
+    //! Device sampling against the host sampler on the same logits: the same seeds must pick the
+    //! same tokens under every rule (temperature, top-k, top-p, min-p, penalties, logit bias,
+    //! greedy), with logprobs equal to `log_softmax` of the raw logits. Without a GPU the test
+    //! prints `skipping: <reason>` and passes (`MOE_REQUIRE_GPU` makes that a failure).
+    use super::*;
+    use crate::sampling::{log_softmax, top_k_entries, Sampler, SamplingParams};
+
+    fn backend() -> Option<CudaBackend> {
+        match CudaBackend::new(0) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("MOE_REQUIRE_GPU").is_none(),
+                    "MOE_REQUIRE_GPU is set but: {e}"
+                );
+                println!("skipping: {e}");
+                None
+            }
+        }
+    }
+
+    /// xorshift64*, standard normal by Box–Muller.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f32 {
+            let (a, b) = (self.next().max(1e-300), self.next());
+            ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
+        }
+    }
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams {
+            max_tokens: 16,
+            ..Default::default()
+        };
+        f(&mut p);
+        p
+    }
+
+    #[test]
+    fn device_sampling_matches_host_sampler() {
+        let Some(b) = backend() else { return };
+        let time_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        println!("seed {time_seed}");
+        let mut r = Rng(time_seed);
+        let sets: Vec<SamplingParams> = vec![
+            params(|p| p.temperature = 1.0),
+            params(|p| {
+                p.temperature = 0.7;
+                p.top_k = 40;
+            }),
+            params(|p| p.top_p = 0.9),
+            params(|p| {
+                p.temperature = 1.3;
+                p.top_k = 300;
+                p.top_p = 0.8;
+                p.min_p = 0.05;
+            }),
+            params(|p| {
+                p.temperature = 0.0;
+                p.repetition_penalty = 1.3;
+                p.presence_penalty = 0.5;
+                p.frequency_penalty = 0.2;
+                p.logit_bias = vec![(3, 5.0), (17, -100.0), (3, 1.5)];
+                p.logprobs = true;
+                p.top_logprobs = 5;
+            }),
+            params(|p| {
+                p.temperature = 0.8;
+                p.top_p = 0.95;
+                p.repetition_penalty = 1.2;
+                p.frequency_penalty = -0.4;
+                p.logit_bias = vec![(11, 2.0)];
+                p.top_logprobs = 20;
+            }),
+            params(|p| {
+                p.temperature = 0.0;
+                p.logprobs = true;
+            }),
+            params(|p| {
+                p.temperature = 2.0;
+                p.min_p = 0.2;
+                p.logprobs = true;
+            }),
+        ];
+        for &vocab in &[1000usize, 32000] {
+            for round in 0..12u64 {
+                // One batch: a row per parameter set, each with its own logits and context.
+                let mut logits = Vec::with_capacity(sets.len() * vocab);
+                let mut contexts = vec![];
+                for p in &sets {
+                    let scale = 1.0 + 4.0 * r.next() as f32;
+                    let row: Vec<f32> = (0..vocab).map(|_| r.normal() * scale).collect();
+                    let mut row = row;
+                    // Exact ties, a NaN (where no logprobs are asked: they would all be NaN)
+                    // and masked tokens.
+                    row[5] = row[6];
+                    if !p.logprobs && p.top_logprobs == 0 {
+                        row[7] = f32::NAN;
+                    }
+                    row[8] = f32::NEG_INFINITY;
+                    row[9] = -0.0;
+                    row[10] = 0.0;
+                    logits.extend(row);
+                    let ctx: Vec<u32> = (0..40).map(|_| (r.next() * 60.0) as u32).collect();
+                    contexts.push(ctx);
+                }
+                let n_prompt = 25;
+                let mut host = vec![];
+                let mut rows = vec![];
+                let mut edits = vec![];
+                for (i, p) in sets.iter().enumerate() {
+                    let mut p = p.clone();
+                    p.seed = Some(round * 1000 + i as u64);
+                    let row_logits = &logits[i * vocab..(i + 1) * vocab];
+                    host.push(Sampler::new(&p).sample(row_logits, &contexts[i], n_prompt));
+                    let (mut row, e) = Sampler::new(&p).device_row(&contexts[i], n_prompt);
+                    row.edit_begin = edits.len() as u32;
+                    edits.extend(e);
+                    row.edit_end = edits.len() as u32;
+                    rows.push(row);
+                }
+                let x = CudaAct {
+                    buf: b.gpu.upload(&logits).unwrap(),
+                    rows: sets.len(),
+                    cols: vocab,
+                };
+                let picks = b.sample_rows(&x, &rows, &edits).unwrap();
+                for (i, (p, pick)) in sets.iter().zip(&picks).enumerate() {
+                    assert_eq!(
+                        pick.token, host[i],
+                        "vocab {vocab} round {round} set {i} {p:?}: device picked {}, host {}",
+                        pick.token, host[i]
+                    );
+                    if p.logprobs || p.top_logprobs > 0 {
+                        let row_logits = &logits[i * vocab..(i + 1) * vocab];
+                        let want = log_softmax(row_logits);
+                        let shift = pick.max as f64 + pick.z.ln();
+                        let got = (pick.chosen as f64 - shift) as f32;
+                        let w = want[pick.token as usize];
+                        assert!(
+                            (got - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "set {i}: chosen logprob {got} vs {w}"
+                        );
+                        let want_top = top_k_entries(&want, p.top_logprobs);
+                        let got_top: Vec<u32> = pick.top.iter().map(|t| t.0).collect();
+                        let want_ids: Vec<u32> = want_top.iter().map(|t| t.0).collect();
+                        assert_eq!(got_top, want_ids, "set {i}: top logprob ids");
+                        for (&(_, l), &(_, wl)) in pick.top.iter().zip(&want_top) {
+                            let g = (l as f64 - shift) as f32;
+                            assert!((g - wl).abs() <= 1e-5 * wl.abs().max(1.0), "{g} vs {wl}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ use crate::weights::WeightTensor;
 use moe_kernels::attention::Attention;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
+use moe_kernels::sample::{Edit, Picked, SampleRow};
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
@@ -91,8 +92,33 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// `out = x · Wᵀ`
     fn linear(&self, x: &Self::Act, w: &Self::Weight, out: &mut Self::Act) -> Result<()>;
+    /// `outs[i] = x · ws[i]ᵀ` for several weights over one input (q, k and v): one parallel
+    /// region or launch on backends that fuse it.
+    fn linear_many(
+        &self,
+        x: &Self::Act,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Act],
+    ) -> Result<()> {
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.linear(x, w, out)?;
+        }
+        Ok(())
+    }
     /// Rotates every head of every row in place; `positions[row]`.
     fn rope(&self, x: &mut Self::Act, positions: &[u32], rope: &Rope) -> Result<()>;
+    /// [`Backend::rope`] of q and k over the same positions (one launch on backends that fuse
+    /// it).
+    fn rope_qk(
+        &self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<()> {
+        self.rope(q, positions, rope)?;
+        self.rope(k, positions, rope)
+    }
     /// Appends each sequence's new `k`/`v` rows to its cache at layer `layer`, then attends.
     fn attention(
         &self,
@@ -135,6 +161,29 @@ pub trait Backend: Send + Sync + 'static {
         Ok(v.chunks(v.len() / rows)
             .map(crate::sampling::argmax)
             .collect())
+    }
+    /// Runs a whole forward pass (`f`) where this backend's parallel regions are cheapest to
+    /// start; the caller waits for it.
+    fn forward_scope<R: Send>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    /// Whether [`Backend::sample_rows`] picks tokens where the logits are (so that only ids and
+    /// requested logprobs cross to the host).
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+    /// Each row's next token by `rows[r]` (its edits are `edits[edit_begin..edit_end]`), with
+    /// the host sampler's rules; see `moe_kernels::sample`.
+    fn sample_rows(
+        &self,
+        _x: &Self::Act,
+        _rows: &[SampleRow],
+        _edits: &[Edit],
+    ) -> Result<Vec<Picked>> {
+        Err(crate::error::Error::Device(format!(
+            "{} does not sample on the device",
+            self.name()
+        )))
     }
     /// `x += y`
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;

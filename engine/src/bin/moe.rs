@@ -470,11 +470,14 @@ struct TeacherArgs {
 }
 
 /// A loop's teacher client, the student's local model and, for a remote student, its client.
-type OpenedModels = (
+type OpenedModels<B> = (
     Box<dyn moe::loops::client::ModelClient>,
-    std::sync::Arc<Engine<CpuBackend>>,
+    std::sync::Arc<Engine<B>>,
     Option<moe::loops::client::HttpClient>,
 );
+
+/// Loads a loop's local model onto the run's one device (`--device`).
+type Loader<'a, B> = &'a dyn Fn(&ModelArg) -> Result<Engine<B>>;
 
 /// Teacher and student of a loop.
 #[derive(Args, Clone)]
@@ -542,12 +545,13 @@ impl TaskSource {
 
 impl LoopModels {
     /// The teacher's client, the student's local model (in process, or the tokenizer's source
-    /// for a remote student) and the remote student's client.
-    fn open(&self) -> Result<OpenedModels> {
+    /// for a remote student) and the remote student's client. Local models load with `load`.
+    fn open<B: Backend>(&self, load: Loader<'_, B>) -> Result<OpenedModels<B>> {
         let teacher = teacher_client(
             self.teacher.teacher_url.as_deref(),
             &self.teacher.teacher_model,
             self.teacher.teacher.clone(),
+            load,
         )?;
         let student = std::sync::Arc::new(load(&ModelArg {
             model: role_or(self.student.clone(), "student"),
@@ -570,11 +574,12 @@ fn role_or(arg: Option<String>, role: &str) -> Option<String> {
 }
 
 /// The generating model of a loop: an endpoint when `url` is given, else a local model (the
-/// `teacher` role by default).
-fn teacher_client(
+/// `teacher` role by default) loaded with `load`.
+fn teacher_client<B: Backend>(
     url: Option<&str>,
     model_name: &str,
     model: Option<String>,
+    load: Loader<'_, B>,
 ) -> Result<Box<dyn moe::loops::client::ModelClient>> {
     use moe::loops::client::{HttpClient, LocalClient};
     Ok(match url {
@@ -587,7 +592,13 @@ fn teacher_client(
     })
 }
 
-fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
+/// Runs a loop; every local model (teacher, student, committee) is loaded with `load`, so all
+/// of them sit on the one device it loads onto. Remote models are only clients.
+fn run_loop<B: Backend>(
+    which: LoopCommand,
+    out: &mut dyn Write,
+    load: Loader<'_, B>,
+) -> Result<()> {
     use moe::loops::client::{HttpClient, LocalClient, ModelClient};
     use moe::loops::distill;
     match which {
@@ -610,7 +621,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 bail!("--batch-size must be at least 1");
             }
             let dedup = dedup.parse()?;
-            let client = teacher_client(url.as_deref(), &model_name, model)?;
+            let client = teacher_client(url.as_deref(), &model_name, model, load)?;
             let ctx = client.capabilities().context_length.unwrap_or(4096);
             if let Some(path) = check_tasks {
                 let tasks = moe::loops::tasks::read_tasks(&path)?;
@@ -660,7 +671,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 bail!("--batch-size must be at least 1");
             }
             let dedup = dedup.parse()?;
-            let client = teacher_client(url.as_deref(), &model_name, model)?;
+            let client = teacher_client(url.as_deref(), &model_name, model, load)?;
             let ctx = client.capabilities().context_length.unwrap_or(2048);
             let cfg = moe::loops::self_instruct::SelfInstructConfig {
                 seed_tasks,
@@ -822,12 +833,12 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     source.load(heldout_size, seed ^ 0x4E1D)?,
                 ),
             };
-            let (teacher, student, remote) = models.open()?;
+            let (teacher, student, remote) = models.open(load)?;
             let student = match &remote {
                 Some(c) => moe::loops::learner::Student::remote(&student, c),
                 None => moe::loops::learner::Student::local(&student),
             };
-            let committee_engines: Vec<Engine<CpuBackend>> = committee_model
+            let committee_engines: Vec<Engine<B>> = committee_model
                 .into_iter()
                 .map(|m| load(&ModelArg { model: Some(m) }))
                 .collect::<Result<_>>()?;
@@ -850,7 +861,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                 stop_after_strategies: None,
                 context: moe::loops::learner::ContextFormat::parse(&models.context)?,
             };
-            let refs: Vec<&Engine<CpuBackend>> = committee_engines.iter().collect();
+            let refs: Vec<&Engine<B>> = committee_engines.iter().collect();
             let summary = moe::loops::active::run(teacher.as_ref(), &student, &refs, &cfg)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
         }
@@ -892,7 +903,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     source.load(heldout_size, seed ^ 0x4E1D)?,
                 ),
             };
-            let (teacher, student, remote) = models.open()?;
+            let (teacher, student, remote) = models.open(load)?;
             let student = match &remote {
                 Some(c) => moe::loops::learner::Student::remote(&student, c),
                 None => moe::loops::learner::Student::local(&student),
@@ -965,7 +976,7 @@ fn run_loop(which: LoopCommand, out: &mut dyn Write) -> Result<()> {
                     },
                 )
             };
-            let (teacher, student, remote) = models.open()?;
+            let (teacher, student, remote) = models.open(load)?;
             let student = match &remote {
                 Some(c) => moe::loops::learner::Student::remote(&student, c),
                 None => moe::loops::learner::Student::local(&student),
@@ -1115,9 +1126,6 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()?;
     }
     let device = Device::parse(&cli.device)?;
-    if device != Device::Cpu && matches!(cli.command, Command::Loop { .. }) {
-        bail!("device `{device}`: `moe loop` runs its local models on the CPU in this version; use `--device cpu`");
-    }
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Generate {
@@ -1279,7 +1287,10 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("shut down");
             return Ok(());
         }
-        Command::Loop { which } => run_loop(which, &mut out)?,
+        Command::Loop { which } => match device {
+            Device::Cpu => run_loop(which, &mut out, &load)?,
+            Device::Cuda(n) => run_loop(which, &mut out, &|m: &ModelArg| load_cuda(m, n))?,
+        },
         Command::Bench {
             what:
                 Some(BenchCommand::MoeLayer {

@@ -29,6 +29,7 @@ use super::learner::{
 use super::progress::Progress;
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
+use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
@@ -121,8 +122,8 @@ fn shots_for(labelled: &[(Task, String)], topic: &str, k: usize) -> Vec<(String,
 }
 
 /// The student's greedy answers to `tasks`, grouped by topic so each group shares its examples.
-fn answer_all(
-    student: &Student,
+fn answer_all<B: Backend>(
+    student: &Student<B>,
     tasks: &[Task],
     labelled: &[(Task, String)],
     shots: usize,
@@ -150,8 +151,8 @@ fn answer_all(
 }
 
 /// Accuracy of the student on `heldout` with the labelled pool in context.
-fn evaluate(
-    student: &Student,
+fn evaluate<B: Backend>(
+    student: &Student<B>,
     cfg: &ActiveConfig,
     labelled: &[(Task, String)],
     stats: &mut PrefillStats,
@@ -177,10 +178,10 @@ fn evaluate(
 
 /// Uncertainty of each unlabelled item under `strategy` (higher is queried first).
 #[allow(clippy::too_many_arguments)]
-fn uncertainty(
+fn uncertainty<B: Backend>(
     strategy: &str,
-    student: &Student,
-    committee_models: &[&Engine],
+    student: &Student<B>,
+    committee_models: &[&Engine<B>],
     cfg: &ActiveConfig,
     items: &[Task],
     labelled: &[(Task, String)],
@@ -242,7 +243,7 @@ fn uncertainty(
         "nll" => out.extend(answers.iter().map(|a| a.nll)),
         "committee" => {
             let mut votes: Vec<Vec<String>> = vec![vec![]; items.len()];
-            let mut members: Vec<(Student, Option<u64>)> = vec![(*student, None)];
+            let mut members: Vec<(Student<B>, Option<u64>)> = vec![(*student, None)];
             for m in 0..cfg.committee {
                 members.push((*student, Some(m as u64 + 1)));
             }
@@ -347,10 +348,10 @@ pub fn teacher_labels(
         .collect())
 }
 
-pub fn run(
+pub fn run<B: Backend>(
     teacher: &dyn ModelClient,
-    student: &Student,
-    committee_models: &[&Engine],
+    student: &Student<B>,
+    committee_models: &[&Engine<B>],
     cfg: &ActiveConfig,
 ) -> Result<Value> {
     tasks::check_sizes(

@@ -5,6 +5,7 @@
 //! `moe serve` has it too): an endpoint that answers without them gets a typed
 //! [`Error::FeatureUnavailable`], never an empty result.
 
+use crate::backend::{Backend, CpuBackend};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{
@@ -49,12 +50,12 @@ pub trait ModelClient: Send + Sync {
     }
 }
 
-/// A model in this process.
-pub struct LocalClient {
-    pub engine: Arc<Engine>,
+/// A model in this process, on any backend.
+pub struct LocalClient<B: Backend = CpuBackend> {
+    pub engine: Arc<Engine<B>>,
 }
 
-impl ModelClient for LocalClient {
+impl<B: Backend> ModelClient for LocalClient<B> {
     fn name(&self) -> String {
         self.engine.info.name.clone()
     }

@@ -7,6 +7,7 @@
 //! KL(teacher‖student), reverse KL, generalised JSD(β), total variation and top-1 agreement.
 
 use super::client::ModelClient;
+use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::Prompt;
@@ -42,7 +43,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
 }
 
 /// Tokenises a record with the model's tokenizer (chat template for messages).
-pub fn tokenise(engine: &Engine, r: &Record) -> Result<Tokenised> {
+pub fn tokenise<B: Backend>(engine: &Engine<B>, r: &Record) -> Result<Tokenised> {
     let tok = &engine.tokenizer;
     let (ids, start) = if let Some(t) = &r.text {
         (tok.encode(t, true)?, 1)
@@ -421,7 +422,10 @@ pub fn divergence(teacher_lp: &[f32], student_lp: &[f32], beta: f64) -> Divergen
 }
 
 /// Refuses a teacher/student pair whose vocabularies differ, naming the difference.
-pub fn check_vocabularies(teacher: &Engine, student: &Engine) -> Result<()> {
+pub fn check_vocabularies<T: Backend, S: Backend>(
+    teacher: &Engine<T>,
+    student: &Engine<S>,
+) -> Result<()> {
     let (vt, vs) = (teacher.config().vocab_size, student.config().vocab_size);
     if vt != vs {
         return Err(Error::InvalidRequest(format!(
@@ -454,35 +458,21 @@ pub struct SequenceDivergence {
 }
 
 /// Runs both models over each sequence and compares their next-token distributions at every
-/// position that predicts a completion token.
-pub fn evaluate(
-    teacher: &Engine,
-    student: &Engine,
+/// position that predicts a completion token. The two models may sit on different backends.
+pub fn evaluate<T: Backend, S: Backend>(
+    teacher: &Engine<T>,
+    student: &Engine<S>,
     data: &[Tokenised],
     beta: f64,
 ) -> Result<Vec<SequenceDivergence>> {
     check_vocabularies(teacher, student)?;
     let v = teacher.config().vocab_size;
-    let logits = |e: &Engine, ids: &[u32]| -> Result<Vec<f32>> {
-        let mut kv = e.model.new_kv();
-        Ok(e.model
-            .forward(
-                &mut [SeqStep {
-                    tokens: ids,
-                    kv: &mut kv,
-                    all_logits: true,
-                }],
-                &mut NoTrace,
-            )?
-            .pop()
-            .expect("one"))
-    };
     let (mut lt, mut ls) = (vec![0f32; v], vec![0f32; v]);
     let progress = super::progress::Progress::new("distill eval", data.len() as u64, 0, "prompts");
     let out = data
         .iter()
         .map(|d| {
-            let (t, s) = (logits(teacher, &d.ids)?, logits(student, &d.ids)?);
+            let (t, s) = (all_logits(teacher, &d.ids)?, all_logits(student, &d.ids)?);
             let first = d.completion_start.saturating_sub(1);
             let mut per = vec![];
             let mut sum = Divergence::default();
@@ -506,6 +496,22 @@ pub fn evaluate(
         .collect();
     progress.finish(data.len() as u64);
     out
+}
+
+/// Every position's logits of one sequence (teacher forcing from an empty cache).
+fn all_logits<B: Backend>(e: &Engine<B>, ids: &[u32]) -> Result<Vec<f32>> {
+    let mut kv = e.model.new_kv();
+    Ok(e.model
+        .forward(
+            &mut [SeqStep {
+                tokens: ids,
+                kv: &mut kv,
+                all_logits: true,
+            }],
+            &mut NoTrace,
+        )?
+        .pop()
+        .expect("one"))
 }
 
 /// Position-weighted means: overall and per task.

@@ -10,7 +10,7 @@
 //! counted as prefilled whole).
 
 use super::client::{HttpClient, ModelClient};
-use crate::backend::Backend;
+use crate::backend::{Backend, CpuBackend};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{ContinuationScore, GenerateRequest, Prompt};
@@ -21,27 +21,34 @@ use crate::trace::{NoTrace, Trace};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// The student of a loop: a model in this process, or one behind an endpoint.
-#[derive(Clone, Copy)]
-pub struct Student<'a> {
+/// The student of a loop: a model in this process (on any backend), or one behind an endpoint.
+pub struct Student<'a, B: Backend = CpuBackend> {
     /// The model in process; for a remote student, the local copy whose tokenizer, chat
     /// template and end-of-sequence ids build the prompts (its weights are not used).
-    pub engine: &'a Engine,
+    pub engine: &'a Engine<B>,
     pub remote: Option<&'a HttpClient>,
     /// A remote student's answers carry the full next-token distribution's entropy (the whole
     /// vocabulary's logprobs per step, a large response); otherwise their `mean_entropy` is NaN.
     pub entropy: bool,
 }
 
-impl<'a> Student<'a> {
-    pub fn local(engine: &'a Engine) -> Self {
+// By hand: a derive would ask `B: Clone`, and a student is only references.
+impl<B: Backend> Clone for Student<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Student<'_, B> {}
+
+impl<'a, B: Backend> Student<'a, B> {
+    pub fn local(engine: &'a Engine<B>) -> Self {
         Student {
             engine,
             remote: None,
             entropy: false,
         }
     }
-    pub fn remote(engine: &'a Engine, client: &'a HttpClient) -> Self {
+    pub fn remote(engine: &'a Engine<B>, client: &'a HttpClient) -> Self {
         Student {
             engine,
             remote: Some(client),
@@ -202,8 +209,8 @@ pub fn shared_prefix_len(prompts: &[Vec<u32>]) -> usize {
 /// `max_tokens`. With `share`, the prompts' common prefix is prefilled once and its KV cache
 /// forked for each prompt. Token choice is the engine's sampler, so a seeded request gives the
 /// same tokens whether or not the prefix is shared.
-pub fn generate_shared(
-    student: &Student,
+pub fn generate_shared<B: Backend>(
+    student: &Student<B>,
     prompts: &[Vec<u32>],
     params: &[SamplingParams],
     share: bool,
@@ -371,9 +378,9 @@ pub fn generate_shared(
 /// Generation over HTTP by token ids: the answer's uncertainty from the returned logprobs (the
 /// chosen token's and the top two; the whole distribution when `student.entropy`). Nothing is
 /// shared, so every prompt token counts as prefilled.
-fn generate_remote(
+fn generate_remote<B: Backend>(
     client: &HttpClient,
-    student: &Student,
+    student: &Student<B>,
     prompts: &[Vec<u32>],
     params: &[SamplingParams],
     stats: &mut PrefillStats,
@@ -447,8 +454,8 @@ fn generate_remote(
 }
 
 /// Greedy answers for chat prompts, prompts sharing a prefix grouped by the caller.
-pub fn greedy(
-    student: &Student,
+pub fn greedy<B: Backend>(
+    student: &Student<B>,
     prompts: &[Vec<ChatMessage>],
     max_tokens: usize,
     share: bool,
@@ -494,8 +501,8 @@ pub fn continuation_ids(
 }
 
 /// Log-likelihood of each answer as the assistant's turn after `messages` (one shared prefill).
-pub fn answer_scores(
-    student: &Student,
+pub fn answer_scores<B: Backend>(
+    student: &Student<B>,
     messages: &[ChatMessage],
     answers: &[String],
 ) -> Result<Vec<ContinuationScore>> {
@@ -507,8 +514,8 @@ pub fn answer_scores(
 }
 
 /// Softmax over the label set of the labels' log-likelihoods.
-pub fn label_probs(
-    student: &Student,
+pub fn label_probs<B: Backend>(
+    student: &Student<B>,
     messages: &[ChatMessage],
     labels: &[String],
 ) -> Result<Vec<f64>> {
@@ -543,7 +550,7 @@ impl Trace for GateTrace {
 
 /// Mean entropy (nats) of the router's softmax over all experts, over every layer and the
 /// tokens of `ids` from `from` on: how unsure the gates are about where a text belongs.
-pub fn gate_entropy(student: &Student, ids: &[u32], from: usize) -> Result<f64> {
+pub fn gate_entropy<B: Backend>(student: &Student<B>, ids: &[u32], from: usize) -> Result<f64> {
     if let Some(client) = student.remote {
         return Err(gate_unavailable(client));
     }

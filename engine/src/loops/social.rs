@@ -35,6 +35,7 @@ use super::learner::{self, answer_scores, messages_in, ContextFormat, PrefillSta
 use super::progress::Progress;
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -225,7 +226,7 @@ impl Shared {
 }
 
 /// The private examples as chat turns, then an opened user turn the teacher continues.
-fn generation_prompt(student: &Student, examples: &[Task]) -> Result<Vec<u32>> {
+fn generation_prompt<B: Backend>(student: &Student<B>, examples: &[Task]) -> Result<Vec<u32>> {
     let m: Vec<ChatMessage> = examples
         .iter()
         .flat_map(|t| {
@@ -240,7 +241,7 @@ fn generation_prompt(student: &Student, examples: &[Task]) -> Result<Vec<u32>> {
 }
 
 /// Chat text without the leading beginning-of-sequence (the client adds its own).
-fn chat_text(student: &Student, m: &[ChatMessage]) -> Result<String> {
+fn chat_text<B: Backend>(student: &Student<B>, m: &[ChatMessage]) -> Result<String> {
     let t = student.tokenizer().apply_chat_template(m, false)?;
     let bos = student.tokenizer().bos_token().unwrap_or("");
     Ok(t.strip_prefix(bos).unwrap_or(&t).to_string())
@@ -251,9 +252,9 @@ fn chat_text(student: &Student, m: &[ChatMessage]) -> Result<String> {
 /// in pool order). Scores are total log-likelihoods, not per token: a token merged across the
 /// prompt/candidate boundary is counted into every candidate, an offset that must not reorder
 /// them.
-pub fn vote_candidates(
+pub fn vote_candidates<B: Backend>(
     teacher: &dyn ModelClient,
-    student: &Student,
+    student: &Student<B>,
     private: &[Vec<Task>],
     pool: &[(String, String)],
     n_gen: usize,
@@ -338,7 +339,11 @@ fn majority(keys: &[String]) -> String {
     best.map(|(k, _)| k.clone()).unwrap_or_default()
 }
 
-pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &SocialConfig) -> Result<Value> {
+pub fn run<B: Backend>(
+    teacher: &dyn ModelClient,
+    student: &Student<B>,
+    cfg: &SocialConfig,
+) -> Result<Value> {
     tasks::check_sizes(
         "social",
         &[

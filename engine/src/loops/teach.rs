@@ -27,6 +27,7 @@ use super::learner::{self, messages_in, ContextFormat, PrefillStats, Student};
 use super::progress::{Progress, StepRate};
 use super::self_instruct::LoopRng;
 use super::tasks::{self, answer_key, Task};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateRequest, Prompt};
 use crate::sampling::SamplingParams;
@@ -138,8 +139,8 @@ fn teacher_samples(
 
 /// The student's exam with `demo` as its single in-context example: correct answers out of
 /// `exam.len() × repeats`, and each answer.
-pub fn exam_score(
-    student: &Student,
+pub fn exam_score<B: Backend>(
+    student: &Student<B>,
     cfg: &TeachConfig,
     demo: Option<(&str, &str)>,
     exam: &[Task],
@@ -177,8 +178,8 @@ pub fn exam_score(
 
 /// An exam prompt: the example, the question, and the assistant's turn opened (with the prefill
 /// when there is one).
-fn exam_ids(
-    student: &Student,
+fn exam_ids<B: Backend>(
+    student: &Student<B>,
     cfg: &TeachConfig,
     shots: &[(String, String)],
     question: &str,
@@ -277,7 +278,11 @@ fn plan(cfg: &TeachConfig) -> (Vec<usize>, Vec<Vec<usize>>) {
     (teach, exams)
 }
 
-pub fn run(teacher: &dyn ModelClient, student: &Student, cfg: &TeachConfig) -> Result<Value> {
+pub fn run<B: Backend>(
+    teacher: &dyn ModelClient,
+    student: &Student<B>,
+    cfg: &TeachConfig,
+) -> Result<Value> {
     tasks::check_sizes(
         "teach",
         &[
@@ -466,8 +471,8 @@ fn mean_score(pairs: &[(String, usize, bool)], correct: bool) -> Option<f64> {
 }
 
 /// The student's held-out answers with one example per topic in context.
-fn heldout_exam(
-    student: &Student,
+fn heldout_exam<B: Backend>(
+    student: &Student<B>,
     cfg: &TeachConfig,
     material: &BTreeMap<String, (String, String, usize)>,
     stats: &mut PrefillStats,
@@ -507,9 +512,9 @@ fn heldout_exam(
     Ok((correct, texts))
 }
 
-fn adaptive_rounds(
+fn adaptive_rounds<B: Backend>(
     teacher: &dyn ModelClient,
-    student: &Student,
+    student: &Student<B>,
     cfg: &TeachConfig,
     used: &[usize],
     stats: &mut PrefillStats,

@@ -226,8 +226,35 @@ impl<B: Backend> Mixtral<B> {
         self.backend.argmax_rows(&logits)
     }
 
+    /// Like [`Mixtral::forward`] for sequences that each want one token picked by `rows[i]`
+    /// (see [`Backend::sample_rows`]): picked where the logits are.
+    pub fn forward_sample(
+        &self,
+        seqs: &mut [SeqStep<'_, B::Kv>],
+        trace: &mut dyn Trace,
+        rows: &[moe_kernels::sample::SampleRow],
+        edits: &[moe_kernels::sample::Edit],
+    ) -> Result<Vec<moe_kernels::sample::Picked>> {
+        let (logits, taken) = self.forward_logits(seqs, trace)?;
+        if taken.iter().any(|&t| t != 1) || trace.wants("logits") {
+            return Err(crate::error::Error::Device(
+                "device sampling takes one row per sequence and no logits trace".into(),
+            ));
+        }
+        self.backend.sample_rows(&logits, rows, edits)
+    }
+
     /// The logits of every wanted row (on the backend), and how many rows each sequence got.
     fn forward_logits(
+        &self,
+        seqs: &mut [SeqStep<'_, B::Kv>],
+        trace: &mut dyn Trace,
+    ) -> Result<(B::Act, Vec<usize>)> {
+        self.backend
+            .forward_scope(|| self.forward_logits_here(seqs, trace))
+    }
+
+    fn forward_logits_here(
         &self,
         seqs: &mut [SeqStep<'_, B::Kv>],
         trace: &mut dyn Trace,
@@ -289,11 +316,12 @@ impl<B: Backend> Mixtral<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block (its input norm ran at the end of the previous layer's MoE block
             // or before the loop).
-            b.linear(&normed, &layer.q, &mut q)?;
-            b.linear(&normed, &layer.k, &mut k)?;
-            b.linear(&normed, &layer.v, &mut v)?;
-            b.rope(&mut q, &positions, &self.rope)?;
-            b.rope(&mut k, &positions, &self.rope)?;
+            b.linear_many(
+                &normed,
+                &[&layer.q, &layer.k, &layer.v],
+                &mut [&mut q, &mut k, &mut v],
+            )?;
+            b.rope_qk(&mut q, &mut k, &positions, &self.rope)?;
             let mut items: Vec<AttnItem<B::Kv>> = seqs
                 .iter_mut()
                 .zip(&rows)

@@ -22,7 +22,9 @@ extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const floa
     }
 }
 
-#define ATT_WARPS 4
+// Launched with ATT_WARPS warps (cuda.rs): at decode a block's keys are split over its warps, so
+// more warps shorten the serial online-softmax chain.
+#define ATT_WARPS 8
 #define ATT_MAX_D 256
 
 // One block per (query head, row); its warps take every ATT_WARPS-th visible key with an online

@@ -4,6 +4,9 @@ use super::Attention;
 use crate::cuda::{Gpu, GpuError, GpuResult, KernelSource};
 use crate::kargs;
 
+/// Warps per attention block: `ATT_WARPS` in attention.cu.
+const ATT_WARPS: u32 = 8;
+
 pub const SOURCE: KernelSource = KernelSource {
     name: "attention",
     code: include_str!("attention.cu"),
@@ -75,7 +78,7 @@ pub fn attention(
         gpu.launch(
             f,
             (p.n_heads as u32, n as u32, 1),
-            (128, 1, 1),
+            (32 * ATT_WARPS, 1, 1),
             0,
             &mut kargs!(q, meta, out, l, nh, nkv, hd, scale, window),
         )

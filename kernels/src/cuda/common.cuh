@@ -58,6 +58,11 @@ __device__ __forceinline__ float block_sum(float v, float* scratch /* [32] */) {
 #define FOR_EACH_WEIGHT(X) X(f32, float) X(bf16, bf16) X(f16, f16)
 #define FOR_EACH_HALF(X) X(bf16, bf16) X(f16, f16)
 
+// k-steps of the GEMV kernels unrolled, hence 16-byte loads in flight per lane and row.
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4
+#endif
+
 #define NEG_INF __int_as_float(0xff800000)
 
 // Tensor-core tile helpers (mma.sync m16n8k16, f32 accumulate), used with weights as the A
@@ -130,4 +135,34 @@ __device__ __forceinline__ void load8(const W* p, float (&w)[8]) {
     w[2] = lo_f32(v.y, tag); w[3] = hi_f32(v.y, tag);
     w[4] = lo_f32(v.z, tag); w[5] = hi_f32(v.z, tag);
     w[6] = lo_f32(v.w, tag); w[7] = hi_f32(v.w, tag);
+}
+
+// One lane's share of R dot products against up to NR input rows (the first `nr` used):
+// acc[i][j] += Σ rows[i][k] · xs[j][k] over k = 8·lane + 256·s, 16-byte weight pieces, so a
+// warp reads 512 contiguous bytes of each row per step. Inputs are f32 or the weight dtype.
+// acc starts at zero; the caller sums it over the warp.
+template <typename W, typename X, int R, int NR>
+__device__ __forceinline__ void gemv_lane(const W* const (&rows)[R], const X* const (&xs)[NR],
+                                          u32 nr, u32 K, float (&acc)[R][NR]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < NR; ++j) acc[i][j] = 0.f;
+#pragma unroll GEMV_UNROLL
+    for (u32 k = (threadIdx.x & 31) * 8; k < K; k += 256) {
+        float w[R][8];
+#pragma unroll
+        for (int i = 0; i < R; ++i) load8(rows[i] + k, w[i]);
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            if ((u32)j < nr) {
+                float xv[8];
+                load8(xs[j] + k, xv);
+#pragma unroll
+                for (int i = 0; i < R; ++i)
+#pragma unroll
+                    for (int t = 0; t < 8; ++t) acc[i][j] = fmaf(w[i][t], xv[t], acc[i][j]);
+            }
+        }
+    }
 }

@@ -27,6 +27,7 @@ pub fn kernel_sources() -> Vec<KernelSource> {
         crate::router_topk::cuda::SOURCE,
         crate::expert_ffn::cuda::SOURCE,
         crate::combine::cuda::SOURCE,
+        crate::sample::cuda::SOURCE,
         super::util::SOURCE,
     ]
 }

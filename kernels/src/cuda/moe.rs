@@ -6,7 +6,8 @@
 use super::{DevBuf, DevMat, Gpu, GpuResult};
 use crate::combine::cuda::combine;
 use crate::expert_ffn::cuda::{
-    gather, k_splits, rows_capacity, swiglu, tile_rows, tiles_bound, w13, w2, ExpertStack,
+    gather, k_splits, rows_capacity, swiglu, tile_rows, tiles_bound, use_gemv, w13, w13_gemv, w2,
+    w2_gemv, ExpertStack,
 };
 use crate::router_topk::cuda::{router, sched_words, stats_words, RouterOut};
 use crate::WeightDType;
@@ -300,6 +301,33 @@ pub fn moe_forward(
     router(gpu, x, gate, tokens, k, &out)?;
     if s.xs.is_some() && use_blas(ex, n_slots) {
         return experts_by_blas(gpu, ex, s, &out, x, residual, tokens, k);
+    }
+    if use_gemv(ex, tile, n_slots) {
+        let (act, eo) = (p(&s.act), p(&s.expert_out));
+        w13_gemv(gpu, ex, x, out.sched, out.sorted_slots, act, n_slots, k)?;
+        w2_gemv(
+            gpu,
+            ex,
+            act,
+            out.sched,
+            out.sorted_slots,
+            out.weights,
+            eo,
+            n_slots,
+            k,
+        )?;
+        return combine(
+            gpu,
+            eo,
+            out.slot_rows,
+            0,
+            residual,
+            tokens,
+            ex.hidden,
+            k,
+            1,
+            0,
+        );
     }
     let ran13 = w13(
         gpu,

@@ -345,6 +345,104 @@ __device__ void w2_tc_impl(const W* __restrict__ act, const float* __restrict__ 
 #define EXPERT_TC(S, W) EXPERT_TC_NT(S, W, 1) EXPERT_TC_NT(S, W, 8)
 FOR_EACH_HALF(EXPERT_TC)
 
+// ---- Decode GEMV (16-bit weights, tiles of at most 8 rows): a warp per FPW output features of
+// both w1 and w3 (or of w2), each lane streaming 16-byte pieces so that a warp reads 512
+// contiguous bytes of a row per step, and the tile's rows dotted against every piece in f32.
+// The tensor-core tiles above read 16 rows 64 bytes at a time per warp, which keeps fewer bytes
+// of each DRAM page in use at decode sizes. grid: (max_tiles, ceil(N / (warps · FPW))).
+template <typename W, int FPW, int NR>
+__device__ void w13_gemv_impl(const float* __restrict__ x, const W* __restrict__ w1,
+                              const W* __restrict__ w3, const u32* __restrict__ sched,
+                              const u32* __restrict__ sorted_slots, W* __restrict__ act, u32 E,
+                              u32 max_tiles, u32 tile_rows, u32 F, u32 H, u32 top_k) {
+    Tile tl;
+    if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 f0 = (blockIdx.y * (blockDim.x >> 5) + warp) * FPW;
+    if (f0 >= F) return;
+    const u32 nr = min((u32)NR, tl.row_end - tl.row0);
+    const float* xr[NR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j)
+        xr[j] = x + (u64)(sorted_slots[tl.row0 + (j < nr ? j : 0)] / top_k) * H;
+    const W* rows[2 * FPW];
+#pragma unroll
+    for (int i = 0; i < FPW; ++i) {
+        const u32 f = min(f0 + i, F - 1);
+        rows[i] = w1 + ((u64)tl.expert * F + f) * H;
+        rows[FPW + i] = w3 + ((u64)tl.expert * F + f) * H;
+    }
+    float acc[2 * FPW][NR];
+    gemv_lane<W, float, 2 * FPW, NR>(rows, xr, nr, H, acc);
+    W tag;
+    u16* out = reinterpret_cast<u16*>(act);
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        if (j < nr) {
+#pragma unroll
+            for (int i = 0; i < FPW; ++i) {
+                const float g = warp_sum(acc[i][j]), u = warp_sum(acc[FPW + i][j]);
+                if (lane == 0 && f0 + i < F)
+                    out[(u64)(tl.row0 + j) * F + f0 + i] = to_half_bits(silu(g) * u, tag);
+            }
+        }
+    }
+}
+
+template <typename W, int FPW, int NR>
+__device__ void w2_gemv_impl(const W* __restrict__ act, const W* __restrict__ w2,
+                             const u32* __restrict__ sched, const u32* __restrict__ sorted_slots,
+                             const float* __restrict__ route_w, float* __restrict__ out, u32 E,
+                             u32 max_tiles, u32 tile_rows, u32 H, u32 F) {
+    Tile tl;
+    if (!tile_of(sched, E, max_tiles, tile_rows, blockIdx.x, tl)) return;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 h0 = (blockIdx.y * (blockDim.x >> 5) + warp) * FPW;
+    if (h0 >= H) return;
+    const u32 nr = min((u32)NR, tl.row_end - tl.row0);
+    const W* rows[FPW];
+#pragma unroll
+    for (int i = 0; i < FPW; ++i) rows[i] = w2 + ((u64)tl.expert * H + min(h0 + i, H - 1)) * F;
+    const W* ar[NR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j) ar[j] = act + (u64)(tl.row0 + j) * F;
+    float acc[FPW][NR];
+    gemv_lane<W, W, FPW, NR>(rows, ar, nr, F, acc);
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        if (j < nr) {
+            const u32 row = tl.row0 + j;
+            const float s = route_w[sorted_slots[row]];
+#pragma unroll
+            for (int i = 0; i < FPW; ++i) {
+                const float v = warp_sum(acc[i][j]);
+                if (lane == 0 && h0 + i < H) out[(u64)row * H + h0 + i] = v * s;
+            }
+        }
+    }
+}
+
+#define EXPERT_GEMV_FPW(S, W, FPW, NR)                                                       \
+    extern "C" __global__ void w13_gemv_##S##_f##FPW##_r##NR(                                \
+        const float* x, const W* w1, const W* w3, const u32* sched, const u32* sorted_slots, \
+        W* act, u32 E, u32 max_tiles, u32 tile_rows, u32 F, u32 H, u32 top_k) {              \
+        w13_gemv_impl<W, FPW, NR>(x, w1, w3, sched, sorted_slots, act, E, max_tiles,         \
+                                  tile_rows, F, H, top_k);                                   \
+    }                                                                                        \
+    extern "C" __global__ void w2_gemv_##S##_f##FPW##_r##NR(                                 \
+        const W* act, const W* w2, const u32* sched, const u32* sorted_slots,                \
+        const float* route_w, float* out, u32 E, u32 max_tiles, u32 tile_rows, u32 H, u32 F) { \
+        w2_gemv_impl<W, FPW, NR>(act, w2, sched, sorted_slots, route_w, out, E, max_tiles,   \
+                                 tile_rows, H, F);                                           \
+    }
+// Rows per tile held in registers: 1, 2, 4 or 8 (the launcher picks the least that holds the
+// batch), so a single token keeps 2·FPW accumulators instead of 16·FPW.
+#define EXPERT_GEMV_NR(S, W, FPW)                                                            \
+    EXPERT_GEMV_FPW(S, W, FPW, 1) EXPERT_GEMV_FPW(S, W, FPW, 2)                              \
+    EXPERT_GEMV_FPW(S, W, FPW, 4) EXPERT_GEMV_FPW(S, W, FPW, 8)
+#define EXPERT_GEMV(S, W) EXPERT_GEMV_NR(S, W, 1) EXPERT_GEMV_NR(S, W, 2) EXPERT_GEMV_NR(S, W, 4)
+FOR_EACH_HALF(EXPERT_GEMV)
+
 // ---- Large batches through cuBLAS (one GEMM per expert; see cuda/moe.rs): the routed rows
 // gathered into expert order in the weight dtype, and SwiGLU between the two GEMMs.
 // grid: (n_rows, ceil(H / (8 · blockDim))).

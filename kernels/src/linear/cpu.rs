@@ -46,9 +46,42 @@ fn for_row_blocks(rows: usize, f: impl Fn(usize, usize) + Sync + Send) {
         .for_each(|t| f(t * block, ((t + 1) * block).min(rows)));
 }
 
+/// One task of a fused region: rows `[start, end)` of matrix `mat`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowBlock {
+    pub mat: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The row blocks of several matrices (`rows[m]` output rows each), each matrix cut exactly as
+/// [`for_row_blocks`] cuts it alone, so every row is computed the same way either way.
+pub(crate) fn row_blocks(rows: impl IntoIterator<Item = (usize, usize)>) -> Vec<RowBlock> {
+    let mut out = Vec::new();
+    for (mat, rows) in rows {
+        let block = rows_per_task(rows);
+        let mut start = 0;
+        while start < rows {
+            let end = (start + block).min(rows);
+            out.push(RowBlock { mat, start, end });
+            start = end;
+        }
+    }
+    out
+}
+
+/// Runs `f` over every block in one parallel region (one fork/join instead of one per matrix).
+pub(crate) fn for_blocks(blocks: &[RowBlock], f: impl Fn(RowBlock) + Sync + Send) {
+    if blocks.len() <= 1 {
+        blocks.iter().for_each(|&b| f(b));
+        return;
+    }
+    blocks.par_iter().for_each(|&b| f(b));
+}
+
 /// Computes, for output rows `[r0, r1)` and every token, `x_t · w_r`, handing each to `emit(t, r, v)`.
 #[inline]
-fn block_dots(
+pub(crate) fn block_dots(
     x: &[f32],
     n: usize,
     w: &Mat,
@@ -99,6 +132,51 @@ pub fn run(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) -> Result<(), KernelErro
     Ok(())
 }
 
+/// `ys[m] = x · ws[m]ᵀ` for several matrices over one input, all in one parallel region; each
+/// output row is the same bits as [`run`] gives it.
+pub fn run_many(x: &[f32], n: usize, ws: &[Mat], ys: &mut [&mut [f32]]) -> Result<(), KernelError> {
+    check_len("linear_many", "outputs", ys.len(), ws.len())?;
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        check(x, n, w, y)?;
+    }
+    let ptrs: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
+    let blocks = row_blocks(ws.iter().map(|w| w.rows).enumerate());
+    for_blocks(&blocks, |b| {
+        let (w, yp) = (&ws[b.mat], ptrs[b.mat]);
+        let out = w.rows;
+        block_dots(x, n, w, b.start, b.end, |t, r, v| {
+            // SAFETY: blocks are disjoint (matrix, rows) ranges and each matrix has its own
+            // output; t < n and r < out keep the index inside ys[b.mat] (length checked above).
+            unsafe { *yp.at(t * out + r) = v };
+        });
+    });
+    Ok(())
+}
+
+/// Rows `[r0, r1)` of `swiglu` for `n` tokens: `act[t, r]` at `ap + t · w1.rows + r`.
+///
+/// # Safety
+/// `ap` must point to `n · w1.rows` writable elements that no other task writes in these rows.
+#[inline]
+pub(crate) unsafe fn swiglu_rows(
+    x: &[f32],
+    n: usize,
+    w1: &Mat,
+    w3: &Mat,
+    r0: usize,
+    r1: usize,
+    ap: SendPtr,
+) {
+    let ffn = w1.rows;
+    // SAFETY (both closures): the caller's contract; t < n and r < ffn.
+    block_dots(x, n, w1, r0, r1, |t, r, v| unsafe {
+        *ap.at(t * ffn + r) = silu(v);
+    });
+    block_dots(x, n, w3, r0, r1, |t, r, v| unsafe {
+        *ap.at(t * ffn + r) *= v;
+    });
+}
+
 fn check_swiglu(x: &[f32], n: usize, w1: &Mat, w3: &Mat, act: &[f32]) -> Result<(), KernelError> {
     if w1.rows != w3.rows || w1.cols != w3.cols {
         return Err(KernelError::Invalid {
@@ -138,13 +216,8 @@ pub fn swiglu(x: &[f32], n: usize, w1: &Mat, w3: &Mat, act: &mut [f32]) -> Resul
     let ffn = w1.rows;
     let ap = SendPtr(act.as_mut_ptr());
     for_row_blocks(ffn, |r0, r1| {
-        // SAFETY (both closures): disjoint row blocks per task; indices bounded by the checks.
-        block_dots(x, n, w1, r0, r1, |t, r, v| unsafe {
-            *ap.at(t * ffn + r) = silu(v);
-        });
-        block_dots(x, n, w3, r0, r1, |t, r, v| unsafe {
-            *ap.at(t * ffn + r) *= v;
-        });
+        // SAFETY: disjoint row blocks per task; act holds n · ffn elements (checked).
+        unsafe { swiglu_rows(x, n, w1, w3, r0, r1, ap) };
     });
     Ok(())
 }
@@ -200,6 +273,45 @@ mod tests {
                 reference(&x, n, &m, &mut want).unwrap();
                 run(&x, n, &m, &mut got).unwrap();
                 close(&got, &want, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn run_many_gives_each_matrix_the_bits_of_run() {
+        let inn = 96;
+        let outs = [300, 64, 64, 7];
+        for n in [1, 2, 7] {
+            let x = data(n * inn, 11);
+            let ws: Vec<Vec<f32>> = outs
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| data(o * inn, 20 + i as u64))
+                .collect();
+            let wb: Vec<Vec<bf16>> = ws
+                .iter()
+                .map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect())
+                .collect();
+            // Mixed dtypes in one call.
+            let mats: Vec<Mat> = outs
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| {
+                    let d = if i % 2 == 0 {
+                        WeightData::F32(&ws[i])
+                    } else {
+                        WeightData::BF16(&wb[i])
+                    };
+                    Mat::new(d, o, inn)
+                })
+                .collect();
+            let mut got: Vec<Vec<f32>> = outs.iter().map(|&o| vec![0f32; n * o]).collect();
+            let mut ys: Vec<&mut [f32]> = got.iter_mut().map(|g| g.as_mut_slice()).collect();
+            run_many(&x, n, &mats, &mut ys).unwrap();
+            for (m, g) in mats.iter().zip(&got) {
+                let mut want = vec![0f32; n * m.rows];
+                run(&x, n, m, &mut want).unwrap();
+                assert_eq!(g, &want);
             }
         }
     }

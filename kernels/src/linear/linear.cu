@@ -175,3 +175,60 @@ __device__ void to_half_impl(const float* __restrict__ x, W* __restrict__ out, u
         to_half_impl<W>(x, out, n8);                                                         \
     }
 FOR_EACH_HALF(LINEAR_SPLITK)
+
+// Decode-sized batches (at most 8 tokens) of up to three weights sharing the input (q, k, v): a
+// warp per FPW consecutive output features of one weight, each lane streaming 16-byte pieces (a
+// warp reads 512 contiguous bytes of a row per step), every token dotted in f32. Features of the
+// weights are numbered one after another; a warp's FPW features never straddle two weights
+// (each N is a multiple of FPW). grid: ceil((N0 + N1 + N2) / (warps · FPW)).
+struct LinOut {
+    const void* w;
+    float* out;
+    u32 n;
+};
+template <typename W, int FPW, int NR>
+__device__ void linear_gemv_impl(const float* __restrict__ x, u32 T, u32 K, LinOut a, LinOut b,
+                                 LinOut c) {
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    u32 n0 = (blockIdx.x * (blockDim.x >> 5) + warp) * FPW;
+    LinOut m = a;
+    if (n0 >= a.n) {
+        n0 -= a.n;
+        m = b;
+        if (n0 >= b.n) {
+            n0 -= b.n;
+            m = c;
+            if (n0 >= c.n) return;
+        }
+    }
+    const u32 nt = min((u32)NR, T);
+    const W* rows[FPW];
+#pragma unroll
+    for (int i = 0; i < FPW; ++i) rows[i] = reinterpret_cast<const W*>(m.w) + (u64)(n0 + i) * K;
+    const float* xs[NR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j) xs[j] = x + (u64)j * K;
+    float acc[FPW][NR];
+    gemv_lane<W, float, FPW, NR>(rows, xs, nt, K, acc);
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        if (j < nt) {
+#pragma unroll
+            for (int i = 0; i < FPW; ++i) {
+                const float v = warp_sum(acc[i][j]);
+                if (lane == 0) m.out[(u64)j * m.n + n0 + i] = v;
+            }
+        }
+    }
+}
+
+#define LINEAR_GEMV_FPW(S, W, FPW, NR)                                                       \
+    extern "C" __global__ void linear_gemv_##S##_f##FPW##_r##NR(                             \
+        const float* x, u32 T, u32 K, LinOut a, LinOut b, LinOut c) {                        \
+        linear_gemv_impl<W, FPW, NR>(x, T, K, a, b, c);                                      \
+    }
+#define LINEAR_GEMV_NR(S, W, FPW)                                                            \
+    LINEAR_GEMV_FPW(S, W, FPW, 1) LINEAR_GEMV_FPW(S, W, FPW, 2)                              \
+    LINEAR_GEMV_FPW(S, W, FPW, 4) LINEAR_GEMV_FPW(S, W, FPW, 8)
+#define LINEAR_GEMV(S, W) LINEAR_GEMV_NR(S, W, 1) LINEAR_GEMV_NR(S, W, 2) LINEAR_GEMV_NR(S, W, 4)
+FOR_EACH_HALF(LINEAR_GEMV)

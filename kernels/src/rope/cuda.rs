@@ -79,3 +79,31 @@ pub fn rope_apply(
         )
     }
 }
+
+/// [`rope_apply`] of `a` (`n_heads_a` heads) and `b` (`n_heads_b`) over the same `n` rows in one
+/// launch (q and k).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_apply2(
+    gpu: &Gpu,
+    a: u64,
+    n_heads_a: usize,
+    b: u64,
+    n_heads_b: usize,
+    cos: u64,
+    sin: u64,
+    n: usize,
+    head_dim: usize,
+) -> GpuResult<()> {
+    let f = gpu.function(&SOURCE, "rope_apply2")?;
+    let (na, nb, hd) = (n_heads_a as u32, n_heads_b as u32, head_dim as u32);
+    // SAFETY: argument list matches `rope_apply2`.
+    unsafe {
+        gpu.launch(
+            f,
+            (n as u32, 2, 1),
+            (128, 1, 1),
+            0,
+            &mut kargs!(a, na, b, nb, cos, sin, hd),
+        )
+    }
+}

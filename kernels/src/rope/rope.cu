@@ -45,3 +45,21 @@ extern "C" __global__ void rope_apply(float* x, const float* cos_t, const float*
         v[i + half] = b * c + a * s;
     }
 }
+
+// rope_apply over two tensors of the same rows (q with nh_a heads, k with nh_b) in one launch:
+// grid (n, 2), blockIdx.y picks the tensor.
+extern "C" __global__ void rope_apply2(float* a, u32 nh_a, float* b, u32 nh_b, const float* cos_t,
+                                       const float* sin_t, u32 head_dim) {
+    const u64 t = blockIdx.x;
+    const u32 half = head_dim / 2;
+    const u32 n_heads = blockIdx.y == 0 ? nh_a : nh_b;
+    float* row = (blockIdx.y == 0 ? a : b) + t * (u64)n_heads * head_dim;
+    for (u32 j = threadIdx.x; j < n_heads * half; j += blockDim.x) {
+        const u32 h = j / half, i = j % half;
+        const float c = cos_t[t * half + i], s = sin_t[t * half + i];
+        float* v = row + h * head_dim;
+        const float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * c - x1 * s;
+        v[i + half] = x1 * c + x0 * s;
+    }
+}
