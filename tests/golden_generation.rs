@@ -590,3 +590,55 @@ fn cuda_trained_student_generations_and_accuracy() {
     );
     assert!((acc - 0.810).abs() <= 0.0125, "accuracy {acc}");
 }
+
+/// Callers on several threads share one engine (the server's and the bindings' use): each gets
+/// the answer it would get alone, and the statistics count every token of every call. A pass
+/// that held a lock across its parallel regions would hang here, so the wait is bounded.
+#[test]
+fn concurrent_callers_get_their_own_answers_and_all_counts() {
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+    let e = Arc::new(Engine::load(&ModelSource::Embedded).unwrap());
+    let questions = [
+        "What is 24 plus 17?",
+        "What is 95 - 94?",
+        "Reverse the word abc.",
+        "What is 2 times 3?",
+    ];
+    let greedy = SamplingParams {
+        max_tokens: 10,
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    let alone: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            e.generate(&[GenerateRequest::new(chat(q), greedy.clone())])
+                .unwrap()
+                .remove(0)
+                .token_ids
+        })
+        .collect();
+    let tokens_alone = e.stats().layers[0].tokens;
+    e.reset_stats();
+
+    let (tx, rx) = mpsc::channel();
+    for round in 0..2 {
+        for (i, q) in questions.iter().enumerate() {
+            let (e, tx, greedy) = (e.clone(), tx.clone(), greedy.clone());
+            let q = q.to_string();
+            std::thread::spawn(move || {
+                let got = e.generate(&[GenerateRequest::new(chat(&q), greedy)]);
+                let _ = tx.send((round, i, got.map(|mut c| c.remove(0).token_ids)));
+            });
+        }
+    }
+    drop(tx);
+    for _ in 0..2 * questions.len() {
+        let (round, i, got) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("concurrent generations did not finish within 120 s");
+        assert_eq!(got.unwrap(), alone[i], "round {round}, question {i}");
+    }
+    assert_eq!(e.stats().layers[0].tokens, 2 * tokens_alone);
+}

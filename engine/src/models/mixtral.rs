@@ -305,7 +305,13 @@ impl<B: Backend> Mixtral<B> {
         let mut v = b.zeros(n, cfg.kv_width())?;
         let mut attn_out = b.zeros(n, cfg.q_width())?;
         let mut proj = b.zeros(n, h)?;
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        // This pass's counts, merged at its end: the shared lock is never held across a
+        // parallel region, where a worker could pick up another caller's pass and take it again.
+        let mut stats = LoadBalanceStats::new(
+            cfg.num_hidden_layers,
+            cfg.num_local_experts,
+            cfg.num_experts_per_tok,
+        );
 
         b.rms_norm(
             &x,
@@ -381,7 +387,10 @@ impl<B: Backend> Mixtral<B> {
                 b.rms_norm(&x, &next.input_norm, cfg.rms_norm_eps, &mut normed)?;
             }
         }
-        drop(stats);
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(&stats);
 
         // Only the rows whose logits are wanted go through the final norm and lm_head.
         let mut wanted = Vec::new();
