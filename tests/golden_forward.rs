@@ -226,6 +226,31 @@ fn tiny_bf16_matches_transformers_bf16_within_rounding() {
     }
 }
 
+/// With `bf16_activations` the CPU rounds activations to bf16 in every product with a bf16 weight
+/// (pairwise bf16 dot products where the CPU has them), as transformers' bf16 run does: held to
+/// the same bf16 bounds against both references, every element.
+#[test]
+fn tiny_bf16_with_bf16_activations_matches_transformers_within_rounding() {
+    let g = Golden::load("mixtral-tiny-bf16");
+    let tol = Tol {
+        abs: 0.1,
+        rel: 2e-2,
+    };
+    for (case, prefix) in [
+        ("p0", ""),
+        ("p1", ""),
+        ("p0", "ref_f32."),
+        ("p1", "ref_f32."),
+    ] {
+        let dir = fixture("mixtral-tiny-bf16");
+        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let mut w = Weights::open_dir(&dir).unwrap();
+        w.set_bf16_activations(true);
+        let m = Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap();
+        check_case_on(m, "mixtral-tiny-bf16", case, &g, tol, prefix);
+    }
+}
+
 // The same checks on a CUDA device (each prints `skipping: <reason>` where there is none).
 // f32 checkpoints run the SIMT kernels and keep the f32 tolerance; the bf16 checkpoint runs the
 // tensor-core kernels, which round activations to bf16 as they enter (as transformers' bf16 run

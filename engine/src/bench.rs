@@ -52,6 +52,9 @@ pub struct BenchReport {
     pub threads: usize,
     pub cpu: String,
     pub weight_dtype: String,
+    /// Activations rounded to bf16 in products with bf16 weights (`--bf16-activations`).
+    #[serde(default)]
+    pub bf16_activations: bool,
     pub total_params: usize,
     pub active_params_per_token: usize,
     pub weight_bytes: usize,
@@ -167,9 +170,16 @@ impl BandwidthProbe {
 /// Peak f32 FMA throughput of all rayon threads, GFLOP/s (10 independent accumulator chains per
 /// thread, of the widest vectors the CPU has: AVX-512, AVX2+FMA, or what the compiler makes of
 /// the portable loop), the best of `repeats`, like the bandwidth.
-pub fn measure_compute_gflops(repeats: usize) -> f64 {
+/// With `bf16_products` (activations rounded to bf16) on a CPU with AVX-512 BF16, the peak of the
+/// pairwise bf16 dot products instead, which is what those products can reach.
+pub fn measure_compute_gflops(repeats: usize, bf16_products: bool) -> f64 {
     const ITERS: usize = 20_000_000;
     let per_thread = || -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if bf16_products && moe_kernels::dot::has_avx512_bf16() {
+            // SAFETY: AVX-512 BF16 is present (checked above).
+            return unsafe { dpbf16_loop_avx512(ITERS) };
+        }
         #[cfg(target_arch = "x86_64")]
         if moe_kernels::dot::has_avx512() {
             // SAFETY: AVX-512F is present (checked above).
@@ -237,6 +247,22 @@ unsafe fn fma_loop_avx512(iters: usize) -> f64 {
     (iters / 10 * 10 * 16 * 2) as f64
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16_loop_avx512(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let a: __m512bh = std::mem::transmute(_mm512_set1_epi16(std::hint::black_box(0x3f80)));
+    let mut acc = [_mm512_setzero_ps(); 10];
+    for _ in 0..iters / 10 {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, a, a);
+        }
+    }
+    std::hint::black_box(acc);
+    // 32 products and 32 additions per instruction.
+    (iters / 10 * 10 * 32 * 2) as f64
+}
+
 /// Parameters one decode step of `batch` sequences reads: all a single token reads but the
 /// experts, plus each layer's expected number of distinct experts when every token picks `k` of
 /// `E` uniformly, `E · (1 − ((E − k) / E)^batch)` (the bench's random weights route nearly
@@ -292,7 +318,7 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         Some(c) => c,
         None => (
             probe.as_ref().map_or(0.0, |p| p.measure(5)),
-            measure_compute_gflops(o.repeats),
+            measure_compute_gflops(o.repeats, engine.info.bf16_activations),
         ),
     };
     let probe_now = || probe.as_ref().map_or(bandwidth, |p| p.measure(5));
@@ -412,6 +438,7 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         threads: rayon::current_num_threads(),
         cpu: cpu_name(),
         weight_dtype: format!("{:.1} bytes/param", bytes_per_param),
+        bf16_activations: engine.info.bf16_activations,
         total_params: cfg.total_params(),
         active_params_per_token: cfg.active_params(),
         weight_bytes: engine.info.weight_bytes,
@@ -438,11 +465,16 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
 impl BenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "model {} ({} params, {} active/token, {}) on {} × {} threads\n",
+            "model {} ({} params, {} active/token, {}{}) on {} × {} threads\n",
             self.model,
             self.total_params,
             self.active_params_per_token,
             self.weight_dtype,
+            if self.bf16_activations {
+                ", bf16 activations"
+            } else {
+                ""
+            },
             self.cpu,
             self.threads
         );

@@ -51,6 +51,7 @@ pub struct WeightTensor {
     start: usize,
     len: usize,
     pub shape: Vec<usize>,
+    bf16_activations: bool,
 }
 
 impl std::fmt::Debug for WeightTensor {
@@ -89,7 +90,7 @@ impl WeightTensor {
             [r, rest @ ..] => (*r, rest.iter().product()),
             [] => (1, 1),
         };
-        Mat::new(self.data(), rows, cols)
+        Mat::new(self.data(), rows, cols).with_bf16_activations(self.bf16_activations)
     }
 
     pub fn bytes(&self) -> usize {
@@ -101,6 +102,8 @@ pub struct Weights {
     shards: Vec<Arc<Shard>>,
     /// name → (shard index, info)
     tensors: HashMap<String, (usize, TensorInfo)>,
+    /// Given to every tensor taken from here: see [`Mat::bf16_activations`].
+    bf16_activations: bool,
 }
 
 const HEADER_LIMIT: u64 = 100 << 20;
@@ -289,7 +292,11 @@ impl Weights {
             }
             shards.push(Arc::new(Shard { path, storage }));
         }
-        Ok(Weights { shards, tensors })
+        Ok(Weights {
+            shards,
+            tensors,
+            bf16_activations: false,
+        })
     }
 
     fn check_index(&self, index: &Path) -> Result<()> {
@@ -336,6 +343,17 @@ impl Weights {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(|s| s.as_str())
+    }
+
+    /// Whether CPU products with the bf16 tensors taken from here round the activations to bf16
+    /// (see [`Mat::bf16_activations`]).
+    pub fn set_bf16_activations(&mut self, on: bool) {
+        self.bf16_activations = on;
+    }
+
+    /// Whether any tensor is stored in bf16.
+    pub fn has_bf16(&self) -> bool {
+        self.tensors.values().any(|(_, t)| t.dtype == "BF16")
     }
 
     /// Total bytes of tensor data over all shards.
@@ -396,6 +414,7 @@ impl Weights {
             start: info.start,
             len: (info.end - info.start) / dtype.size(),
             shape: shape.to_vec(),
+            bf16_activations: self.bf16_activations,
         })
     }
 }

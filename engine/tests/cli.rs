@@ -283,3 +283,59 @@ fn device_errors_name_the_problem() {
         }
     }
 }
+
+/// `--bf16-activations` changes the numbers of a bf16 checkpoint (activations rounded in its
+/// products) and not those of an f32 one, and the bench reports whether it was in effect.
+#[test]
+fn bf16_activations_apply_to_bf16_weights_only() {
+    let logprobs = |model: &str, flag: bool| -> Vec<f64> {
+        let m = fixture(model);
+        let mut args = vec![
+            "logprobs",
+            "--model",
+            &m,
+            "--prompt",
+            "Hello world",
+            "--top-k",
+            "3",
+            "--json",
+        ];
+        if flag {
+            args.insert(0, "--bf16-activations");
+        }
+        json(&args)["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["top_logprobs"].as_array().unwrap().clone())
+            .map(|e| e["logprob"].as_f64().unwrap())
+            .collect()
+    };
+    assert_ne!(
+        logprobs("mixtral-tiny-bf16", false),
+        logprobs("mixtral-tiny-bf16", true)
+    );
+    assert_eq!(
+        logprobs("mixtral-tiny-f32", false),
+        logprobs("mixtral-tiny-f32", true)
+    );
+    for (model, on) in [("mixtral-tiny-bf16", true), ("mixtral-tiny-f32", false)] {
+        let m = fixture(model);
+        let v = json(&[
+            "--bf16-activations",
+            "bench",
+            "--model",
+            &m,
+            "--prefill",
+            "4",
+            "--decode",
+            "2",
+            "--batch",
+            "1",
+            "--repeats",
+            "1",
+            "--json",
+        ]);
+        assert_eq!(v["bf16_activations"], on, "{model}");
+    }
+}

@@ -27,6 +27,11 @@ struct Cli {
     /// Where to run: `cpu` (the default), `cuda` or `cuda:N`.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    /// On the CPU, round activations to bf16 in products with bf16 weights (pairwise bf16 dot
+    /// products on CPUs with AVX-512 BF16: faster prefill, transformers' bf16 numerics). Default:
+    /// f32 activations.
+    #[arg(long, global = true)]
+    bf16_activations: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -1035,6 +1040,7 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
     };
     let opts = LoadOptions {
         progress: Some(&mut progress),
+        bf16_activations: BF16_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed),
     };
     Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
 }
@@ -1116,7 +1122,11 @@ fn main() {
     }
 }
 
+/// `--bf16-activations`, for every model this process loads (like `--threads` for its pool).
+static BF16_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn run(cli: Cli) -> Result<()> {
+    BF16_ACTIVATIONS.store(cli.bf16_activations, std::sync::atomic::Ordering::Relaxed);
     if let Some(n) = cli.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
