@@ -89,8 +89,20 @@ pub fn reference(
 /// Keys per block of the online softmax (their scores live on the stack).
 const KEY_BLOCK: usize = 64;
 
+/// `n` elements set to `fill`: from `stack` when it is long enough, else from `heap`.
+fn scratch<'a>(stack: &'a mut [f32], heap: &'a mut Vec<f32>, n: usize, fill: f32) -> &'a mut [f32] {
+    let buf = if n <= stack.len() {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, 0.0);
+        heap.as_mut_slice()
+    };
+    buf.fill(fill);
+    buf
+}
+
 /// Online softmax over the visible keys (never the whole score matrix), one task per
-/// (token, head), all sequences in one parallel loop.
+/// (token, KV head), all sequences in one parallel loop.
 pub fn run(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &mut [f32]) -> Result<(), KernelError> {
     check(p, q, seqs, out)?;
     let (hd, group) = (p.head_dim, p.n_heads / p.n_kv_heads);
@@ -102,72 +114,86 @@ pub fn run(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &mut [f32]) -> Resul
         .flat_map(|(si, s)| (0..s.n_new).map(move |i| (si, i)))
         .collect();
     let op = SendPtr(out.as_mut_ptr());
-    let n_items = items.len() * p.n_heads;
+    // One task per (token, KV head): the query heads that share a KV head read each block of
+    // keys and values while it is in L1.
+    let n_items = items.len() * p.n_kv_heads;
     let work = |w: usize| {
-        let (si, i) = items[w / p.n_heads];
-        let h = w % p.n_heads;
+        let (si, i) = items[w / p.n_kv_heads];
+        let kvh = w % p.n_kv_heads;
         let s = &seqs[si];
         let n_ctx = s.k.len() / kv_width;
         let pos = n_ctx - s.n_new + i;
         let row = s.q_row + i;
-        let kvh = h / group;
-        let qv = &q[row * q_width + h * hd..row * q_width + (h + 1) * hd];
-        let mut acc = [0f32; 256];
-        let mut acc_vec;
-        let acc: &mut [f32] = if hd <= 256 {
-            &mut acc[..hd]
-        } else {
-            acc_vec = vec![0f32; hd];
-            &mut acc_vec
+        let query = |g: usize| {
+            let h = kvh * group + g;
+            &q[row * q_width + h * hd..row * q_width + (h + 1) * hd]
         };
+        let key = |j: usize| {
+            let base = j * kv_width + kvh * hd;
+            crate::WeightData::F32(&s.k[base..base + hd])
+        };
+        // Per query head: running maximum, sum and numerator-weighted values; a block's scores.
+        let (mut acc_stack, mut acc_heap) = ([0f32; 2048], Vec::new());
+        let accs = scratch(&mut acc_stack, &mut acc_heap, group * hd, 0.0);
+        let (mut score_stack, mut score_heap) = ([0f32; 8 * KEY_BLOCK], Vec::new());
+        let scores = scratch(&mut score_stack, &mut score_heap, group * KEY_BLOCK, 0.0);
+        let (mut ml_stack, mut ml_heap) = ([0f32; 16], Vec::new());
+        let ml = scratch(&mut ml_stack, &mut ml_heap, 2 * group, 0.0);
+        let (ms, ls) = ml.split_at_mut(group);
+        ms.fill(f32::NEG_INFINITY);
         // Online softmax over blocks of keys: a block's scores, one rescale of the running sum
         // when its maximum is new, then its numerators in one vectorised pass.
-        let mut scores = [0f32; KEY_BLOCK];
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
         let mut j0 = p.first_visible(pos);
         while j0 <= pos {
             let j1 = (j0 + KEY_BLOCK).min(pos + 1);
-            let block = &mut scores[..j1 - j0];
-            let key = |j: usize| {
-                let base = j * kv_width + kvh * hd;
-                crate::WeightData::F32(&s.k[base..base + hd])
-            };
-            // Four keys per pass share each load of the query.
-            let mut jj = 0;
-            while jj + 4 <= block.len() {
-                let j = j0 + jj;
-                let four = crate::dot::dot4(qv, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
-                block[jj..jj + 4].copy_from_slice(&four);
-                jj += 4;
-            }
-            for (i, sc) in block.iter_mut().enumerate().skip(jj) {
-                *sc = crate::dot::dot(qv, key(j0 + i));
-            }
-            let mut block_max = f32::NEG_INFINITY;
-            for sc in block.iter_mut() {
-                *sc *= p.scale;
-                block_max = block_max.max(*sc);
-            }
-            if block_max > m {
-                let c = (m - block_max).exp();
-                l *= c;
-                for a in acc.iter_mut() {
-                    *a *= c;
+            let len = j1 - j0;
+            for g in 0..group {
+                let (qv, acc) = (query(g), &mut accs[g * hd..(g + 1) * hd]);
+                let block = &mut scores[g * KEY_BLOCK..g * KEY_BLOCK + len];
+                // Four keys per pass share each load of the query.
+                let mut jj = 0;
+                while jj + 4 <= len {
+                    let j = j0 + jj;
+                    let four = crate::dot::dot4(qv, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
+                    block[jj..jj + 4].copy_from_slice(&four);
+                    jj += 4;
                 }
-                m = block_max;
+                for (i, sc) in block.iter_mut().enumerate().skip(jj) {
+                    *sc = crate::dot::dot(qv, key(j0 + i));
+                }
+                let mut block_max = f32::NEG_INFINITY;
+                for sc in block.iter_mut() {
+                    *sc *= p.scale;
+                    block_max = block_max.max(*sc);
+                }
+                if block_max > ms[g] {
+                    let c = (ms[g] - block_max).exp();
+                    ls[g] *= c;
+                    for a in acc.iter_mut() {
+                        *a *= c;
+                    }
+                    ms[g] = block_max;
+                }
+                ls[g] += crate::dot::exp_shifted(block, ms[g]);
             }
-            l += crate::dot::exp_shifted(block, m);
-            for (jj, &e) in block.iter().enumerate() {
+            for jj in 0..len {
                 let base = (j0 + jj) * kv_width + kvh * hd;
-                crate::dot::axpy(e, &s.v[base..base + hd], acc);
+                let vv = &s.v[base..base + hd];
+                for g in 0..group {
+                    let e = scores[g * KEY_BLOCK + jj];
+                    crate::dot::axpy(e, vv, &mut accs[g * hd..(g + 1) * hd]);
+                }
             }
             j0 = j1;
         }
-        let inv = 1.0 / l;
-        for (d, a) in acc.iter().enumerate() {
-            // SAFETY: each (row, h) pair belongs to exactly one work item; the index is within
-            // out, whose length equals q's (checked).
-            unsafe { *op.at(row * q_width + h * hd + d) = a * inv };
+        for g in 0..group {
+            let h = kvh * group + g;
+            let inv = 1.0 / ls[g];
+            for (d, a) in accs[g * hd..(g + 1) * hd].iter().enumerate() {
+                // SAFETY: each (row, h) pair belongs to exactly one work item; the index is
+                // within out, whose length equals q's (checked).
+                unsafe { *op.at(row * q_width + h * hd + d) = a * inv };
+            }
         }
     };
     if n_items < 4 {
@@ -238,29 +264,30 @@ mod tests {
     /// 1e-5 of the f64 reference.
     #[test]
     fn long_contexts_over_several_key_blocks_match_reference() {
-        for window in [None, Some(100)] {
+        // The second shape needs more scratch than the stack buffers hold.
+        for (window, n_heads, hd) in [(None, 4, 64), (Some(100), 4, 64), (Some(100), 16, 160)] {
             let p = Attention {
-                n_heads: 4,
+                n_heads,
                 n_kv_heads: 1,
-                head_dim: 64,
-                scale: 64f32.powf(-0.5),
+                head_dim: hd,
+                scale: (hd as f32).powf(-0.5),
                 sliding_window: window,
             };
             let ctx = 3 * KEY_BLOCK + 7;
             // Keys grow along the context, so the maximum moves to later blocks.
-            let k: Vec<f32> = data(ctx * 64, 7)
+            let k: Vec<f32> = data(ctx * hd, 7)
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v * (1.0 + 3.0 * (i / 64) as f32 / ctx as f32))
+                .map(|(i, v)| v * (1.0 + 3.0 * (i / hd) as f32 / ctx as f32))
                 .collect();
-            let v = data(ctx * 64, 8);
+            let v = data(ctx * hd, 8);
             let seqs = [AttnSeq {
                 q_row: 0,
                 n_new: 9,
                 k: &k,
                 v: &v,
             }];
-            let q: Vec<f32> = data(9 * 4 * 64, 9).iter().map(|x| 4.0 * x).collect();
+            let q: Vec<f32> = data(9 * n_heads * hd, 9).iter().map(|x| 4.0 * x).collect();
             let mut want = vec![0f32; q.len()];
             let mut got = vec![f32::NAN; q.len()];
             reference(&p, &q, &seqs, &mut want).unwrap();
