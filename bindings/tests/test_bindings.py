@@ -73,6 +73,18 @@ def test_bf16_logits_match_the_f32_reference():
     assert np.all(np.abs(model.logits(ids) - want) <= 2e-5 + 1e-5 * np.abs(want))
 
 
+def test_bf16_activations_carry_bf16_rounding_within_its_bounds():
+    path = os.path.join(FIXTURES, "mixtral-tiny-bf16")
+    rounded = moe.Model(path, bf16_activations=True)
+    g = read_golden("mixtral-tiny-bf16")
+    ids = g["p0.input_ids"][0].tolist()
+    got = rounded.logits(ids)
+    assert not np.array_equal(got, moe.Model(path).logits(ids))
+    for key in ["p0.logits", "p0.ref_f32.logits"]:
+        want = g[key][0]
+        assert np.all(np.abs(got - want) <= 0.1 + 2e-2 * np.abs(want)), key
+
+
 def test_prompt_logprobs_arrays(student):
     text = "[INST] What is 24 plus 17? [/INST]"
     p = student.prompt_logprobs(text, top_k=4)

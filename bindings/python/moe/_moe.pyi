@@ -35,7 +35,9 @@ class Model:
     vocab_size: int
     context_length: int
     tokenizer: Tokenizer
-    def __init__(self, model: Optional[str] = None, threads: Optional[int] = None) -> None: ...
+    def __init__(
+        self, model: Optional[str] = None, threads: Optional[int] = None, bf16_activations: bool = False
+    ) -> None: ...
     def generate(
         self,
         prompts: Union[PromptLike, Sequence[PromptLike]],
