@@ -1,8 +1,8 @@
 //! Python bindings: `moe.Model` over the engine's public API. The GIL is released while the
 //! engine works; engine errors become `ValueError` (bad input) or `RuntimeError`.
 
-use moe::generate::{Completion as RsCompletion, GenerateRequest, Prompt};
 use moe::backend::CpuBackend;
+use moe::generate::{Completion as RsCompletion, GenerateRequest, Prompt};
 use moe::{ChatMessage, Engine, Error, LoadOptions, ModelSource, SamplingParams};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -282,12 +282,14 @@ impl Model {
             }
         }
         let source = ModelSource::parse(model.as_deref());
-        let opts = LoadOptions {
-            bf16_activations,
-            ..Default::default()
-        };
         let engine = py
-            .detach(move || Engine::load_with(&source, CpuBackend, opts))
+            .detach(move || {
+                let opts = LoadOptions {
+                    bf16_activations,
+                    ..Default::default()
+                };
+                Engine::load_with(&source, CpuBackend, opts)
+            })
             .map_err(to_py)?;
         Ok(Model {
             engine: Arc::new(engine),
