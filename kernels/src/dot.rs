@@ -514,9 +514,17 @@ pub fn has_avx512_bf16() -> bool {
     false
 }
 
-/// Rows of activations rounded to bf16 (nearest even), for [`dot4_tokens_bf16`].
+/// Rows of activations rounded to bf16 (nearest even), for [`dot4_tokens_bf16`]; 16 lanes per
+/// instruction where the CPU has AVX-512 BF16 (which flushes denormals to zero).
 pub fn round_to_bf16(x: &[f32], out: &mut Vec<bf16>) {
     out.clear();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        out.resize(x.len(), bf16::ZERO);
+        // SAFETY: features checked; `out` holds x.len() elements.
+        unsafe { avx512bf16::round(x, out) };
+        return;
+    }
     out.extend(x.iter().map(|&v| bf16::from_f32(v)));
 }
 
@@ -589,6 +597,23 @@ pub fn dot4_tokens_bf16(
 mod avx512bf16 {
     use super::bf16;
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn round(x: &[f32], out: &mut [bf16]) {
+        let n = x.len().min(out.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i)));
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(i) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+            i += 16;
+        }
+        for j in i..n {
+            out[j] = bf16::from_f32(x[j]);
+        }
+    }
 
     /// `M` tokens × four weight rows, 32 elements per step: one 16-lane accumulator per (token,
     /// row), each lane summing pairs of products; then a fixed-order horizontal sum and a scalar

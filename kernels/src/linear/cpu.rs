@@ -89,12 +89,25 @@ pub(crate) fn block_dots(
     w: &Mat,
     r0: usize,
     r1: usize,
-    mut emit: impl FnMut(usize, usize, f32),
+    emit: impl FnMut(usize, usize, f32),
 ) {
     if let (true, WeightData::BF16(wd)) = (w.bf16_activations, w.data) {
         block_dots_bf16(x, n, wd, w.rows, w.cols, r0, r1, emit);
         return;
     }
+    block_dots_f32(x, n, w, r0, r1, emit)
+}
+
+/// [`block_dots`] with f32 activations.
+#[inline]
+fn block_dots_f32(
+    x: &[f32],
+    n: usize,
+    w: &Mat,
+    r0: usize,
+    r1: usize,
+    mut emit: impl FnMut(usize, usize, f32),
+) {
     let k = w.cols;
     let mut r = r0;
     while r < r1 {
@@ -137,19 +150,43 @@ fn block_dots_bf16(
     r1: usize,
     mut emit: impl FnMut(usize, usize, f32),
 ) {
-    let mut xb = Vec::new();
-    round_to_bf16(x, &mut xb);
+    thread_local! {
+        /// The rounded rows, kept per thread so a call does not allocate.
+        static ROUNDED: std::cell::RefCell<Vec<half::bf16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut own = Vec::new();
+    ROUNDED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut xb) => block_dots_rounded(x, &mut xb, n, w, rows, k, r0, r1, &mut emit),
+        // Only a nested call from inside `emit` finds it taken.
+        Err(_) => block_dots_rounded(x, &mut own, n, w, rows, k, r0, r1, &mut emit),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block_dots_rounded(
+    x: &[f32],
+    xb: &mut Vec<half::bf16>,
+    n: usize,
+    w: &[half::bf16],
+    rows: usize,
+    k: usize,
+    r0: usize,
+    r1: usize,
+    emit: &mut impl FnMut(usize, usize, f32),
+) {
+    round_to_bf16(x, xb);
+    let xb = &xb[..];
     if !has_avx512_bf16() {
         let xr: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
         let m = Mat::new(WeightData::BF16(w), rows, k);
-        return block_dots(&xr, n, &m, r0, r1, emit);
+        return block_dots_f32(&xr, n, &m, r0, r1, emit);
     }
     let row = |r: usize| &w[r * k..(r + 1) * k];
     let mut r = r0;
     while r < r1 {
         if r + 4 <= r1 {
             let quad = [row(r), row(r + 1), row(r + 2), row(r + 3)];
-            dot4_tokens_bf16(&xb, n, quad, r + 8 <= rows, |t, v| {
+            dot4_tokens_bf16(xb, n, quad, r + 8 <= rows, |t, v| {
                 for (q, val) in v.into_iter().enumerate() {
                     emit(t, r + q, val);
                 }
