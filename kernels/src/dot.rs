@@ -547,7 +547,7 @@ pub fn dot4_tokens_bf16(
     let k = if n == 0 { 0 } else { x.len() / n };
     #[cfg(target_arch = "x86_64")]
     if has_avx512_bf16() {
-        let mut out = [[0f32; BF16_TILE]; BF16_TILE];
+        let mut out = [[0f32; 4]; BF16_TILE];
         let mut t = 0;
         while t < n {
             let xt = &x[t * k..];
