@@ -147,9 +147,8 @@ impl<B: Backend> Engine<B> {
                 eos_ids.push(e);
             }
         }
-        // Only the CPU backend's products with bf16 weights take the option.
         let bf16_activations =
-            opts.bf16_activations && backend.name() == "cpu" && weights.has_bf16();
+            opts.bf16_activations && backend.takes_bf16_activations() && weights.has_bf16();
         weights.set_bf16_activations(bf16_activations);
         let model = Mixtral::load(cfg, &weights, backend, progress)?;
         let info = ModelInfo {

@@ -57,6 +57,10 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn takes_bf16_activations(&self) -> bool {
+        true
+    }
+
     fn weight(&self, t: WeightTensor) -> Result<WeightTensor> {
         Ok(t)
     }

@@ -167,6 +167,11 @@ pub trait Backend: Send + Sync + 'static {
     fn forward_scope<R: Send>(&self, f: impl FnOnce() -> R) -> R {
         f()
     }
+    /// Whether this backend's products with bf16 weights honour the weights' request to round
+    /// activations to bf16 (`moe_kernels::Mat::bf16_activations`).
+    fn takes_bf16_activations(&self) -> bool {
+        false
+    }
     /// Whether [`Backend::sample_rows`] picks tokens where the logits are (so that only ids and
     /// requested logprobs cross to the host).
     fn samples_on_device(&self) -> bool {
