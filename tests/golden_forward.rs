@@ -217,12 +217,30 @@ fn tiny_bf16_matches_transformers_f32_reference() {
 #[test]
 fn tiny_bf16_matches_transformers_bf16_within_rounding() {
     let g = Golden::load("mixtral-tiny-bf16");
-    let tol = Tol {
-        abs: 0.1,
-        rel: 2e-2,
-    };
     for case in ["p0", "p1"] {
-        check_case("mixtral-tiny-bf16", case, &g, tol, "");
+        check_case("mixtral-tiny-bf16", case, &g, BF16_TOL, "");
+    }
+}
+
+/// The bf16 bounds above.
+const BF16_TOL: Tol = Tol {
+    abs: 0.1,
+    rel: 2e-2,
+};
+
+/// tiny-bf16 against both of transformers' references (its bf16 run, and its f32 run on the
+/// widened weights) at the bf16 bounds, for a model that rounds activations to bf16 as they enter
+/// its products; `load` gives a fresh model per case, or `None` to skip.
+fn tiny_bf16_at_bf16_bounds<B: Backend>(mut load: impl FnMut() -> Option<Mixtral<B>>) {
+    let g = Golden::load("mixtral-tiny-bf16");
+    for (case, prefix) in [
+        ("p0", ""),
+        ("p1", ""),
+        ("p0", "ref_f32."),
+        ("p1", "ref_f32."),
+    ] {
+        let Some(m) = load() else { return };
+        check_case_on(m, "mixtral-tiny-bf16", case, &g, BF16_TOL, prefix);
     }
 }
 
@@ -231,24 +249,13 @@ fn tiny_bf16_matches_transformers_bf16_within_rounding() {
 /// the same bf16 bounds against both references, every element.
 #[test]
 fn tiny_bf16_with_bf16_activations_matches_transformers_within_rounding() {
-    let g = Golden::load("mixtral-tiny-bf16");
-    let tol = Tol {
-        abs: 0.1,
-        rel: 2e-2,
-    };
-    for (case, prefix) in [
-        ("p0", ""),
-        ("p1", ""),
-        ("p0", "ref_f32."),
-        ("p1", "ref_f32."),
-    ] {
+    tiny_bf16_at_bf16_bounds(|| {
         let dir = fixture("mixtral-tiny-bf16");
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let mut w = Weights::open_dir(&dir).unwrap();
         w.set_bf16_activations(true);
-        let m = Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap();
-        check_case_on(m, "mixtral-tiny-bf16", case, &g, tol, prefix);
-    }
+        Some(Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap())
+    });
 }
 
 // The same checks on a CUDA device (each prints `skipping: <reason>` where there is none).
@@ -290,25 +297,5 @@ fn cuda_small_f32_matches_transformers() {
 
 #[test]
 fn cuda_tiny_bf16_matches_transformers() {
-    let g = Golden::load("mixtral-tiny-bf16");
-    let tol = Tol {
-        abs: 0.1,
-        rel: 2e-2,
-    };
-    for (case, prefix) in [
-        ("p0", ""),
-        ("p1", ""),
-        ("p0", "ref_f32."),
-        ("p1", "ref_f32."),
-    ] {
-        let Some(b) = cuda_or_skip() else { return };
-        check_case_on(
-            load_on("mixtral-tiny-bf16", b),
-            "mixtral-tiny-bf16",
-            case,
-            &g,
-            tol,
-            prefix,
-        );
-    }
+    tiny_bf16_at_bf16_bounds(|| Some(load_on("mixtral-tiny-bf16", cuda_or_skip()?)));
 }
