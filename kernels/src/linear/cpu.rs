@@ -81,6 +81,16 @@ pub(crate) fn for_blocks(blocks: &[RowBlock], f: impl Fn(RowBlock) + Sync + Send
     blocks.par_iter().for_each(|&b| f(b));
 }
 
+/// The output rows `[r0, r1)` in the order the products take them: `(r, true)` for each quad
+/// `r..r + 4`, then `(r, false)` for each row left over.
+fn quads_then_rows(r0: usize, r1: usize) -> impl Iterator<Item = (usize, bool)> {
+    let quads_end = r0 + (r1 - r0) / 4 * 4;
+    (r0..quads_end)
+        .step_by(4)
+        .map(|r| (r, true))
+        .chain((quads_end..r1).map(|r| (r, false)))
+}
+
 /// Computes, for output rows `[r0, r1)` and every token, `x_t · w_r`, handing each to `emit(t, r, v)`.
 #[inline]
 pub(crate) fn block_dots(
@@ -91,11 +101,10 @@ pub(crate) fn block_dots(
     r1: usize,
     emit: impl FnMut(usize, usize, f32),
 ) {
-    if let (true, WeightData::BF16(wd)) = (w.bf16_activations, w.data) {
-        block_dots_bf16(x, n, wd, w.rows, w.cols, r0, r1, emit);
-        return;
+    match (w.bf16_activations, w.data) {
+        (true, WeightData::BF16(wd)) => block_dots_bf16(x, n, w, wd, r0, r1, emit),
+        _ => block_dots_f32(x, n, w, r0, r1, emit),
     }
-    block_dots_f32(x, n, w, r0, r1, emit)
 }
 
 /// [`block_dots`] with f32 activations.
@@ -109,43 +118,38 @@ fn block_dots_f32(
     mut emit: impl FnMut(usize, usize, f32),
 ) {
     let k = w.cols;
-    let mut r = r0;
-    while r < r1 {
-        if r + 4 <= r1 {
-            let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-            if n == 1 && r + 8 <= w.rows {
-                // A matrix-vector product streams the weights once: prefetch the next quad.
-                for (q, val) in dot4_then_next(x, rows).into_iter().enumerate() {
-                    emit(0, r + q, val);
-                }
-            } else {
-                dot4_tokens(x, n, rows, r + 8 <= w.rows, |t, v| {
-                    for (q, val) in v.into_iter().enumerate() {
-                        emit(t, r + q, val);
-                    }
-                });
-            }
-            r += 4;
-        } else {
+    for (r, quad) in quads_then_rows(r0, r1) {
+        if !quad {
             let row = w.row(r);
             for t in 0..n {
                 emit(t, r, dot(&x[t * k..(t + 1) * k], row));
             }
-            r += 1;
+            continue;
+        }
+        let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+        if n == 1 && r + 8 <= w.rows {
+            // A matrix-vector product streams the weights once: prefetch the next quad.
+            for (q, val) in dot4_then_next(x, rows).into_iter().enumerate() {
+                emit(0, r + q, val);
+            }
+        } else {
+            dot4_tokens(x, n, rows, r + 8 <= w.rows, |t, v| {
+                for (q, val) in v.into_iter().enumerate() {
+                    emit(t, r + q, val);
+                }
+            });
         }
     }
 }
 
-/// [`block_dots`] with the activations rounded to bf16: pairwise bf16 products where the CPU has
-/// them, else the f32 products of the rounded values. Either way every token's result is the same
-/// bits however many tokens share the call.
-#[allow(clippy::too_many_arguments)]
+/// [`block_dots`] with the activations rounded to bf16 (`wd`: the elements of `w`): pairwise
+/// bf16 products where the CPU has them, else the f32 products of the rounded values. Either way
+/// every token's result is the same bits however many tokens share the call.
 fn block_dots_bf16(
     x: &[f32],
     n: usize,
-    w: &[half::bf16],
-    rows: usize,
-    k: usize,
+    w: &Mat,
+    wd: &[half::bf16],
     r0: usize,
     r1: usize,
     mut emit: impl FnMut(usize, usize, f32),
@@ -154,57 +158,36 @@ fn block_dots_bf16(
         /// The rounded rows, kept per thread so a call does not allocate.
         static ROUNDED: std::cell::RefCell<Vec<half::bf16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let mut own = Vec::new();
-    ROUNDED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut xb) => block_dots_rounded(x, &mut xb, n, w, rows, k, r0, r1, &mut emit),
-        // Only a nested call from inside `emit` finds it taken.
-        Err(_) => block_dots_rounded(x, &mut own, n, w, rows, k, r0, r1, &mut emit),
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn block_dots_rounded(
-    x: &[f32],
-    xb: &mut Vec<half::bf16>,
-    n: usize,
-    w: &[half::bf16],
-    rows: usize,
-    k: usize,
-    r0: usize,
-    r1: usize,
-    emit: &mut impl FnMut(usize, usize, f32),
-) {
-    round_to_bf16(x, xb);
-    let xb = &xb[..];
-    if !has_avx512_bf16() {
-        let xr: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
-        let m = Mat::new(WeightData::BF16(w), rows, k);
-        return block_dots_f32(&xr, n, &m, r0, r1, emit);
-    }
-    let row = |r: usize| &w[r * k..(r + 1) * k];
-    let mut r = r0;
-    while r < r1 {
-        if r + 4 <= r1 {
-            let quad = [row(r), row(r + 1), row(r + 2), row(r + 3)];
-            dot4_tokens_bf16(xb, n, quad, r + 8 <= rows, |t, v| {
+    ROUNDED.with(|cell| {
+        let mut xb = cell.borrow_mut();
+        round_to_bf16(x, &mut xb);
+        if !has_avx512_bf16() {
+            let xr: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
+            return block_dots_f32(&xr, n, w, r0, r1, emit);
+        }
+        let k = w.cols;
+        let row = |r: usize| &wd[r * k..(r + 1) * k];
+        for (r, quad) in quads_then_rows(r0, r1) {
+            if !quad {
+                for t in 0..n {
+                    let xt = &xb[t * k..(t + 1) * k];
+                    let v = xt
+                        .iter()
+                        .zip(row(r))
+                        .map(|(a, b)| a.to_f32() * b.to_f32())
+                        .sum();
+                    emit(t, r, v);
+                }
+                continue;
+            }
+            let rows = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+            dot4_tokens_bf16(&xb, n, rows, r + 8 <= w.rows, |t, v| {
                 for (q, val) in v.into_iter().enumerate() {
                     emit(t, r + q, val);
                 }
             });
-            r += 4;
-        } else {
-            for t in 0..n {
-                let xt = &xb[t * k..(t + 1) * k];
-                let v = xt
-                    .iter()
-                    .zip(row(r))
-                    .map(|(a, b)| a.to_f32() * b.to_f32())
-                    .sum();
-                emit(t, r, v);
-            }
-            r += 1;
         }
-    }
+    })
 }
 
 /// Fast CPU `linear`.
