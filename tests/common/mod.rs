@@ -213,15 +213,5 @@ pub fn scratch_model_dir(model: &str, tag: &str) -> PathBuf {
 /// A CUDA backend on device 0, or `None` after printing `skipping: <reason>`. With
 /// `MOE_REQUIRE_GPU` set, a missing GPU fails instead (so a GPU run cannot pass by skipping).
 pub fn cuda_or_skip() -> Option<moe::CudaBackend> {
-    match moe::CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(
-                std::env::var_os("MOE_REQUIRE_GPU").is_none(),
-                "MOE_REQUIRE_GPU is set but: {e}"
-            );
-            println!("skipping: {e}");
-            None
-        }
-    }
+    moe_kernels::cuda::or_skip(moe::CudaBackend::new(0))
 }

@@ -25,6 +25,22 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
+/// For tests that need a GPU: the opened device, or `None` after printing `skipping: <reason>`.
+/// With `MOE_REQUIRE_GPU` set a missing GPU panics instead, so a GPU run cannot pass by skipping.
+pub fn or_skip<T, E: std::fmt::Display>(opened: Result<T, E>) -> Option<T> {
+    match opened {
+        Ok(device) => Some(device),
+        Err(e) => {
+            assert!(
+                std::env::var_os("MOE_REQUIRE_GPU").is_none(),
+                "MOE_REQUIRE_GPU is set but: {e}"
+            );
+            println!("skipping: {e}");
+            None
+        }
+    }
+}
+
 /// Output features per warp (1, 2 or 4) of the GEMV kernels for `bytes` of weights streamed by
 /// one launch: more per warp (more loads in flight per lane) for big launches, fewer where that
 /// would leave too few warps. Measured on an H100: one token of the Mixtral-shape experts
