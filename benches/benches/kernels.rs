@@ -60,7 +60,8 @@ fn router(c: &mut Criterion) {
     g.finish();
 }
 
-/// The grouped expert FFN of `n` tokens routed over 8 experts in both weight dtypes: 1 token is
+/// The grouped expert FFN of `n` tokens routed over 8 experts in both weight dtypes (and bf16
+/// weights with bf16 activations): 1 token is
 /// the memory-bound decode case; 8 and 32 are batched decode; 512 is a prefill (≈128 rows per
 /// expert).
 fn experts(c: &mut Criterion) {
@@ -97,8 +98,18 @@ fn experts(c: &mut Criterion) {
             w2: Mat::new(WeightData::BF16(w2), HIDDEN, FFN),
         })
         .collect();
+    // The same bf16 weights with the activations rounded to bf16 (`--bf16-activations`).
+    let rounded_mats: Vec<ExpertMats> = bf16_mats
+        .iter()
+        .map(|m| ExpertMats {
+            w1: m.w1.with_bf16_activations(true),
+            w3: m.w3.with_bf16_activations(true),
+            w2: m.w2.with_bf16_activations(true),
+        })
+        .collect();
     for (name, mats) in [
         ("expert_ffn_bf16", &bf16_mats),
+        ("expert_ffn_bf16_activations", &rounded_mats),
         ("expert_ffn_f32", &f32_mats),
     ] {
         let mut g = c.benchmark_group(name);
