@@ -128,22 +128,24 @@ impl Backend for CpuBackend {
         Ok(linear::cpu::run_many(&x.data, x.rows, &mats, &mut ys)?)
     }
 
-    /// On a rayon worker: the pass's ≈ 40 parallel regions are then started from inside the
-    /// pool, instead of each one waking the pool from outside and putting the caller to sleep.
+    /// On a rayon worker, with the pool's other workers as its team
+    /// ([`moe_kernels::team::with_team`]): the pass's ≈ 40 parallel regions then start on every
+    /// core at once, instead of each waking sleeping workers.
     fn forward_scope<R: Send>(&self, f: impl FnOnce() -> R) -> R {
-        if rayon::current_thread_index().is_some() {
-            return f();
-        }
-        /// The pass borrows the caller's trace, which is not `Send`; the caller is blocked in
-        /// `rayon::scope` until the pass returns, so nothing is touched from two threads.
+        /// The pass borrows the caller's trace, which is not `Send`; the caller is blocked until
+        /// the pass returns, so nothing is touched from two threads.
         struct Blocked<F>(F);
         // SAFETY: see above; the traces are plain data with no thread affinity.
         unsafe impl<F> Send for Blocked<F> {}
         let job = Blocked(f);
-        rayon::scope(move |_| {
+        let pass = move || {
             let job = job;
             (job.0)()
-        })
+        };
+        if rayon::current_thread_index().is_some() {
+            return moe_kernels::team::with_team(pass);
+        }
+        rayon::scope(move |_| moe_kernels::team::with_team(pass))
     }
 
     fn rope(&self, x: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {

@@ -1,6 +1,5 @@
 use super::{Attention, AttnSeq};
 use crate::{check_len, KernelError, SendPtr};
-use rayon::prelude::*;
 
 fn check(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &[f32]) -> Result<(), KernelError> {
     if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
@@ -196,11 +195,7 @@ pub fn run(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &mut [f32]) -> Resul
             }
         }
     };
-    if n_items < 4 {
-        (0..n_items).for_each(work);
-    } else {
-        (0..n_items).into_par_iter().for_each(work);
-    }
+    crate::team::parallel_for(n_items, work);
     Ok(())
 }
 

@@ -9,7 +9,6 @@ pub mod cuda;
 
 use crate::permute::Dispatch;
 use crate::{check_len, KernelError};
-use rayon::prelude::*;
 
 pub fn run(
     expert_out: &[f32],
@@ -45,7 +44,13 @@ pub fn run(
     if residual.len() / hidden.max(1) < 16 {
         residual.chunks_mut(hidden).enumerate().for_each(body);
     } else {
-        residual.par_chunks_mut(hidden).enumerate().for_each(body);
+        let rp = crate::SendPtr(residual.as_mut_ptr());
+        crate::team::parallel_for(residual.len() / hidden, |t| {
+            // SAFETY: row t of residual is written by item t only.
+            body((t, unsafe {
+                std::slice::from_raw_parts_mut(rp.at(t * hidden), hidden)
+            }))
+        });
     }
     Ok(())
 }

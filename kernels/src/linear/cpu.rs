@@ -1,6 +1,6 @@
 //! CPU `linear` and `swiglu`.
 //!
-//! Work is split over blocks of output rows (one rayon task each). Four weight rows at a time are
+//! Work is split over blocks of output rows (one task each). Four weight rows at a time are
 //! dotted, in place in the checkpoint's dtype, with every token: one token streams the weights
 //! and prefetches the next four rows; several tokens share each weight load (`dot4_tokens`), and
 //! every token's result is the same bits either way.
@@ -10,7 +10,6 @@ use crate::dot::{
     dot, dot4_then_next, dot4_tokens, dot4_tokens_bf16, has_avx512_bf16, round_to_bf16,
 };
 use crate::{check_len, KernelError, Mat, SendPtr, WeightData};
-use rayon::prelude::*;
 
 /// Plain reference: f64 accumulation, one output at a time.
 pub fn reference(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) -> Result<(), KernelError> {
@@ -27,7 +26,7 @@ pub fn reference(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) -> Result<(), Kern
     Ok(())
 }
 
-/// Rows of the weight per rayon task: enough tasks to balance the threads, few enough that each
+/// Rows of the weight per task: enough tasks to balance the threads, few enough that each
 /// one amortises its scheduling.
 fn rows_per_task(rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
@@ -43,9 +42,7 @@ fn for_row_blocks(rows: usize, f: impl Fn(usize, usize) + Sync + Send) {
         f(0, rows);
         return;
     }
-    (0..tasks)
-        .into_par_iter()
-        .for_each(|t| f(t * block, ((t + 1) * block).min(rows)));
+    crate::team::parallel_for(tasks, |t| f(t * block, ((t + 1) * block).min(rows)));
 }
 
 /// One task of a fused region: rows `[start, end)` of matrix `mat`.
@@ -78,7 +75,7 @@ pub(crate) fn for_blocks(blocks: &[RowBlock], f: impl Fn(RowBlock) + Sync + Send
         blocks.iter().for_each(|&b| f(b));
         return;
     }
-    blocks.par_iter().for_each(|&b| f(b));
+    crate::team::parallel_for(blocks.len(), |i| f(blocks[i]));
 }
 
 /// The output rows `[r0, r1)` in the order the products take them: `(r, true)` for each quad

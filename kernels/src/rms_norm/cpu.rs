@@ -1,6 +1,5 @@
 use super::RmsNorm;
 use crate::{check_len, KernelError, WeightData};
-use rayon::prelude::*;
 
 fn check(p: &RmsNorm, x: &[f32], w: &WeightData, out: &[f32]) -> Result<(), KernelError> {
     check_len("rms_norm", "w", w.len(), p.hidden)?;
@@ -47,8 +46,12 @@ pub fn run(p: &RmsNorm, x: &[f32], w: &WeightData, out: &mut [f32]) -> Result<()
     if x.len() / p.hidden < 16 {
         return reference(p, x, w, out);
     }
-    x.par_chunks(p.hidden)
-        .zip(out.par_chunks_mut(p.hidden))
-        .for_each(|(xr, or)| norm_row(p, xr, w, or));
+    let h = p.hidden;
+    let op = crate::SendPtr(out.as_mut_ptr());
+    crate::team::parallel_for(x.len() / h, |r| {
+        // SAFETY: row r of out (checked to have x's length) is written by item r only.
+        let or = unsafe { std::slice::from_raw_parts_mut(op.at(r * h), h) };
+        norm_row(p, &x[r * h..(r + 1) * h], w, or);
+    });
     Ok(())
 }
