@@ -143,6 +143,7 @@ fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention");
     g.sample_size(20);
     for (name, n_new, ctx) in [
+        ("decode", 1, 64),
         ("decode", 1, 512),
         ("decode", 1, 4096),
         ("prefill", 512, 512),

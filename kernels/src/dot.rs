@@ -182,6 +182,51 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out[j] = scale · (q · k_j)` for every `j < out.len()`, key `j` being `k[j * stride..][..q.len()]`
+/// (keys of one head in a cache of rows); returns the largest score. One call per block of keys,
+/// so the per-key work is a few vector instructions, not a call.
+pub fn scaled_scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) -> f32 {
+    let n = out.len();
+    if n == 0 {
+        return f32::NEG_INFINITY;
+    }
+    assert!(
+        (n - 1) * stride + q.len() <= k.len(),
+        "keys past the end of the cache"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && q.len() % 8 == 0 {
+        // SAFETY: AVX2 and FMA are present; every key lies inside k (asserted above).
+        unsafe { avx2::scaled_scores(q, k, stride, scale, out) };
+        return out.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot(q, WeightData::F32(&k[j * stride..j * stride + q.len()])) * scale;
+    }
+    out.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// `acc += Σ_j e[j] · v_j`, value row `j` being `v[j * stride..][..acc.len()]`, each element summed
+/// over `j` in order (the bits of one [`axpy`] per row).
+pub fn accumulate_rows(e: &[f32], v: &[f32], stride: usize, acc: &mut [f32]) {
+    let n = e.len();
+    if n == 0 {
+        return;
+    }
+    assert!(
+        (n - 1) * stride + acc.len() <= v.len(),
+        "values past the end of the cache"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are present; every row lies inside v (asserted above).
+        return unsafe { avx2::accumulate_rows(e, v, stride, acc) };
+    }
+    for (j, &ej) in e.iter().enumerate() {
+        axpy(ej, &v[j * stride..j * stride + acc.len()], acc);
+    }
+}
+
 /// `xs[i] = exp(xs[i] - shift)` for arguments ≤ 0 (softmax numerators), returning their sum.
 /// Vectorised with AVX2 (a degree-6 polynomial after range reduction; arguments below -87 give
 /// 0, NaN stays NaN); elsewhere `f32::exp`.
@@ -347,6 +392,77 @@ mod avx2 {
         while i < n {
             y[i] += a * x[i];
             i += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scaled_scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        let (hd, n) = (q.len(), out.len());
+        let (qp, kp, op) = (q.as_ptr(), k.as_ptr(), out.as_mut_ptr());
+        let mut j = 0;
+        while j + 4 <= n {
+            let mut a = [_mm256_setzero_ps(); 4];
+            let mut d = 0;
+            while d < hd {
+                let qv = load_f32(qp.add(d));
+                for (r, acc) in a.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(qv, load_f32(kp.add((j + r) * stride + d)), *acc);
+                }
+                d += 8;
+            }
+            // Lane sums of the four keys: [k0, k1, k2, k3] per 128-bit half, then the halves.
+            let s = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            _mm_storeu_ps(op.add(j), _mm_mul_ps(s, _mm_set1_ps(scale)));
+            j += 4;
+        }
+        while j < n {
+            let mut acc = _mm256_setzero_ps();
+            let mut d = 0;
+            while d < hd {
+                acc = _mm256_fmadd_ps(load_f32(qp.add(d)), load_f32(kp.add(j * stride + d)), acc);
+                d += 8;
+            }
+            *op.add(j) = hsum(acc) * scale;
+            j += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate_rows(e: &[f32], v: &[f32], stride: usize, acc: &mut [f32]) {
+        let hd = acc.len();
+        let (vp, ap) = (v.as_ptr(), acc.as_mut_ptr());
+        let mut d0 = 0;
+        // 64 elements at a time stay in eight registers across every row.
+        while d0 + 64 <= hd {
+            let mut a = [_mm256_setzero_ps(); 8];
+            for (c, r) in a.iter_mut().enumerate() {
+                *r = load_f32(ap.add(d0 + 8 * c));
+            }
+            for (j, &ej) in e.iter().enumerate() {
+                let ev = _mm256_set1_ps(ej);
+                let row = vp.add(j * stride + d0);
+                for (c, r) in a.iter_mut().enumerate() {
+                    *r = _mm256_fmadd_ps(ev, load_f32(row.add(8 * c)), *r);
+                }
+            }
+            for (c, r) in a.iter().enumerate() {
+                _mm256_storeu_ps(ap.add(d0 + 8 * c), *r);
+            }
+            d0 += 64;
+        }
+        while d0 + 8 <= hd {
+            let mut r = load_f32(ap.add(d0));
+            for (j, &ej) in e.iter().enumerate() {
+                r = _mm256_fmadd_ps(_mm256_set1_ps(ej), load_f32(vp.add(j * stride + d0)), r);
+            }
+            _mm256_storeu_ps(ap.add(d0), r);
+            d0 += 8;
+        }
+        for d in d0..hd {
+            for (j, &ej) in e.iter().enumerate() {
+                acc[d] += ej * v[j * stride + d];
+            }
         }
     }
 
@@ -773,5 +889,51 @@ mod tests {
         assert_eq!(edge[3], 1.0);
         assert_eq!(edge[5], 0.0);
         assert!((edge[6] as f64 - (-86.5f64).exp()).abs() <= 4e-7 * (-86.5f64).exp());
+    }
+
+    #[test]
+    fn block_scores_and_value_sums_match_f64_at_any_head_width() {
+        // Head widths on the vector path (multiples of 8, with and without a 64-wide chunk) and
+        // off it; key counts around the four-key step.
+        for hd in [8usize, 12, 64, 72, 130] {
+            let stride = hd * 3 + 5;
+            for n in [0usize, 1, 3, 4, 5, 9, 64] {
+                let q = data(hd, 3);
+                let k = data(n.max(1) * stride, 4);
+                let mut out = vec![f32::NAN; n];
+                let max = scaled_scores(&q, &k, stride, 0.125, &mut out);
+                let mut want_max = f32::NEG_INFINITY;
+                for (j, o) in out.iter().enumerate() {
+                    let w: f64 = (0..hd)
+                        .map(|d| q[d] as f64 * k[j * stride + d] as f64)
+                        .sum::<f64>()
+                        * 0.125;
+                    assert!(
+                        (*o as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "hd {hd} n {n}"
+                    );
+                    want_max = want_max.max(*o);
+                }
+                assert_eq!(max, want_max);
+
+                let e = data(n, 5);
+                let v = data(n.max(1) * stride, 6);
+                let mut acc = data(hd, 7);
+                let start = acc.clone();
+                accumulate_rows(&e, &v, stride, &mut acc);
+                let mut by_rows = start.clone();
+                for j in 0..n {
+                    axpy(e[j], &v[j * stride..j * stride + hd], &mut by_rows);
+                }
+                for d in 0..hd {
+                    let plain: f64 = start[d] as f64
+                        + (0..n)
+                            .map(|j| e[j] as f64 * v[j * stride + d] as f64)
+                            .sum::<f64>();
+                    assert!((acc[d] as f64 - plain).abs() <= 1e-6, "hd {hd} n {n} d {d}");
+                    assert_eq!(acc[d], by_rows[d], "hd {hd} n {n} d {d}");
+                }
+            }
+        }
     }
 }

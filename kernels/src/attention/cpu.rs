@@ -127,10 +127,6 @@ pub fn run(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &mut [f32]) -> Resul
             let h = kvh * group + g;
             &q[row * q_width + h * hd..row * q_width + (h + 1) * hd]
         };
-        let key = |j: usize| {
-            let base = j * kv_width + kvh * hd;
-            crate::WeightData::F32(&s.k[base..base + hd])
-        };
         // Per query head: running maximum, sum and numerator-weighted values; a block's scores.
         let (mut acc_stack, mut acc_heap) = ([0f32; 2048], Vec::new());
         let accs = scratch(&mut acc_stack, &mut acc_heap, group * hd, 0.0);
@@ -146,25 +142,14 @@ pub fn run(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &mut [f32]) -> Resul
         while j0 <= pos {
             let j1 = (j0 + KEY_BLOCK).min(pos + 1);
             let len = j1 - j0;
+            let (k_at, v_at) = (
+                &s.k[j0 * kv_width + kvh * hd..],
+                &s.v[j0 * kv_width + kvh * hd..],
+            );
             for g in 0..group {
-                let (qv, acc) = (query(g), &mut accs[g * hd..(g + 1) * hd]);
+                let acc = &mut accs[g * hd..(g + 1) * hd];
                 let block = &mut scores[g * KEY_BLOCK..g * KEY_BLOCK + len];
-                // Four keys per pass share each load of the query.
-                let mut jj = 0;
-                while jj + 4 <= len {
-                    let j = j0 + jj;
-                    let four = crate::dot::dot4(qv, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
-                    block[jj..jj + 4].copy_from_slice(&four);
-                    jj += 4;
-                }
-                for (i, sc) in block.iter_mut().enumerate().skip(jj) {
-                    *sc = crate::dot::dot(qv, key(j0 + i));
-                }
-                let mut block_max = f32::NEG_INFINITY;
-                for sc in block.iter_mut() {
-                    *sc *= p.scale;
-                    block_max = block_max.max(*sc);
-                }
+                let block_max = crate::dot::scaled_scores(query(g), k_at, kv_width, p.scale, block);
                 if block_max > ms[g] {
                     let c = (ms[g] - block_max).exp();
                     ls[g] *= c;
@@ -174,14 +159,8 @@ pub fn run(p: &Attention, q: &[f32], seqs: &[AttnSeq], out: &mut [f32]) -> Resul
                     ms[g] = block_max;
                 }
                 ls[g] += crate::dot::exp_shifted(block, ms[g]);
-            }
-            for jj in 0..len {
-                let base = (j0 + jj) * kv_width + kvh * hd;
-                let vv = &s.v[base..base + hd];
-                for g in 0..group {
-                    let e = scores[g * KEY_BLOCK + jj];
-                    crate::dot::axpy(e, vv, &mut accs[g * hd..(g + 1) * hd]);
-                }
+                // The block's values are in L1 after the first head of the group.
+                crate::dot::accumulate_rows(block, v_at, kv_width, acc);
             }
             j0 = j1;
         }
