@@ -96,23 +96,53 @@ pub fn dot4_tokens(
     let k = if n == 0 { 0 } else { x.len() / n };
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        let wide = has_avx512();
-        let mut out = [[0f32; 4]; 6];
+        let (pairs, wide) = (has_wide_fma(), has_avx512());
+        let mut out = [[0f32; 4]; 8];
         let mut t = 0;
         while t < n {
             let xt = &x[t * k..];
-            let step = (n - t).min(if wide { 6 } else { 3 });
+            let step = (n - t).min(if pairs {
+                8
+            } else if wide {
+                6
+            } else {
+                3
+            });
             macro_rules! run {
-                ($tile:ident, $tile_vl:ident, $a:expr, $b:expr, $c:expr, $d:expr) => {{
+                ($tile:ident, $tile_vl:ident, $tile_pairs:ident, $a:expr, $b:expr, $c:expr, $d:expr) => {{
                     let ws = [$a, $b, $c, $d];
                     macro_rules! by_height {
                         ($prefetch:literal) => {
-                            match (wide, step) {
-                                (true, 6) => avx2::$tile_vl::<6, $prefetch>(xt, k, ws, &mut out),
-                                (true, 5) => avx2::$tile_vl::<5, $prefetch>(xt, k, ws, &mut out),
-                                (true, 4) => avx2::$tile_vl::<4, $prefetch>(xt, k, ws, &mut out),
-                                (_, 3) => avx2::$tile::<3, $prefetch>(xt, k, ws, &mut out),
-                                (_, 2) => avx2::$tile::<2, $prefetch>(xt, k, ws, &mut out),
+                            match (pairs, wide, step) {
+                                (true, _, 8) => {
+                                    avx2::$tile_pairs::<8, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, 7) => {
+                                    avx2::$tile_pairs::<7, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, 6) => {
+                                    avx2::$tile_pairs::<6, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, 5) => {
+                                    avx2::$tile_pairs::<5, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, 4) => {
+                                    avx2::$tile_pairs::<4, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, 3) => {
+                                    avx2::$tile_pairs::<3, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, 2) => {
+                                    avx2::$tile_pairs::<2, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (true, _, _) => {
+                                    avx2::$tile_pairs::<1, $prefetch>(xt, k, ws, &mut out)
+                                }
+                                (_, true, 6) => avx2::$tile_vl::<6, $prefetch>(xt, k, ws, &mut out),
+                                (_, true, 5) => avx2::$tile_vl::<5, $prefetch>(xt, k, ws, &mut out),
+                                (_, true, 4) => avx2::$tile_vl::<4, $prefetch>(xt, k, ws, &mut out),
+                                (_, _, 3) => avx2::$tile::<3, $prefetch>(xt, k, ws, &mut out),
+                                (_, _, 2) => avx2::$tile::<2, $prefetch>(xt, k, ws, &mut out),
                                 _ => avx2::$tile::<1, $prefetch>(xt, k, ws, &mut out),
                             }
                         };
@@ -135,21 +165,21 @@ pub fn dot4_tokens(
                     WeightData::F32(c),
                     WeightData::F32(d),
                 ) => {
-                    run!(tile_f32, tile_f32_vl, a, b, c, d)
+                    run!(tile_f32, tile_f32_vl, tile_f32_pairs, a, b, c, d)
                 }
                 (
                     WeightData::BF16(a),
                     WeightData::BF16(b),
                     WeightData::BF16(c),
                     WeightData::BF16(d),
-                ) => run!(tile_bf16, tile_bf16_vl, a, b, c, d),
+                ) => run!(tile_bf16, tile_bf16_vl, tile_bf16_pairs, a, b, c, d),
                 (
                     WeightData::F16(a),
                     WeightData::F16(b),
                     WeightData::F16(c),
                     WeightData::F16(d),
                 ) => {
-                    run!(tile_f16, tile_f16_vl, a, b, c, d)
+                    run!(tile_f16, tile_f16_vl, tile_f16_pairs, a, b, c, d)
                 }
                 _ => {
                     for (m, o) in out.iter_mut().enumerate().take(step) {
@@ -280,6 +310,44 @@ pub fn has_avx512() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && has_avx2()
+    })
+}
+
+/// Whether 512-bit FMAs run at full width here (AVX-512F/VL/DQ on an Intel CPU, or on AMD from
+/// Zen 5; Zen 4 splits them in two, so its 256-bit tiles are as fast). `MOE_TILE_BITS=256|512`
+/// overrides the choice. Checked once.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_wide_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        let capable = has_avx512() && is_x86_feature_detected!("avx512dq");
+        match std::env::var("MOE_TILE_BITS").as_deref() {
+            Ok("256") => return false,
+            Ok("512") => return capable,
+            _ => {}
+        }
+        // SAFETY: CPUID leaves 0 and 1 exist on every x86_64 CPU (the call is safe from Rust
+        // 1.87 on; `unsafe` keeps older toolchains building).
+        #[allow(unused_unsafe)]
+        let (vendor, signature) = unsafe {
+            let v = std::arch::x86_64::__cpuid(0);
+            (
+                [
+                    v.ebx.to_le_bytes(),
+                    v.edx.to_le_bytes(),
+                    v.ecx.to_le_bytes(),
+                ]
+                .concat(),
+                std::arch::x86_64::__cpuid(1).eax,
+            )
+        };
+        let family = match (signature >> 8) & 0xF {
+            0xF => 0xF + ((signature >> 20) & 0xFF),
+            f => f,
+        };
+        capable && (vendor != b"AuthenticAMD" || family >= 0x1A)
     })
 }
 
@@ -581,6 +649,86 @@ mod avx2 {
         };
     }
 
+    /// Two weight rows' eight elements `i..i + 8` in one 16-lane register: row `a` low, `b` high.
+    #[inline(always)]
+    unsafe fn pair_f32(a: *const f32, b: *const f32) -> __m512 {
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(load_f32(a)), load_f32(b))
+    }
+    #[inline(always)]
+    unsafe fn pair_bf16(a: *const bf16, b: *const bf16) -> __m512 {
+        let v = _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(a as *const __m128i)),
+            _mm_loadu_si128(b as *const __m128i),
+        );
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+    }
+    #[inline(always)]
+    unsafe fn pair_f16(a: *const f16, b: *const f16) -> __m512 {
+        let v = _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(a as *const __m128i)),
+            _mm_loadu_si128(b as *const __m128i),
+        );
+        _mm512_cvtph_ps(v)
+    }
+
+    /// The tile of `tile_impl` with 16-lane registers, each holding two rows' 8-lane accumulators
+    /// (rows 0 and 1, rows 2 and 3; the token's eight activations in both halves). Every lane sums
+    /// what the 8-lane tile's lane sums, in the same order, and each half gets the same horizontal
+    /// sum: the same bits with half the FMA instructions, where 512-bit FMAs run at full width.
+    macro_rules! tile_pairs_impl {
+        ($name:ident, $t:ty, $pair:ident, $cvt:expr) => {
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq")]
+            pub unsafe fn $name<const M: usize, const PREFETCH: bool>(
+                x: &[f32],
+                k: usize,
+                w: [&[$t]; 4],
+                out: &mut [[f32; 4]],
+            ) {
+                let xp = x.as_ptr();
+                let p = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
+                let mut acc = [[_mm512_setzero_ps(); 2]; M];
+                let mut i = 0;
+                let ahead = (p[0] as *const i8).add(4 * k * std::mem::size_of::<$t>());
+                while i + 8 <= k {
+                    if PREFETCH {
+                        let at = ahead.add(i * 4 * std::mem::size_of::<$t>());
+                        _mm_prefetch::<_MM_HINT_T0>(at);
+                        if std::mem::size_of::<$t>() == 4 {
+                            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
+                        }
+                    }
+                    let w01 = $pair(p[0].add(i), p[1].add(i));
+                    let w23 = $pair(p[2].add(i), p[3].add(i));
+                    for a in acc.iter_mut().enumerate() {
+                        let (m, a) = a;
+                        let xv = _mm512_broadcast_f32x8(load_f32(xp.add(m * k + i)));
+                        a[0] = _mm512_fmadd_ps(xv, w01, a[0]);
+                        a[1] = _mm512_fmadd_ps(xv, w23, a[1]);
+                    }
+                    i += 8;
+                }
+                for (m, a) in acc.iter().enumerate() {
+                    let mut s = [
+                        hsum(_mm512_castps512_ps256(a[0])),
+                        hsum(_mm512_extractf32x8_ps::<1>(a[0])),
+                        hsum(_mm512_castps512_ps256(a[1])),
+                        hsum(_mm512_extractf32x8_ps::<1>(a[1])),
+                    ];
+                    for j in i..k {
+                        for r in 0..4 {
+                            s[r] += x[m * k + j] * $cvt(w[r][j]);
+                        }
+                    }
+                    out[m] = s;
+                }
+            }
+        };
+    }
+
+    tile_pairs_impl!(tile_f32_pairs, f32, pair_f32, |v: f32| v);
+    tile_pairs_impl!(tile_bf16_pairs, bf16, pair_bf16, |v: bf16| v.to_f32());
+    tile_pairs_impl!(tile_f16_pairs, f16, pair_f16, |v: f16| v.to_f32());
+
     // Three tokens fill the 16 ymm registers (12 accumulators, 3 activations, 1 weight); with
     // AVX-512VL's 32 registers, six.
     tile_impl!(tile_f32, "avx2,fma,f16c", f32, load_f32, |v: f32| v);
@@ -833,14 +981,36 @@ mod tests {
                 // The prefetching variant computes the same thing (its prefetches may point past
                 // the rows; they never fault).
                 assert_eq!(dot4_then_next(&x, [wd; 4]), quad);
-                // Several tokens at once give each token's four-row result bit for bit.
-                for tokens in [1, 2, 3, 4, 5, 6, 7, 13] {
+            }
+            // Several tokens at once give each token's four-row result bit for bit, whichever
+            // tile width this CPU takes (four different rows, so a row mixed up shows).
+            let ws: Vec<Vec<f32>> = (0..4).map(|r| data(n, 2 + r)).collect();
+            let wbs: Vec<Vec<bf16>> = ws
+                .iter()
+                .map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect())
+                .collect();
+            let whs: Vec<Vec<f16>> = ws
+                .iter()
+                .map(|w| w.iter().map(|&v| f16::from_f32(v)).collect())
+                .collect();
+            let quads: [[WeightData; 4]; 3] = [
+                [0, 1, 2, 3].map(|r| WeightData::F32(&ws[r])),
+                [0, 1, 2, 3].map(|r| WeightData::BF16(&wbs[r])),
+                [0, 1, 2, 3].map(|r| WeightData::F16(&whs[r])),
+            ];
+            for rows in quads {
+                for tokens in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17] {
                     let xs: Vec<f32> = (0..tokens).flat_map(|t| data(n, 10 + t as u32)).collect();
-                    let rows = [wd, wd.slice(0, n), wd, wd];
                     for follows in [false, true] {
                         let mut seen = 0;
                         dot4_tokens(&xs, tokens, rows, follows, |t, v| {
-                            assert_eq!(v, dot4(&xs[t * n..(t + 1) * n], rows), "n={n} token {t}");
+                            let xt = &xs[t * n..(t + 1) * n];
+                            assert_eq!(v, dot4(xt, rows), "n={n} token {t}");
+                            for (r, row) in rows.iter().enumerate() {
+                                let want: f64 =
+                                    (0..n).map(|i| xt[i] as f64 * row.get(i) as f64).sum();
+                                assert!((v[r] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()));
+                            }
                             assert_eq!(t, seen);
                             seen += 1;
                         });
@@ -934,6 +1104,60 @@ mod tests {
                     assert_eq!(acc[d], by_rows[d], "hd {hd} n {n} d {d}");
                 }
             }
+        }
+    }
+
+    /// The three tile kinds (8-lane, 8-lane with AVX-512VL's registers, row pairs in 16 lanes)
+    /// against the four-row product, bit for bit, wherever this CPU can run them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_tile_kind_gives_the_four_row_bits() {
+        if !has_avx2() {
+            return;
+        }
+        let pairs = has_avx512() && is_x86_feature_detected!("avx512dq");
+        for n in [8usize, 13, 64, 1024] {
+            let ws: Vec<Vec<f32>> = (0..4).map(|r| data(n, 40 + r)).collect();
+            let wbs: Vec<Vec<bf16>> = ws
+                .iter()
+                .map(|w| w.iter().map(|&v| bf16::from_f32(v)).collect())
+                .collect();
+            let xs: Vec<f32> = (0..8).flat_map(|t| data(n, 50 + t)).collect();
+            let f = [0, 1, 2, 3].map(|r| ws[r].as_slice());
+            let b = [0, 1, 2, 3].map(|r| wbs[r].as_slice());
+            let want_f: Vec<[f32; 4]> = (0..8)
+                .map(|t| dot4(&xs[t * n..(t + 1) * n], f.map(WeightData::F32)))
+                .collect();
+            let want_b: Vec<[f32; 4]> = (0..8)
+                .map(|t| dot4(&xs[t * n..(t + 1) * n], b.map(WeightData::BF16)))
+                .collect();
+            let mut out = [[0f32; 4]; 8];
+            macro_rules! check {
+                ($m:literal) => {
+                    // SAFETY: features checked; xs holds 8 rows of n.
+                    unsafe {
+                        avx2::tile_f32::<$m, false>(&xs, n, f, &mut out);
+                        assert_eq!(&out[..$m], &want_f[..$m], "f32 M={} n={n}", $m);
+                        avx2::tile_bf16::<$m, false>(&xs, n, b, &mut out);
+                        assert_eq!(&out[..$m], &want_b[..$m], "bf16 M={} n={n}", $m);
+                        if has_avx512() {
+                            avx2::tile_f32_vl::<$m, false>(&xs, n, f, &mut out);
+                            assert_eq!(&out[..$m], &want_f[..$m], "f32 vl M={} n={n}", $m);
+                        }
+                        if pairs {
+                            avx2::tile_f32_pairs::<$m, false>(&xs, n, f, &mut out);
+                            assert_eq!(&out[..$m], &want_f[..$m], "f32 pairs M={} n={n}", $m);
+                            avx2::tile_bf16_pairs::<$m, false>(&xs, n, b, &mut out);
+                            assert_eq!(&out[..$m], &want_b[..$m], "bf16 pairs M={} n={n}", $m);
+                        }
+                    }
+                };
+            }
+            check!(1);
+            check!(2);
+            check!(3);
+            check!(6);
+            check!(8);
         }
     }
 }
