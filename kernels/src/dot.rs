@@ -379,6 +379,35 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// With four more rows of the matrix after the quad that starts at `first_row` (rows of `k`
+    /// elements), streams in what step `i` (elements `i..i + 8` of each row) will need of them:
+    /// one cache line for 2-byte weights, two for f32.
+    #[inline(always)]
+    unsafe fn prefetch_next_quad<T>(first_row: *const T, k: usize, i: usize) {
+        let at = (first_row as *const i8).add((4 * k + 4 * i) * std::mem::size_of::<T>());
+        _mm_prefetch::<_MM_HINT_T0>(at);
+        if std::mem::size_of::<T>() == 4 {
+            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
+        }
+    }
+
+    /// Adds elements `from..` of `x` times each of four rows to the rows' sums, in order (the
+    /// scalar tail after the last full vector step).
+    #[inline(always)]
+    fn add_tail<T: Copy>(
+        s: &mut [f32; 4],
+        x: &[f32],
+        w: [&[T]; 4],
+        from: usize,
+        cvt: impl Fn(T) -> f32,
+    ) {
+        for j in from..x.len() {
+            for r in 0..4 {
+                s[r] += x[j] * cvt(w[r][j]);
+            }
+        }
+    }
+
     macro_rules! dot_impl {
         ($name:ident, $name4:ident, $t:ty, $load:ident, $cvt:expr) => {
             #[target_feature(enable = "avx2,fma,f16c")]
@@ -416,16 +445,10 @@ mod avx2 {
                 let mut a3 = _mm256_setzero_ps();
                 let mut i = 0;
                 // With PREFETCH the caller promises the next four rows follow these in memory
-                // (rows of one matrix): stream them in, a cache line per step.
-                let ahead = (p0 as *const i8).add(4 * n * std::mem::size_of::<$t>());
+                // (rows of one matrix): stream them in as these are read.
                 while i + 8 <= n {
                     if PREFETCH {
-                        // 32 elements of the next quad per step: one line for 2-byte weights, two for f32.
-                        let at = ahead.add(i * 4 * std::mem::size_of::<$t>());
-                        _mm_prefetch::<_MM_HINT_T0>(at);
-                        if std::mem::size_of::<$t>() == 4 {
-                            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
-                        }
+                        prefetch_next_quad(p0, n, i);
                     }
                     let xv = load_f32(xp.add(i));
                     a0 = _mm256_fmadd_ps(xv, $load(p0.add(i)), a0);
@@ -435,12 +458,7 @@ mod avx2 {
                     i += 8;
                 }
                 let mut s = [hsum(a0), hsum(a1), hsum(a2), hsum(a3)];
-                while i < n {
-                    for r in 0..4 {
-                        s[r] += x[i] * $cvt(w[r][i]);
-                    }
-                    i += 1;
-                }
+                add_tail(&mut s, x, w, i, $cvt);
                 s
             }
         };
@@ -610,14 +628,9 @@ mod avx2 {
                 let mut acc = [[_mm256_setzero_ps(); 4]; M];
                 let mut i = 0;
                 // As in the four-row product: the next four rows follow these; stream them in.
-                let ahead = (p[0] as *const i8).add(4 * k * std::mem::size_of::<$t>());
                 while i + 8 <= k {
                     if PREFETCH {
-                        let at = ahead.add(i * 4 * std::mem::size_of::<$t>());
-                        _mm_prefetch::<_MM_HINT_T0>(at);
-                        if std::mem::size_of::<$t>() == 4 {
-                            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
-                        }
+                        prefetch_next_quad(p[0], k, i);
                     }
                     let mut xv = [_mm256_setzero_ps(); M];
                     for (m, v) in xv.iter_mut().enumerate() {
@@ -638,11 +651,7 @@ mod avx2 {
                         hsum(acc[m][2]),
                         hsum(acc[m][3]),
                     ];
-                    for j in i..k {
-                        for r in 0..4 {
-                            s[r] += x[m * k + j] * $cvt(w[r][j]);
-                        }
-                    }
+                    add_tail(&mut s, &x[m * k..(m + 1) * k], w, i, $cvt);
                     out[m] = s;
                 }
             }
@@ -688,19 +697,13 @@ mod avx2 {
                 let p = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
                 let mut acc = [[_mm512_setzero_ps(); 2]; M];
                 let mut i = 0;
-                let ahead = (p[0] as *const i8).add(4 * k * std::mem::size_of::<$t>());
                 while i + 8 <= k {
                     if PREFETCH {
-                        let at = ahead.add(i * 4 * std::mem::size_of::<$t>());
-                        _mm_prefetch::<_MM_HINT_T0>(at);
-                        if std::mem::size_of::<$t>() == 4 {
-                            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
-                        }
+                        prefetch_next_quad(p[0], k, i);
                     }
                     let w01 = $pair(p[0].add(i), p[1].add(i));
                     let w23 = $pair(p[2].add(i), p[3].add(i));
-                    for a in acc.iter_mut().enumerate() {
-                        let (m, a) = a;
+                    for (m, a) in acc.iter_mut().enumerate() {
                         let xv = _mm512_broadcast_f32x8(load_f32(xp.add(m * k + i)));
                         a[0] = _mm512_fmadd_ps(xv, w01, a[0]);
                         a[1] = _mm512_fmadd_ps(xv, w23, a[1]);
@@ -714,11 +717,7 @@ mod avx2 {
                         hsum(_mm512_castps512_ps256(a[1])),
                         hsum(_mm512_extractf32x8_ps::<1>(a[1])),
                     ];
-                    for j in i..k {
-                        for r in 0..4 {
-                            s[r] += x[m * k + j] * $cvt(w[r][j]);
-                        }
-                    }
+                    add_tail(&mut s, &x[m * k..(m + 1) * k], w, i, $cvt);
                     out[m] = s;
                 }
             }
