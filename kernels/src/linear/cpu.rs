@@ -37,12 +37,9 @@ fn rows_per_task(rows: usize) -> usize {
 /// Runs `f(row_start, row_end)` over blocks of output rows in parallel.
 fn for_row_blocks(rows: usize, f: impl Fn(usize, usize) + Sync + Send) {
     let block = rows_per_task(rows);
-    let tasks = rows.div_ceil(block);
-    if tasks <= 1 {
-        f(0, rows);
-        return;
-    }
-    crate::team::parallel_for(tasks, |t| f(t * block, ((t + 1) * block).min(rows)));
+    crate::team::parallel_for(rows.div_ceil(block), |t| {
+        f(t * block, ((t + 1) * block).min(rows))
+    });
 }
 
 /// One task of a fused region: rows `[start, end)` of matrix `mat`.
@@ -71,10 +68,6 @@ pub(crate) fn row_blocks(rows: impl IntoIterator<Item = (usize, usize)>) -> Vec<
 
 /// Runs `f` over every block in one parallel region (one fork/join instead of one per matrix).
 pub(crate) fn for_blocks(blocks: &[RowBlock], f: impl Fn(RowBlock) + Sync + Send) {
-    if blocks.len() <= 1 {
-        blocks.iter().for_each(|&b| f(b));
-        return;
-    }
     crate::team::parallel_for(blocks.len(), |i| f(blocks[i]));
 }
 
