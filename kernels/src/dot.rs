@@ -96,7 +96,7 @@ pub fn dot4_tokens(
     let k = if n == 0 { 0 } else { x.len() / n };
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        let (pairs, wide) = (has_wide_fma(), has_avx512());
+        let (pairs, wide) = (takes_pair_tiles(), has_avx512());
         let mut out = [[0f32; 4]; 8];
         let mut t = 0;
         while t < n {
@@ -313,16 +313,25 @@ pub fn has_avx512() -> bool {
     })
 }
 
-/// Whether 512-bit FMAs run at full width here (AVX-512F/VL/DQ on an Intel CPU, or on AMD from
-/// Zen 5; Zen 4 splits them in two, so its 256-bit tiles are as fast). `MOE_TILE_BITS=256|512`
-/// overrides the choice. Checked once.
+/// AVX-512F/VL/DQ: what the row-pair tiles need to run (checked once).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub fn has_wide_fma() -> bool {
+pub fn can_run_pair_tiles() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| has_avx512() && is_x86_feature_detected!("avx512dq"))
+}
+
+/// Whether the matrix products take the row-pair tiles: where they can run and 512-bit FMAs run
+/// at full width (Intel, or AMD from Zen 5; Zen 4 splits them in two, so its 256-bit tiles are as
+/// fast). `MOE_TILE_BITS=256|512` overrides the choice. Checked once.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn takes_pair_tiles() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
-        let capable = has_avx512() && is_x86_feature_detected!("avx512dq");
+        let capable = can_run_pair_tiles();
         match std::env::var("MOE_TILE_BITS").as_deref() {
             Ok("256") => return false,
             Ok("512") => return capable,
@@ -1114,7 +1123,7 @@ mod tests {
         if !has_avx2() {
             return;
         }
-        let pairs = has_avx512() && is_x86_feature_detected!("avx512dq");
+        let pairs = can_run_pair_tiles();
         for n in [8usize, 13, 64, 1024] {
             let ws: Vec<Vec<f32>> = (0..4).map(|r| data(n, 40 + r)).collect();
             let wbs: Vec<Vec<bf16>> = ws
