@@ -388,15 +388,22 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// The largest quad of rows the four-row product prefetches with the non-temporal hint: half
+    /// of the smallest L1 data cache it meets (32 KiB), since the prefetch runs one quad ahead.
+    /// Larger quads (rows over 1024 elements in f32, over 2048 in bf16/f16) take `_MM_HINT_T0`,
+    /// so their lines wait in L2 instead.
+    const NON_TEMPORAL_QUAD_BYTES: usize = 16 << 10;
+
     /// With four more rows of the matrix after the quad that starts at `first_row` (rows of `k`
     /// elements), streams in what step `i` (elements `i..i + 8` of each row) will need of them:
-    /// one cache line for 2-byte weights, two for f32.
+    /// one cache line for 2-byte weights, two for f32. `HINT`: `_MM_HINT_NTA` for lines read
+    /// once, `_MM_HINT_T0` for lines the caller may read again.
     #[inline(always)]
-    unsafe fn prefetch_next_quad<T>(first_row: *const T, k: usize, i: usize) {
+    unsafe fn prefetch_next_quad<T, const HINT: i32>(first_row: *const T, k: usize, i: usize) {
         let at = (first_row as *const i8).add((4 * k + 4 * i) * std::mem::size_of::<T>());
-        _mm_prefetch::<_MM_HINT_T0>(at);
+        _mm_prefetch::<HINT>(at);
         if std::mem::size_of::<T>() == 4 {
-            _mm_prefetch::<_MM_HINT_T0>(at.add(64));
+            _mm_prefetch::<HINT>(at.add(64));
         }
     }
 
@@ -454,10 +461,17 @@ mod avx2 {
                 let mut a3 = _mm256_setzero_ps();
                 let mut i = 0;
                 // With PREFETCH the caller promises the next four rows follow these in memory
-                // (rows of one matrix): stream them in as these are read.
+                // (rows of one matrix): stream them in as these are read. A matrix-vector product
+                // reads each weight once, so the prefetch is non-temporal where the quad ahead is
+                // small enough to wait in L1 until it is read.
+                let non_temporal = 4 * n * std::mem::size_of::<$t>() <= NON_TEMPORAL_QUAD_BYTES;
                 while i + 8 <= n {
                     if PREFETCH {
-                        prefetch_next_quad(p0, n, i);
+                        if non_temporal {
+                            prefetch_next_quad::<_, _MM_HINT_NTA>(p0, n, i);
+                        } else {
+                            prefetch_next_quad::<_, _MM_HINT_T0>(p0, n, i);
+                        }
                     }
                     let xv = load_f32(xp.add(i));
                     a0 = _mm256_fmadd_ps(xv, $load(p0.add(i)), a0);
@@ -639,7 +653,7 @@ mod avx2 {
                 // As in the four-row product: the next four rows follow these; stream them in.
                 while i + 8 <= k {
                     if PREFETCH {
-                        prefetch_next_quad(p[0], k, i);
+                        prefetch_next_quad::<_, _MM_HINT_T0>(p[0], k, i);
                     }
                     let mut xv = [_mm256_setzero_ps(); M];
                     for (m, v) in xv.iter_mut().enumerate() {
@@ -708,7 +722,7 @@ mod avx2 {
                 let mut i = 0;
                 while i + 8 <= k {
                     if PREFETCH {
-                        prefetch_next_quad(p[0], k, i);
+                        prefetch_next_quad::<_, _MM_HINT_T0>(p[0], k, i);
                     }
                     let w01 = $pair(p[0].add(i), p[1].add(i));
                     let w23 = $pair(p[2].add(i), p[3].add(i));
