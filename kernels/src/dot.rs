@@ -650,7 +650,8 @@ mod avx2 {
                 let p = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
                 let mut acc = [[_mm256_setzero_ps(); 4]; M];
                 let mut i = 0;
-                // As in the four-row product: the next four rows follow these; stream them in.
+                // As in the four-row product: the next four rows follow these; stream them in,
+                // into the caches: the tiles of later tokens read each quad again.
                 while i + 8 <= k {
                     if PREFETCH {
                         prefetch_next_quad::<_, _MM_HINT_T0>(p[0], k, i);
