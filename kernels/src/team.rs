@@ -128,6 +128,27 @@ pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync + Send) {
     unsafe { &*team }.run(n, &f);
 }
 
+/// Runs `f(r, row)` for every row `r` of `out` (rows of `width` elements), in parallel as
+/// [`parallel_for`]; each row is handed to exactly one call.
+pub fn parallel_for_rows(
+    out: &mut [f32],
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    assert!(
+        width > 0 && out.len() % width == 0,
+        "rows of {width} do not tile {}",
+        out.len()
+    );
+    let rows = crate::SendPtr(out.as_mut_ptr());
+    parallel_for(out.len() / width, |r| {
+        // SAFETY: row r lies inside `out` (it holds whole rows) and item r is its only writer.
+        f(r, unsafe {
+            std::slice::from_raw_parts_mut(rows.at(r * width), width)
+        })
+    });
+}
+
 /// Runs `f` on a rayon worker with every other worker of the pool spinning as its team until `f`
 /// returns, so the regions `f` starts with [`parallel_for`] start on all threads at once.
 pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
@@ -191,6 +212,26 @@ mod tests {
                     body()
                 }
             }
+        });
+    }
+
+    #[test]
+    fn every_row_is_handed_once_with_its_index() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            with_team(|| {
+                let mut out = vec![0f32; 37 * 5];
+                parallel_for_rows(&mut out, 5, |r, row| {
+                    assert_eq!(row.len(), 5);
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v += (r * 5 + c) as f32;
+                    }
+                });
+                assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32));
+            })
         });
     }
 

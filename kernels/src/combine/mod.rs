@@ -31,7 +31,7 @@ pub fn run(
         residual.len(),
         d.slot_rows.len() / k * hidden,
     )?;
-    let body = |(t, res): (usize, &mut [f32])| {
+    let body = |t: usize, res: &mut [f32]| {
         for h in 0..hidden {
             let mut acc = 0f32;
             for j in 0..k {
@@ -42,15 +42,11 @@ pub fn run(
         }
     };
     if residual.len() / hidden.max(1) < 16 {
-        residual.chunks_mut(hidden).enumerate().for_each(body);
+        for (t, res) in residual.chunks_mut(hidden).enumerate() {
+            body(t, res);
+        }
     } else {
-        let rp = crate::SendPtr(residual.as_mut_ptr());
-        crate::team::parallel_for(residual.len() / hidden, |t| {
-            // SAFETY: row t of residual is written by item t only.
-            body((t, unsafe {
-                std::slice::from_raw_parts_mut(rp.at(t * hidden), hidden)
-            }))
-        });
+        crate::team::parallel_for_rows(residual, hidden, body);
     }
     Ok(())
 }

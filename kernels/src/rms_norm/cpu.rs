@@ -47,11 +47,6 @@ pub fn run(p: &RmsNorm, x: &[f32], w: &WeightData, out: &mut [f32]) -> Result<()
         return reference(p, x, w, out);
     }
     let h = p.hidden;
-    let op = crate::SendPtr(out.as_mut_ptr());
-    crate::team::parallel_for(x.len() / h, |r| {
-        // SAFETY: row r of out (checked to have x's length) is written by item r only.
-        let or = unsafe { std::slice::from_raw_parts_mut(op.at(r * h), h) };
-        norm_row(p, &x[r * h..(r + 1) * h], w, or);
-    });
+    crate::team::parallel_for_rows(out, h, |r, or| norm_row(p, &x[r * h..(r + 1) * h], w, or));
     Ok(())
 }
