@@ -152,7 +152,7 @@ impl Default for BandwidthProbe {
         };
         let buf = match memmap2::MmapMut::map_anon(n * 4) {
             Ok(mut m) => {
-                #[cfg(unix)]
+                #[cfg(target_os = "linux")]
                 let _ = m.advise(memmap2::Advice::HugePage);
                 fill(bytemuck::cast_slice_mut(&mut m));
                 Buffer::Mapped(m)

@@ -260,7 +260,7 @@ impl Weights {
             // streams hundreds of MB, and 4 KiB pages cost a TLB miss and a prefetcher restart
             // every 4 KiB; a cold read also becomes 2 MiB requests instead of fault-sized ones.
             // Only a hint: kernels without file-backed huge pages refuse it, and nothing changes.
-            #[cfg(unix)]
+            #[cfg(target_os = "linux")]
             let _ = mmap.advise(memmap2::Advice::HugePage);
             shards.push((path, Storage::Mmap(mmap)));
         }
