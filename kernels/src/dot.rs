@@ -412,8 +412,9 @@ mod avx2 {
         prefetch_ahead::<T, HINT>(first_row, 4 * k * std::mem::size_of::<T>(), i)
     }
 
-    /// What step `i` of a quad's product streams in: the lines `ahead` bytes past the quad's
-    /// start plus four elements per element of the step (so a quad's worth of lines per quad).
+    /// What step `i` of a quad's product streams in: the lines at `ahead` bytes past the quad's
+    /// start plus four times the step's element offset, so the quad's steps together cover a
+    /// quad's worth of lines.
     /// The lines may lie past the matrix's end when `ahead` exceeds a quad; a prefetch never
     /// faults, and the address is only computed (wrapping), never read.
     #[inline(always)]
@@ -935,10 +936,11 @@ mod avx512bf16 {
         let xp = x.as_ptr();
         let p = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
         let mut acc = [[_mm512_setzero_ps(); 4]; M];
-        // Only the first tile of a quad prefetches, so a one-token tile is a matrix-vector
-        // product: each weight is read once, so its lines are streamed in non-temporally and at
-        // least `MIN_PREFETCH_AHEAD_BYTES` ahead, as in the four-row product (decode with bf16
-        // activations ×1.03). Taller tiles keep T0: later tokens' tiles read the quad again.
+        // Only the first tile of a quad prefetches, so a one-token tile that prefetches is a
+        // matrix-vector product, which reads each weight once: its lines are streamed in
+        // non-temporally and at least `MIN_PREFETCH_AHEAD_BYTES` ahead, as in the four-row
+        // product (decode with bf16 activations ×1.03). Taller tiles keep T0: later tokens'
+        // tiles read the quad again.
         let quad_bytes = 4 * k * 2;
         let ahead = if M == 1 {
             quad_bytes.max(super::MIN_PREFETCH_AHEAD_BYTES)
