@@ -82,6 +82,36 @@ pub fn reference(
     Ok(())
 }
 
+/// The buffers of one [`run`]: the routed rows' inputs, their activations, where each expert's
+/// activations start, and the row blocks of a pass.
+#[derive(Default)]
+struct Scratch {
+    xs: Vec<f32>,
+    act: Vec<f32>,
+    act_at: Vec<usize>,
+    blocks: Vec<linear::RowBlock>,
+}
+
+thread_local! {
+    /// Kept per thread across calls, so that once warm a decode step allocates nothing here.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Buffers above this many elements are freed after the call: a long prompt's (megabytes, paid
+/// for once over all its tokens) are not held for the life of the thread; a decode step's (a few
+/// rows) are kept.
+const RETAINED_ELEMENTS: usize = 1 << 18;
+
+impl Scratch {
+    fn shrink(&mut self) {
+        for v in [&mut self.xs, &mut self.act] {
+            if v.capacity() > RETAINED_ELEMENTS {
+                *v = Vec::new();
+            }
+        }
+    }
+}
+
 /// Fast: the gate/up pass of every routed expert in one parallel region, then the down pass of
 /// every routed expert in another (two fork/joins per layer whatever the routing), each balanced
 /// over blocks of output rows; every row is computed exactly as the per-expert kernels compute it.
@@ -93,30 +123,57 @@ pub fn run(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check(x, hidden, d, experts, out)?;
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            run_with(x, hidden, d, experts, out, &mut scratch);
+            scratch.shrink();
+        }
+        // A call made while this thread's buffers are in use gets buffers of its own.
+        Err(_) => run_with(x, hidden, d, experts, out, &mut Scratch::default()),
+    });
+    Ok(())
+}
+
+fn run_with(
+    x: &[f32],
+    hidden: usize,
+    d: &Dispatch,
+    experts: &[ExpertMats],
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let Scratch {
+        xs,
+        act,
+        act_at,
+        blocks,
+    } = scratch;
     let routed = d.sorted_slots.len();
     // Every routed row's input, in sorted-row order: expert e's rows are `d.rows_of(e)`.
-    let mut xs = Vec::with_capacity(routed * hidden);
+    xs.clear();
     for r in 0..routed {
         let t = d.token_of_row(r);
         xs.extend_from_slice(&x[t * hidden..(t + 1) * hidden]);
     }
     // Expert e's activations `[count, ffn_e]` start at act_at[e].
-    let mut act_at = Vec::with_capacity(experts.len());
+    act_at.clear();
     let mut act_len = 0;
     for (e, m) in experts.iter().enumerate() {
         act_at.push(act_len);
         act_len += d.rows_of(e).len() * m.w1.rows;
     }
-    let mut act = vec![0f32; act_len];
+    act.clear();
+    act.resize(act_len, 0.0);
     let used = || {
         experts
             .iter()
             .enumerate()
             .filter(|(e, _)| !d.rows_of(*e).is_empty())
     };
+    let (xs, act_at) = (&*xs, &*act_at);
     let ap = SendPtr(act.as_mut_ptr());
-    let blocks = linear::row_blocks(used().map(|(e, m)| (e, m.w1.rows)));
-    linear::for_blocks(&blocks, |b| {
+    linear::row_blocks_into(blocks, used().map(|(e, m)| (e, m.w1.rows)));
+    linear::for_blocks(blocks, |b| {
         let (m, rows) = (&experts[b.mat], d.rows_of(b.mat));
         let xe = &xs[rows.start * hidden..rows.end * hidden];
         // SAFETY: expert b.mat's activations are `[rows.len(), ffn]` at act_at[b.mat], inside act;
@@ -133,10 +190,10 @@ pub fn run(
             )
         };
     });
-    let act = &act;
+    let act = &*act;
     let op = SendPtr(out.as_mut_ptr());
-    let blocks = linear::row_blocks(used().map(|(e, m)| (e, m.w2.rows)));
-    linear::for_blocks(&blocks, |b| {
+    linear::row_blocks_into(blocks, used().map(|(e, m)| (e, m.w2.rows)));
+    linear::for_blocks(blocks, |b| {
         let (m, rows) = (&experts[b.mat], d.rows_of(b.mat));
         let ffn = m.w1.rows;
         let ae = &act[act_at[b.mat]..act_at[b.mat] + rows.len() * ffn];
@@ -146,7 +203,6 @@ pub fn run(
             unsafe { *op.at((rows.start + t) * hidden + r) = v };
         });
     });
-    Ok(())
 }
 
 #[cfg(test)]
@@ -185,8 +241,13 @@ mod tests {
                 w2: Mat::new(WeightData::BF16(&ws[3 * e + 2]), hidden, ffn),
             })
             .collect();
-        // One token (decode), and five tokens with expert 3 unused.
-        for ids in [vec![2u32, 0], vec![1, 0, 1, 2, 0, 2, 1, 0, 2, 1]] {
+        // One token (decode), five tokens with expert 3 unused, and one token again on the
+        // buffers the larger call left.
+        for ids in [
+            vec![2u32, 0],
+            vec![1, 0, 1, 2, 0, 2, 1, 0, 2, 1],
+            vec![3, 1],
+        ] {
             let n = ids.len() / top_k;
             let x = data(n * hidden, 7);
             let d = crate::permute::run(&ids, n_experts, top_k).unwrap();

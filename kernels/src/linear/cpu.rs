@@ -54,6 +54,16 @@ pub(crate) struct RowBlock {
 /// [`for_row_blocks`] cuts it alone, so every row is computed the same way either way.
 pub(crate) fn row_blocks(rows: impl IntoIterator<Item = (usize, usize)>) -> Vec<RowBlock> {
     let mut out = Vec::new();
+    row_blocks_into(&mut out, rows);
+    out
+}
+
+/// [`row_blocks`] into `out` (cleared first), so a caller that keeps `out` allocates nothing.
+pub(crate) fn row_blocks_into(
+    out: &mut Vec<RowBlock>,
+    rows: impl IntoIterator<Item = (usize, usize)>,
+) {
+    out.clear();
     for (mat, rows) in rows {
         let block = rows_per_task(rows);
         let mut start = 0;
@@ -63,7 +73,6 @@ pub(crate) fn row_blocks(rows: impl IntoIterator<Item = (usize, usize)>) -> Vec<
             start = end;
         }
     }
-    out
 }
 
 /// Runs `f` over every block in one parallel region (one fork/join instead of one per matrix).
