@@ -1,8 +1,9 @@
 //! Criterion benches of the MoE ops at the bench checkpoint's shapes (hidden 1024, ffn 3584,
 //! 8 experts, top-2, 16 / 4 heads of 64): router with its load counters, the grouped expert FFN in
-//! bf16 and f32, and attention for decode and prefill.
+//! bf16 and f32 (also batch 1 with its weights streamed from memory, as decode reads them), and
+//! attention for decode and prefill.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use moe_benches::uniform;
 use moe_kernels::attention::{self, Attention, AttnSeq};
@@ -129,6 +130,105 @@ fn experts(c: &mut Criterion) {
     }
 }
 
+/// Batch-1 expert FFN with its weights coming from memory, as in decode: each iteration takes the
+/// next of `LAYERS` distinct pairs of experts (bf16 44 MB a pair, 528 MB in all, held in 2 MiB
+/// pages as the checkpoint's maps are), where `expert_ffn_*/tokens/1` repeats two experts that
+/// a 32 MiB L3 partly keeps. Reported as bytes of weights read per second.
+fn experts_streamed(c: &mut Criterion) {
+    const LAYERS: usize = 12;
+    let mut g = c.benchmark_group("expert_ffn_streamed");
+    g.sample_size(10);
+    let per_matrix = FFN * HIDDEN;
+    for (name, size) in [("bf16", 2usize), ("f32", 4)] {
+        let elements = LAYERS * 2 * 3 * per_matrix;
+        let Ok(mut map) = memmap2::MmapMut::map_anon(elements * size) else {
+            eprintln!(
+                "expert_ffn_streamed/{name}: no memory for {} MB",
+                elements * size >> 20
+            );
+            continue;
+        };
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let fill = uniform(per_matrix, 5);
+        let mats: Vec<Vec<ExpertMats>> = if size == 2 {
+            let w: &mut [bf16] = bytemuck::cast_slice_mut(&mut map);
+            for chunk in w.chunks_mut(per_matrix) {
+                for (o, v) in chunk.iter_mut().zip(&fill) {
+                    *o = bf16::from_f32(v * 0.04);
+                }
+            }
+            let w: &[bf16] = w;
+            let m = |i: usize, rows, cols| {
+                Mat::new(
+                    WeightData::BF16(&w[i * per_matrix..(i + 1) * per_matrix]),
+                    rows,
+                    cols,
+                )
+            };
+            layer_pairs(LAYERS, |i| {
+                (
+                    m(3 * i, FFN, HIDDEN),
+                    m(3 * i + 1, FFN, HIDDEN),
+                    m(3 * i + 2, HIDDEN, FFN),
+                )
+            })
+        } else {
+            let w: &mut [f32] = bytemuck::cast_slice_mut(&mut map);
+            for chunk in w.chunks_mut(per_matrix) {
+                for (o, v) in chunk.iter_mut().zip(&fill) {
+                    *o = v * 0.04;
+                }
+            }
+            let w: &[f32] = w;
+            let m = |i: usize, rows, cols| {
+                Mat::new(
+                    WeightData::F32(&w[i * per_matrix..(i + 1) * per_matrix]),
+                    rows,
+                    cols,
+                )
+            };
+            layer_pairs(LAYERS, |i| {
+                (
+                    m(3 * i, FFN, HIDDEN),
+                    m(3 * i + 1, FFN, HIDDEN),
+                    m(3 * i + 2, HIDDEN, FFN),
+                )
+            })
+        };
+        let x = uniform(HIDDEN, 11);
+        let d = permute::run(&[0, 1], EXPERTS, 2).unwrap();
+        let mut out = vec![0f32; 2 * HIDDEN];
+        let mut layer = 0;
+        g.throughput(Throughput::Bytes((2 * 3 * per_matrix * size) as u64));
+        g.bench_function(BenchmarkId::new(name, "tokens/1"), |b| {
+            b.iter(|| {
+                layer = (layer + 1) % LAYERS;
+                expert_ffn::cpu::run(&x, HIDDEN, &d, &mats[layer], &mut out).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// For each layer, the expert list the routing sees: experts 0 and 1 are the layer's own pair
+/// (`mats(2 * layer)`, `mats(2 * layer + 1)`: w1, w3, w2), the rest repeat them and get no token.
+fn layer_pairs<'a>(
+    layers: usize,
+    mats: impl Fn(usize) -> (Mat<'a>, Mat<'a>, Mat<'a>),
+) -> Vec<Vec<ExpertMats<'a>>> {
+    (0..layers)
+        .map(|l| {
+            (0..EXPERTS)
+                .map(|e| {
+                    let (w1, w3, w2) = mats(2 * l + e % 2);
+                    ExpertMats { w1, w3, w2 }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Attention at the bench checkpoint's heads (16 query / 4 KV heads of 64): one decoded token
 /// against caches of 512 and 4096 positions, and a whole 512-token prompt.
 fn attention(c: &mut Criterion) {
@@ -165,5 +265,5 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, router, experts, attention);
+criterion_group!(benches, router, experts, experts_streamed, attention);
 criterion_main!(benches);
