@@ -150,51 +150,10 @@ fn experts_streamed(c: &mut Criterion) {
         };
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
-        let fill = uniform(per_matrix, 5);
-        let mats: Vec<Vec<ExpertMats>> = if size == 2 {
-            let w: &mut [bf16] = bytemuck::cast_slice_mut(&mut map);
-            for chunk in w.chunks_mut(per_matrix) {
-                for (o, v) in chunk.iter_mut().zip(&fill) {
-                    *o = bf16::from_f32(v * 0.04);
-                }
-            }
-            let w: &[bf16] = w;
-            let m = |i: usize, rows, cols| {
-                Mat::new(
-                    WeightData::BF16(&w[i * per_matrix..(i + 1) * per_matrix]),
-                    rows,
-                    cols,
-                )
-            };
-            layer_pairs(LAYERS, |i| {
-                (
-                    m(3 * i, FFN, HIDDEN),
-                    m(3 * i + 1, FFN, HIDDEN),
-                    m(3 * i + 2, HIDDEN, FFN),
-                )
-            })
+        let mats = if size == 2 {
+            layer_pairs(fill(&mut map, bf16::from_f32), WeightData::BF16, LAYERS)
         } else {
-            let w: &mut [f32] = bytemuck::cast_slice_mut(&mut map);
-            for chunk in w.chunks_mut(per_matrix) {
-                for (o, v) in chunk.iter_mut().zip(&fill) {
-                    *o = v * 0.04;
-                }
-            }
-            let w: &[f32] = w;
-            let m = |i: usize, rows, cols| {
-                Mat::new(
-                    WeightData::F32(&w[i * per_matrix..(i + 1) * per_matrix]),
-                    rows,
-                    cols,
-                )
-            };
-            layer_pairs(LAYERS, |i| {
-                (
-                    m(3 * i, FFN, HIDDEN),
-                    m(3 * i + 1, FFN, HIDDEN),
-                    m(3 * i + 2, HIDDEN, FFN),
-                )
-            })
+            layer_pairs(fill(&mut map, |v| v), WeightData::F32, LAYERS)
         };
         let x = uniform(HIDDEN, 11);
         let d = permute::run(&[0, 1], EXPERTS, 2).unwrap();
@@ -211,18 +170,39 @@ fn experts_streamed(c: &mut Criterion) {
     g.finish();
 }
 
-/// For each layer, the expert list the routing sees: experts 0 and 1 are the layer's own pair
-/// (`mats(2 * layer)`, `mats(2 * layer + 1)`: w1, w3, w2), the rest repeat them and get no token.
-fn layer_pairs<'a>(
+/// Fills `map` with the same matrix of weights over and over, as `T`.
+fn fill<T: bytemuck::Pod>(map: &mut [u8], from_f32: impl Fn(f32) -> T) -> &[T] {
+    let one: Vec<T> = uniform(FFN * HIDDEN, 5)
+        .into_iter()
+        .map(|v| from_f32(v * 0.04))
+        .collect();
+    let w: &mut [T] = bytemuck::cast_slice_mut(map);
+    for chunk in w.chunks_mut(one.len()) {
+        chunk.copy_from_slice(&one[..chunk.len()]);
+    }
+    w
+}
+
+/// For each of `layers` layers, the expert list the routing sees: experts 0 and 1 are the
+/// layer's own pair of consecutive (w1, w3, w2) triples in `w`, the rest repeat them and get no
+/// token.
+fn layer_pairs<'a, T>(
+    w: &'a [T],
+    data: impl Fn(&'a [T]) -> WeightData<'a>,
     layers: usize,
-    mats: impl Fn(usize) -> (Mat<'a>, Mat<'a>, Mat<'a>),
 ) -> Vec<Vec<ExpertMats<'a>>> {
+    let n = FFN * HIDDEN;
+    let mat = |i: usize, rows, cols| Mat::new(data(&w[i * n..(i + 1) * n]), rows, cols);
     (0..layers)
         .map(|l| {
             (0..EXPERTS)
                 .map(|e| {
-                    let (w1, w3, w2) = mats(2 * l + e % 2);
-                    ExpertMats { w1, w3, w2 }
+                    let at = 3 * (2 * l + e % 2);
+                    ExpertMats {
+                        w1: mat(at, FFN, HIDDEN),
+                        w3: mat(at + 1, FFN, HIDDEN),
+                        w2: mat(at + 2, HIDDEN, FFN),
+                    }
                 })
                 .collect()
         })
