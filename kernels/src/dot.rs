@@ -37,6 +37,23 @@ pub fn dot(x: &[f32], w: WeightData) -> f32 {
 #[cfg(target_arch = "x86_64")]
 const MIN_PREFETCH_AHEAD_BYTES: usize = 12 << 10;
 
+/// The largest quad of rows a matrix-vector product prefetches with the non-temporal hint: half
+/// of the smallest L1 data cache it meets (32 KiB), since the prefetch runs about a quad ahead
+/// (at least [`MIN_PREFETCH_AHEAD_BYTES`]). Larger quads (rows over 1024 elements in f32, over
+/// 2048 in bf16/f16) take `_MM_HINT_T0`, so their lines wait in L2 instead.
+#[cfg(target_arch = "x86_64")]
+const NON_TEMPORAL_QUAD_BYTES: usize = 16 << 10;
+
+/// How a matrix-vector product (each weight read once) prefetches the rows after a quad of
+/// `quad_bytes`: how many bytes past the quad's start, and whether non-temporally.
+#[cfg(target_arch = "x86_64")]
+fn matvec_prefetch(quad_bytes: usize) -> (usize, bool) {
+    (
+        quad_bytes.max(MIN_PREFETCH_AHEAD_BYTES),
+        quad_bytes <= NON_TEMPORAL_QUAD_BYTES,
+    )
+}
+
 /// Four dot products of one activation row with four weight rows of the same dtype; the row of
 /// `x` is loaded once for all four.
 #[inline]
@@ -396,13 +413,6 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// The largest quad of rows the four-row product prefetches with the non-temporal hint: half
-    /// of the smallest L1 data cache it meets (32 KiB), since the prefetch runs about a quad
-    /// ahead (at least [`super::MIN_PREFETCH_AHEAD_BYTES`]).
-    /// Larger quads (rows over 1024 elements in f32, over 2048 in bf16/f16) take `_MM_HINT_T0`,
-    /// so their lines wait in L2 instead.
-    const NON_TEMPORAL_QUAD_BYTES: usize = 16 << 10;
-
     /// With four more rows of the matrix after the quad that starts at `first_row` (rows of `k`
     /// elements), streams in what step `i` (elements `i..i + 8` of each row) will need of them:
     /// one cache line for 2-byte weights, two for f32. `HINT`: `_MM_HINT_NTA` for lines read
@@ -480,12 +490,10 @@ mod avx2 {
                 let mut a3 = _mm256_setzero_ps();
                 let mut i = 0;
                 // With PREFETCH the caller promises the next four rows follow these in memory
-                // (rows of one matrix): stream them in as these are read. A matrix-vector product
-                // reads each weight once, so the prefetch is non-temporal where the quad ahead is
-                // small enough to wait in L1 until it is read.
-                let quad_bytes = 4 * n * std::mem::size_of::<$t>();
-                let non_temporal = quad_bytes <= NON_TEMPORAL_QUAD_BYTES;
-                let ahead = quad_bytes.max(super::MIN_PREFETCH_AHEAD_BYTES);
+                // (rows of one matrix): stream them in as these are read, as a matrix-vector
+                // product does.
+                let (ahead, non_temporal) =
+                    super::matvec_prefetch(4 * n * std::mem::size_of::<$t>());
                 while i + 8 <= n {
                     if PREFETCH {
                         if non_temporal {
@@ -937,15 +945,13 @@ mod avx512bf16 {
         let p = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
         let mut acc = [[_mm512_setzero_ps(); 4]; M];
         // Only the first tile of a quad prefetches, so a one-token tile that prefetches is a
-        // matrix-vector product, which reads each weight once: its lines are streamed in
-        // non-temporally and at least `MIN_PREFETCH_AHEAD_BYTES` ahead, as in the four-row
-        // product (decode with bf16 activations ×1.03). Taller tiles keep T0: later tokens'
-        // tiles read the quad again.
+        // matrix-vector product and streams as one; taller tiles stream the next quad into the
+        // caches, since later tokens' tiles read each quad again.
         let quad_bytes = 4 * k * 2;
-        let ahead = if M == 1 {
-            quad_bytes.max(super::MIN_PREFETCH_AHEAD_BYTES)
+        let (ahead, non_temporal) = if M == 1 {
+            super::matvec_prefetch(quad_bytes)
         } else {
-            quad_bytes
+            (quad_bytes, false)
         };
         let ahead = (p[0] as *const i8).wrapping_add(ahead);
         let mut i = 0;
@@ -954,7 +960,7 @@ mod avx512bf16 {
                 // 128 elements of the quad ahead per step: four lines.
                 let at = ahead.wrapping_add(i * 4 * 2);
                 for line in 0..4 {
-                    if M == 1 {
+                    if non_temporal {
                         _mm_prefetch::<_MM_HINT_NTA>(at.wrapping_add(64 * line));
                     } else {
                         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line));
