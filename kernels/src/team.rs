@@ -4,9 +4,18 @@
 //! A decode step is ≈ 40 short parallel regions (tens of µs each). With plain rayon, a worker that
 //! finds no work between two regions soon goes to sleep, and the next region waits for it to be
 //! woken (a cross-core wake-up, dearer still in a virtual machine). Inside [`with_team`] every
-//! other rayon worker instead spins on a shared counter for the whole pass, so a region starts on
-//! all cores at once; the cores are the pass's anyway. Outside a team, [`parallel_for`] is
-//! rayon's `for_each`.
+//! other rayon worker instead spins on the team's state word for the whole pass, so a region
+//! starts on all cores at once; the cores are the pass's anyway. Outside a team, [`parallel_for`]
+//! is rayon's `for_each`.
+//!
+//! A team region hands each thread a contiguous run of the items (thread `t` of `T` owns
+//! `[t·n/T, (t+1)·n/T)`), which it takes one at a time from the front; a thread whose run is
+//! done takes items one at a time from the back of the others', so no core idles while items
+//! remain. Items are row blocks of a matrix in memory order, so a thread streams one contiguous
+//! range and the prefetch that runs past the end of its block reads its own next block; handed
+//! out from one shared counter, consecutive blocks alternated between the threads, and every
+//! block started a cold stream while the prefetch past its end read a block another thread had
+//! already read (batch-1 bf16 decode ×1.04 in one process, 11 of 12 rounds faster).
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -16,18 +25,30 @@ use std::sync::Mutex;
 type Job<'a> = &'a (dyn Fn(usize) + Sync + 'a);
 type Panic = Box<dyn std::any::Any + Send>;
 
-/// The team's state word: a region's generation, its item count and the next item to claim, so
-/// one compare-and-swap both checks that the region is still the one seen and claims an item.
+/// Items per region at most, and the width of an item index in the packed words below.
 const IDX_BITS: u32 = 20;
 const MAX_ITEMS: u64 = (1 << IDX_BITS) - 1;
+/// Regions are numbered modulo 2^24: a generation tells a word of the current region from a
+/// stale one.
 const GEN_SHIFT: u32 = 2 * IDX_BITS;
+const GEN_MASK: u64 = (1 << 24) - 1;
 
-fn split(s: u64) -> (u64, u64, u64) {
+/// A thread's run of items: `(generation, front, back)` in one word, so one compare-and-swap
+/// both checks the region and claims the item at either end.
+fn pack_run(gen: u64, front: u64, back: u64) -> u64 {
+    (gen & GEN_MASK) << GEN_SHIFT | front << IDX_BITS | back
+}
+
+fn unpack_run(s: u64) -> (u64, u64, u64) {
     (s >> GEN_SHIFT, (s >> IDX_BITS) & MAX_ITEMS, s & MAX_ITEMS)
 }
 
 struct Team {
-    state: AtomicU64,
+    /// The current region's generation (the members watch it for a new region).
+    gen: AtomicU64,
+    /// Each thread's run of the current region's items; index 0 is the thread that runs the
+    /// pass, 1.. the members.
+    runs: Vec<AtomicU64>,
     /// The current region's job, on the stack of the thread that started it; read only by a
     /// thread holding a claimed item, and the region does not end before every item is done.
     job: AtomicPtr<()>,
@@ -44,44 +65,76 @@ thread_local! {
 }
 
 impl Team {
-    /// Claims and runs items of generation `gen` until none is left.
-    fn work(&self, gen: u64) {
-        loop {
-            let s = self.state.load(Ordering::Acquire);
-            let (g, n, next) = split(s);
-            if g != gen || next >= n {
-                return;
-            }
-            if self
-                .state
-                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                continue;
-            }
-            // SAFETY: the item is claimed, so its region has not ended and `job` points to its
-            // live job (stored before the region's state word was published).
-            let job: Job = unsafe { *(self.job.load(Ordering::Acquire) as *const Job) };
-            IN_ITEM.set(true);
-            let r = catch_unwind(AssertUnwindSafe(|| job(next as usize)));
-            IN_ITEM.set(false);
-            if let Err(p) = r {
-                self.panic
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(p);
-            }
-            self.done.fetch_add(1, Ordering::Release);
+    fn new(threads: usize) -> Self {
+        Team {
+            gen: AtomicU64::new(0),
+            runs: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            panic: Mutex::new(None),
         }
     }
 
-    /// A member's loop: help with every region until the pass stops.
-    fn spin(&self) {
+    /// Claims one item of generation `gen` from run `r`: its front when `own`, else its back.
+    fn claim(&self, gen: u64, r: usize, own: bool) -> Option<u64> {
+        let run = &self.runs[r];
+        loop {
+            let s = run.load(Ordering::Acquire);
+            let (g, front, back) = unpack_run(s);
+            if g != gen || front >= back {
+                return None;
+            }
+            let (item, claimed) = if own {
+                (front, pack_run(g, front + 1, back))
+            } else {
+                (back - 1, pack_run(g, front, back - 1))
+            };
+            if run
+                .compare_exchange_weak(s, claimed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Runs thread `me`'s items of generation `gen`, then those left in the other runs.
+    fn work(&self, gen: u64, me: usize) {
+        let threads = self.runs.len();
+        for k in 0..threads {
+            let r = (me + k) % threads;
+            while let Some(item) = self.claim(gen, r, k == 0) {
+                self.run_item(item as usize);
+            }
+        }
+    }
+
+    fn run_item(&self, item: usize) {
+        // SAFETY: the item is claimed, so its region has not ended and `job` points to its live
+        // job (stored before the region's runs were published).
+        let job: Job = unsafe { *(self.job.load(Ordering::Acquire) as *const Job) };
+        IN_ITEM.set(true);
+        let r = catch_unwind(AssertUnwindSafe(|| job(item)));
+        IN_ITEM.set(false);
+        if let Err(p) = r {
+            self.panic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(p);
+        }
+        self.done.fetch_add(1, Ordering::Release);
+    }
+
+    /// Member `me`'s loop: help with every region until the pass stops.
+    fn spin(&self, me: usize) {
+        let mut seen = self.gen.load(Ordering::Acquire);
         let mut idle = 0u32;
         while !self.stop.load(Ordering::Acquire) {
-            let (g, n, next) = split(self.state.load(Ordering::Acquire));
-            if next < n {
-                self.work(g);
+            let gen = self.gen.load(Ordering::Acquire);
+            if gen != seen {
+                seen = gen;
+                self.work(gen, me);
                 idle = 0;
             } else if idle < 1 << 16 {
                 idle += 1;
@@ -93,15 +146,28 @@ impl Team {
         }
     }
 
+    /// Starts a region of `n` items (its job already stored): cuts them into the threads' runs,
+    /// then announces the new generation, which it returns.
+    fn publish(&self, n: usize) -> u64 {
+        let gen = (self.gen.load(Ordering::Relaxed) + 1) & GEN_MASK;
+        let (threads, items) = (self.runs.len() as u64, n as u64);
+        for (t, run) in (0..).zip(&self.runs) {
+            run.store(
+                pack_run(gen, t * items / threads, (t + 1) * items / threads),
+                Ordering::Release,
+            );
+        }
+        self.gen.store(gen, Ordering::Release);
+        gen
+    }
+
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         let job: Job = f;
         self.job
             .store(&job as *const Job as *mut (), Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
-        let gen = (split(self.state.load(Ordering::Relaxed)).0 + 1) & ((1 << (64 - GEN_SHIFT)) - 1);
-        self.state
-            .store(gen << GEN_SHIFT | (n as u64) << IDX_BITS, Ordering::Release);
-        self.work(gen);
+        let gen = self.publish(n);
+        self.work(gen, 0);
         while self.done.load(Ordering::Acquire) < n {
             std::hint::spin_loop();
         }
@@ -155,18 +221,14 @@ pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if !TEAM.get().is_null() || IN_ITEM.get() {
         return f();
     }
-    let team = Team {
-        state: AtomicU64::new(0),
-        job: AtomicPtr::new(std::ptr::null_mut()),
-        done: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-        panic: Mutex::new(None),
-    };
+    let threads = rayon::current_num_threads().max(1);
+    let team = Team::new(threads);
     let team = &team;
     rayon::scope(|s| {
-        for _ in 1..rayon::current_num_threads() {
-            // A member that starts after the pass (its worker was busy) returns at once.
-            s.spawn(move |_| team.spin());
+        for me in 1..threads {
+            // A member that starts after the pass (its worker was busy) returns at once; one
+            // that starts late finds its run taken by the others.
+            s.spawn(move |_| team.spin(me));
         }
         struct Leave<'a>(&'a Team);
         impl Drop for Leave<'_> {
@@ -185,6 +247,25 @@ pub fn with_team<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn each_run_is_taken_from_its_front_by_its_owner_and_from_its_back_by_others() {
+        let team = Team::new(3);
+        let gen = team.publish(10);
+        // Runs of 10 items over 3 threads: [0, 3), [3, 6), [6, 10).
+        let take = |r, own| std::iter::from_fn(|| team.claim(gen, r, own)).collect::<Vec<_>>();
+        assert_eq!(take(0, true), [0, 1, 2]);
+        assert_eq!(take(1, false), [5, 4, 3]);
+        assert_eq!(team.claim(gen, 2, true), Some(6));
+        assert_eq!(team.claim(gen, 2, false), Some(9));
+        // A stale generation claims nothing; the next region's runs start afresh.
+        let next = team.publish(2);
+        assert_eq!(team.claim(gen, 2, true), None);
+        assert_eq!(take(0, true), Vec::<u64>::new());
+        assert_eq!(team.claim(next, 0, true), None);
+        assert_eq!(team.claim(next, 1, true), Some(0));
+        assert_eq!(team.claim(next, 2, true), Some(1));
+    }
 
     #[test]
     fn every_item_runs_once_in_and_out_of_a_team() {
