@@ -1127,13 +1127,21 @@ static BF16_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::Atom
 
 fn run(cli: Cli) -> Result<()> {
     BF16_ACTIVATIONS.store(cli.bf16_activations, std::sync::atomic::Ordering::Relaxed);
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
+    if cli.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    // Every command but `serve` runs its forward passes on this thread. As the pool's first
+    // worker it leads each pass's team itself; from outside the pool it would hand each pass to
+    // a worker and sleep until woken with the result (≈ 70 µs of a decode step here).
+    let passes_here = !matches!(cli.command, Command::Serve { .. });
+    if cli.threads.is_some() || passes_here {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(cli.threads.unwrap_or(0));
+        if passes_here {
+            pool.use_current_thread()
+        } else {
+            pool
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
+        .build_global()?;
     }
     let device = Device::parse(&cli.device)?;
     let mut out = std::io::stdout().lock();
