@@ -152,6 +152,14 @@ impl Backend for CpuBackend {
         Ok(rope::cpu::run(r, &mut x.data, positions)?)
     }
 
+    fn rope_qk(&self, q: &mut CpuAct, k: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {
+        Ok(rope::cpu::run_many(
+            r,
+            &mut [&mut q.data, &mut k.data],
+            positions,
+        )?)
+    }
+
     fn attention(
         &self,
         layer: usize,
