@@ -4,7 +4,7 @@
 //! A decode step is ≈ 40 short parallel regions (tens of µs each). With plain rayon, a worker that
 //! finds no work between two regions soon goes to sleep, and the next region waits for it to be
 //! woken (a cross-core wake-up, dearer still in a virtual machine). Inside [`with_team`] every
-//! other rayon worker instead spins on the team's state word for the whole pass, so a region
+//! other rayon worker instead spins on the team's region number for the whole pass, so a region
 //! starts on all cores at once; the cores are the pass's anyway. Outside a team, [`parallel_for`]
 //! is rayon's `for_each`.
 //!
