@@ -298,6 +298,8 @@ impl<B: Backend> Mixtral<B> {
         let mut x = b.zeros(n, h)?;
         b.embed(&self.embed, &ids, &mut x)?;
         tap(trace, "embeddings", &x, h)?;
+        // Per-layer tap keys are formatted only for a trace that records.
+        let tracing = trace.enabled();
 
         let mut normed = b.zeros(n, h)?;
         let mut q = b.zeros(n, cfg.q_width())?;
@@ -350,9 +352,10 @@ impl<B: Backend> Mixtral<B> {
                 &mut normed,
             )?;
             let taps = MoeTaps {
-                router_logits: trace.wants(&format!("layer.{l}.router_logits")),
-                routing: trace.wants(&format!("layer.{l}.topk_experts"))
-                    || trace.wants(&format!("layer.{l}.topk_weights")),
+                router_logits: tracing && trace.wants(&format!("layer.{l}.router_logits")),
+                routing: tracing
+                    && (trace.wants(&format!("layer.{l}.topk_experts"))
+                        || trace.wants(&format!("layer.{l}.topk_weights"))),
             };
             let routed = b.moe(
                 l,
@@ -382,7 +385,9 @@ impl<B: Backend> Mixtral<B> {
                     trace.record(&key, r.top_k, &r.weights);
                 }
             }
-            tap(trace, &format!("layer.{l}.hidden_out"), &x, h)?;
+            if tracing {
+                tap(trace, &format!("layer.{l}.hidden_out"), &x, h)?;
+            }
             if let Some(next) = self.layers.get(l + 1) {
                 b.rms_norm(&x, &next.input_norm, cfg.rms_norm_eps, &mut normed)?;
             }
