@@ -211,16 +211,43 @@ pub fn run_many(x: &[f32], n: usize, ws: &[Mat], ys: &mut [&mut [f32]]) -> Resul
     for (w, y) in ws.iter().zip(ys.iter()) {
         check(x, n, w, y)?;
     }
-    let ptrs: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
-    let blocks = row_blocks(ws.iter().map(|w| w.rows).enumerate());
-    for_blocks(&blocks, |b| {
-        let (w, yp) = (&ws[b.mat], ptrs[b.mat]);
-        let out = w.rows;
-        block_dots(x, n, w, b.start, b.end, |t, r, v| {
-            // SAFETY: blocks are disjoint (matrix, rows) ranges and each matrix has its own
-            // output; t < n and r < out keep the index inside ys[b.mat] (length checked above).
-            unsafe { *yp.at(t * out + r) = v };
-        });
+    thread_local! {
+        /// The row blocks of the last call, kept per thread so a call does not allocate.
+        static BLOCKS: std::cell::RefCell<Vec<RowBlock>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    // The outputs' pointers on the stack for the usual few matrices (q, k, v).
+    const ON_STACK: usize = 4;
+    let mut stack = [SendPtr(std::ptr::null_mut()); ON_STACK];
+    let heap: Vec<SendPtr>;
+    let ptrs: &[SendPtr] = if ys.len() <= ON_STACK {
+        for (p, y) in stack.iter_mut().zip(ys.iter_mut()) {
+            *p = SendPtr(y.as_mut_ptr());
+        }
+        &stack[..ys.len()]
+    } else {
+        heap = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
+        &heap
+    };
+    let run_blocks = |blocks: &[RowBlock]| {
+        for_blocks(blocks, |b| {
+            let (w, yp) = (&ws[b.mat], ptrs[b.mat]);
+            let out = w.rows;
+            block_dots(x, n, w, b.start, b.end, |t, r, v| {
+                // SAFETY: blocks are disjoint (matrix, rows) ranges and each matrix has its own
+                // output; t < n and r < out keep the index inside ys[b.mat] (length checked
+                // above).
+                unsafe { *yp.at(t * out + r) = v };
+            });
+        })
+    };
+    let rows = ws.iter().map(|w| w.rows).enumerate();
+    BLOCKS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut blocks) => {
+            row_blocks_into(&mut blocks, rows);
+            run_blocks(&blocks);
+        }
+        // A nested call on this thread (an item of an outer region): its own list.
+        Err(_) => run_blocks(&row_blocks(rows)),
     });
     Ok(())
 }
