@@ -246,7 +246,8 @@ pub fn run_many(x: &[f32], n: usize, ws: &[Mat], ys: &mut [&mut [f32]]) -> Resul
             row_blocks_into(&mut blocks, rows);
             run_blocks(&blocks);
         }
-        // A nested call on this thread (an item of an outer region): its own list.
+        // Re-entered on this thread (outside a team, rayon may run another pass's work here
+        // while this call waits): that call takes its own list.
         Err(_) => run_blocks(&row_blocks(rows)),
     });
     Ok(())
