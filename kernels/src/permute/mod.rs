@@ -18,6 +18,18 @@ pub struct Dispatch {
     pub slot_rows: Vec<u32>,
 }
 
+/// No experts and no rows.
+impl Default for Dispatch {
+    fn default() -> Self {
+        Dispatch {
+            top_k: 1,
+            expert_offsets: vec![0],
+            sorted_slots: Vec::new(),
+            slot_rows: Vec::new(),
+        }
+    }
+}
+
 impl Dispatch {
     pub fn n_experts(&self) -> usize {
         self.expert_offsets.len() - 1
@@ -36,40 +48,60 @@ impl Dispatch {
 
 /// Counting sort by expert: O(n_tokens · top_k).
 pub fn run(expert_ids: &[u32], n_experts: usize, top_k: usize) -> Result<Dispatch, KernelError> {
-    if top_k == 0 || expert_ids.len() % top_k != 0 {
-        return Err(KernelError::Invalid {
+    let mut d = Dispatch::default();
+    run_into(expert_ids, n_experts, top_k, &mut d)?;
+    Ok(d)
+}
+
+/// [`run`] into `d`, reusing its vectors (a caller that keeps `d` allocates nothing once they
+/// are large enough). On an error `d` is left an empty dispatch.
+pub fn run_into(
+    expert_ids: &[u32],
+    n_experts: usize,
+    top_k: usize,
+    d: &mut Dispatch,
+) -> Result<(), KernelError> {
+    let invalid = |d: &mut Dispatch, message: String| {
+        *d = Dispatch::default();
+        Err(KernelError::Invalid {
             op: "permute",
-            message: format!("{} expert ids for top_k {top_k}", expert_ids.len()),
-        });
+            message,
+        })
+    };
+    if top_k == 0 || expert_ids.len() % top_k != 0 {
+        return invalid(
+            d,
+            format!("{} expert ids for top_k {top_k}", expert_ids.len()),
+        );
     }
-    let mut offsets = vec![0u32; n_experts + 1];
+    d.top_k = top_k;
+    let offsets = &mut d.expert_offsets;
+    offsets.clear();
+    offsets.resize(n_experts + 1, 0);
     for &e in expert_ids {
         if e as usize >= n_experts {
-            return Err(KernelError::Invalid {
-                op: "permute",
-                message: format!("expert id {e} with {n_experts} experts"),
-            });
+            return invalid(d, format!("expert id {e} with {n_experts} experts"));
         }
         offsets[e as usize + 1] += 1;
     }
     for e in 0..n_experts {
         offsets[e + 1] += offsets[e];
     }
-    let mut cursor = offsets.clone();
-    let mut sorted_slots = vec![0u32; expert_ids.len()];
-    let mut slot_rows = vec![0u32; expert_ids.len()];
+    d.sorted_slots.clear();
+    d.sorted_slots.resize(expert_ids.len(), 0);
+    d.slot_rows.clear();
+    d.slot_rows.resize(expert_ids.len(), 0);
+    // offsets[e] serves as expert e's cursor, which ends at e's end (the next start); shifting
+    // the ends up by one expert gives the starts back.
     for (slot, &e) in expert_ids.iter().enumerate() {
-        let row = cursor[e as usize];
-        cursor[e as usize] += 1;
-        sorted_slots[row as usize] = slot as u32;
-        slot_rows[slot] = row;
+        let row = offsets[e as usize];
+        offsets[e as usize] += 1;
+        d.sorted_slots[row as usize] = slot as u32;
+        d.slot_rows[slot] = row;
     }
-    Ok(Dispatch {
-        top_k,
-        expert_offsets: offsets,
-        sorted_slots,
-        slot_rows,
-    })
+    offsets.copy_within(0..n_experts, 1);
+    offsets[0] = 0;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -85,5 +117,21 @@ mod tests {
         }
         assert_eq!(d.token_of_row(3), 1);
         assert!(super::run(&[5], 4, 1).is_err());
+    }
+
+    #[test]
+    fn a_reused_dispatch_is_the_fresh_one() {
+        let mut d = super::run(&[1, 0, 3, 3, 2, 0, 1, 1], 4, 2).unwrap();
+        for (ids, experts, k) in [
+            (vec![2u32, 0, 1, 2, 2, 3], 4, 2),
+            (vec![0, 0], 1, 1),
+            (vec![4, 1, 1, 0, 4, 2, 3, 3, 0], 6, 3),
+        ] {
+            super::run_into(&ids, experts, k, &mut d).unwrap();
+            assert_eq!(d, super::run(&ids, experts, k).unwrap());
+        }
+        assert!(super::run_into(&[7], 4, 1, &mut d).is_err());
+        assert_eq!(d, super::Dispatch::default());
+        assert_eq!(d.n_experts(), 0);
     }
 }
