@@ -43,8 +43,17 @@ pub fn run(
 ) -> Result<(), KernelError> {
     let n = check(p, logits, expert_ids, weights, load)?;
     let (e, k) = (p.n_experts, p.top_k);
-    let mut probs = vec![0f32; e];
-    let mut order: Vec<usize> = (0..e).collect();
+    // Up to `ON_STACK` experts (Mixtral has 8) the per-token buffers live on the stack.
+    const ON_STACK: usize = 64;
+    let (mut probs_stack, mut order_stack) = ([0f32; ON_STACK], [0usize; ON_STACK]);
+    let (mut probs_heap, mut order_heap) = (Vec::new(), Vec::new());
+    let (probs, order) = if e <= ON_STACK {
+        (&mut probs_stack[..e], &mut order_stack[..e])
+    } else {
+        probs_heap.resize(e, 0f32);
+        order_heap.resize(e, 0usize);
+        (&mut probs_heap[..], &mut order_heap[..])
+    };
     for t in 0..n {
         let row = &logits[t * e..(t + 1) * e];
         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -121,6 +130,32 @@ mod tests {
         assert_eq!(load.coselect.iter().sum::<u64>(), 6);
         let mass: f64 = load.prob_mass.iter().sum();
         assert!((mass - 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn more_experts_than_the_stack_holds_route_the_same_way() {
+        // 100 experts: the buffers come from the heap; two tokens, the second with a tie.
+        let p = RouterTopK {
+            n_experts: 100,
+            top_k: 3,
+        };
+        let mut logits = vec![0f32; 200];
+        logits[70] = 3.0;
+        logits[99] = 4.0;
+        logits[5] = 2.0;
+        logits[100 + 80] = 1.0;
+        logits[100 + 64] = 1.0;
+        logits[100 + 65] = 2.0;
+        let (mut ids, mut w) = ([0u32; 6], [0f32; 6]);
+        let mut load = ExpertLoad::new(100);
+        run(&p, &logits, &mut ids, &mut w, &mut load).unwrap();
+        assert_eq!(ids, [99, 70, 5, 65, 64, 80]);
+        let z: f32 = [4.0f32, 3.0, 2.0].iter().map(|l| l.exp()).sum();
+        for (j, l) in [4.0f32, 3.0, 2.0].into_iter().enumerate() {
+            assert!((w[j] - l.exp() / z).abs() < 1e-6, "weight {j}: {}", w[j]);
+        }
+        assert_eq!(load.tokens, 2);
+        assert_eq!(load.expert_tokens.iter().sum::<u64>(), 6);
     }
 
     #[test]
