@@ -47,6 +47,82 @@ fn shape_err(what: &str, a: usize, b: usize) -> Error {
     })
 }
 
+/// The MoE block's buffers, kept per thread across calls so that a warm decode step's MoE
+/// allocates only its list of expert matrices.
+#[derive(Default)]
+struct MoeScratch {
+    logits: Vec<f32>,
+    expert_ids: Vec<u32>,
+    weights: Vec<f32>,
+    dispatch: permute::Dispatch,
+    expert_out: Vec<f32>,
+}
+
+thread_local! {
+    static MOE_SCRATCH: std::cell::RefCell<MoeScratch> = std::cell::RefCell::new(MoeScratch::default());
+}
+
+/// Buffers above this many elements (a long prompt's) are freed after the call.
+const MOE_RETAINED_ELEMENTS: usize = 1 << 18;
+
+/// Resizes `v` to `len` elements, all `fill`, reusing its allocation.
+fn refill<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
+    v.clear();
+    v.resize(len, fill);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn moe_with(
+    x: &CpuAct,
+    gate: &WeightTensor,
+    experts: &[ExpertWeights<WeightTensor>],
+    p: &RouterTopK,
+    load: &mut ExpertLoad,
+    residual: &mut CpuAct,
+    taps: MoeTaps,
+    s: &mut MoeScratch,
+) -> Result<MoeTrace> {
+    let n = x.rows;
+    let routed = n * p.top_k;
+    refill(&mut s.logits, n * p.n_experts, 0.0);
+    linear::cpu::run(&x.data, n, &gate.mat(), &mut s.logits)?;
+    refill(&mut s.expert_ids, routed, 0);
+    refill(&mut s.weights, routed, 0.0);
+    router_topk::cpu::run(p, &s.logits, &mut s.expert_ids, &mut s.weights, load)?;
+    permute::run_into(&s.expert_ids, p.n_experts, p.top_k, &mut s.dispatch)?;
+    let mats: Vec<ExpertMats> = experts
+        .iter()
+        .map(|e| ExpertMats {
+            w1: e.w1.mat(),
+            w3: e.w3.mat(),
+            w2: e.w2.mat(),
+        })
+        .collect();
+    refill(&mut s.expert_out, routed * x.cols, 0.0);
+    expert_ffn::cpu::run(&x.data, x.cols, &s.dispatch, &mats, &mut s.expert_out)?;
+    combine::run(
+        &s.expert_out,
+        residual.cols,
+        &s.dispatch,
+        &s.weights,
+        &mut residual.data,
+    )?;
+    let trace = MoeTrace {
+        router_logits: taps.router_logits.then(|| s.logits.clone()),
+        routing: taps.routing.then(|| Routing {
+            top_k: p.top_k,
+            expert_ids: s.expert_ids.clone(),
+            weights: s.weights.clone(),
+        }),
+    };
+    for v in [&mut s.logits, &mut s.weights, &mut s.expert_out] {
+        if v.capacity() > MOE_RETAINED_ELEMENTS {
+            *v = Vec::new();
+        }
+    }
+    Ok(trace)
+}
+
 impl Backend for CpuBackend {
     type Act = CpuAct;
     type Weight = WeightTensor;
@@ -208,36 +284,20 @@ impl Backend for CpuBackend {
         residual: &mut CpuAct,
         taps: MoeTaps,
     ) -> Result<MoeTrace> {
-        let n = x.rows;
-        let mut logits = self.zeros(n, p.n_experts)?;
-        self.linear(x, gate, &mut logits)?;
-        let mut r = Routing {
-            top_k: p.top_k,
-            expert_ids: vec![0; n * p.top_k],
-            weights: vec![0.0; n * p.top_k],
-        };
-        router_topk::cpu::run(p, &logits.data, &mut r.expert_ids, &mut r.weights, load)?;
-        let dispatch = permute::run(&r.expert_ids, p.n_experts, p.top_k)?;
-        let mats: Vec<ExpertMats> = experts
-            .iter()
-            .map(|e| ExpertMats {
-                w1: e.w1.mat(),
-                w3: e.w3.mat(),
-                w2: e.w2.mat(),
-            })
-            .collect();
-        let mut expert_out = vec![0f32; n * p.top_k * x.cols];
-        expert_ffn::cpu::run(&x.data, x.cols, &dispatch, &mats, &mut expert_out)?;
-        combine::run(
-            &expert_out,
-            residual.cols,
-            &dispatch,
-            &r.weights,
-            &mut residual.data,
-        )?;
-        Ok(MoeTrace {
-            router_logits: taps.router_logits.then_some(logits.data),
-            routing: taps.routing.then_some(r),
+        MOE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => moe_with(x, gate, experts, p, load, residual, taps, &mut scratch),
+            // Re-entered on this thread (rayon may run another pass's work here while this one
+            // waits): that call takes its own buffers.
+            Err(_) => moe_with(
+                x,
+                gate,
+                experts,
+                p,
+                load,
+                residual,
+                taps,
+                &mut MoeScratch::default(),
+            ),
         })
     }
 
