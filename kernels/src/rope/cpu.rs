@@ -1,7 +1,7 @@
 use super::Rope;
 use crate::{check_len, KernelError};
 
-fn check(p: &Rope, x: &[f32], positions: &[u32]) -> Result<usize, KernelError> {
+fn check(p: &Rope, x: &[f32], positions: &[u32]) -> Result<(), KernelError> {
     let n = positions.len();
     if n == 0 || x.len() % (n * p.head_dim.max(1)) != 0 || p.head_dim % 2 != 0 {
         return Err(KernelError::Invalid {
@@ -13,8 +13,7 @@ fn check(p: &Rope, x: &[f32], positions: &[u32]) -> Result<usize, KernelError> {
             ),
         });
     }
-    check_len("rope", "inv_freq", p.inv_freq.len(), p.head_dim / 2)?;
-    Ok(x.len() / n / p.head_dim)
+    check_len("rope", "inv_freq", p.inv_freq.len(), p.head_dim / 2)
 }
 
 /// Rotates every head of every token in place.
