@@ -22,6 +22,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod router_topk;
 pub mod sample;
+pub mod scratch;
 pub mod team;
 mod weight;
 

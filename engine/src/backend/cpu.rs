@@ -8,6 +8,7 @@ use moe_kernels::expert_ffn::ExpertMats;
 use moe_kernels::rms_norm::RmsNorm;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
+use moe_kernels::scratch::{release_if_large, with_scratch};
 use moe_kernels::{
     attention, combine, embedding, expert_ffn, linear, permute, rms_norm, rope, router_topk,
 };
@@ -62,9 +63,6 @@ thread_local! {
     static MOE_SCRATCH: std::cell::RefCell<MoeScratch> = std::cell::RefCell::new(MoeScratch::default());
 }
 
-/// Buffers above this many elements (a long prompt's) are freed after the call.
-const MOE_RETAINED_ELEMENTS: usize = 1 << 18;
-
 /// Resizes `v` to `len` elements, all `fill`, reusing its allocation.
 fn refill<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
     v.clear();
@@ -116,9 +114,7 @@ fn moe_with(
         }),
     };
     for v in [&mut s.logits, &mut s.weights, &mut s.expert_out] {
-        if v.capacity() > MOE_RETAINED_ELEMENTS {
-            *v = Vec::new();
-        }
+        release_if_large(v);
     }
     Ok(trace)
 }
@@ -284,20 +280,8 @@ impl Backend for CpuBackend {
         residual: &mut CpuAct,
         taps: MoeTaps,
     ) -> Result<MoeTrace> {
-        MOE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => moe_with(x, gate, experts, p, load, residual, taps, &mut scratch),
-            // Re-entered on this thread (rayon may run another pass's work here while this one
-            // waits): that call takes its own buffers.
-            Err(_) => moe_with(
-                x,
-                gate,
-                experts,
-                p,
-                load,
-                residual,
-                taps,
-                &mut MoeScratch::default(),
-            ),
+        with_scratch(&MOE_SCRATCH, |scratch| {
+            moe_with(x, gate, experts, p, load, residual, taps, scratch)
         })
     }
 

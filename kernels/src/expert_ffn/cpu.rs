@@ -1,6 +1,7 @@
 use super::ExpertMats;
 use crate::linear::cpu as linear;
 use crate::permute::Dispatch;
+use crate::scratch::{release_if_large, with_scratch};
 use crate::{check_len, KernelError, SendPtr};
 
 fn check(
@@ -97,18 +98,10 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// Buffers above this many elements are freed after the call: a long prompt's (megabytes, paid
-/// for once over all its tokens) are not held for the life of the thread; a decode step's (a few
-/// rows) are kept.
-const RETAINED_ELEMENTS: usize = 1 << 18;
-
 impl Scratch {
     fn shrink(&mut self) {
-        for v in [&mut self.xs, &mut self.act] {
-            if v.capacity() > RETAINED_ELEMENTS {
-                *v = Vec::new();
-            }
-        }
+        release_if_large(&mut self.xs);
+        release_if_large(&mut self.act);
     }
 }
 
@@ -123,13 +116,9 @@ pub fn run(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check(x, hidden, d, experts, out)?;
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => {
-            run_with(x, hidden, d, experts, out, &mut scratch);
-            scratch.shrink();
-        }
-        // A call made while this thread's buffers are in use gets buffers of its own.
-        Err(_) => run_with(x, hidden, d, experts, out, &mut Scratch::default()),
+    with_scratch(&SCRATCH, |scratch| {
+        run_with(x, hidden, d, experts, out, scratch);
+        scratch.shrink();
     });
     Ok(())
 }

@@ -9,6 +9,7 @@ use super::{check, silu};
 use crate::dot::{
     dot, dot4_then_next, dot4_tokens, dot4_tokens_bf16, has_avx512_bf16, round_to_bf16,
 };
+use crate::scratch::with_scratch;
 use crate::{check_len, KernelError, Mat, SendPtr, WeightData};
 
 /// Plain reference: f64 accumulation, one output at a time.
@@ -50,15 +51,9 @@ pub(crate) struct RowBlock {
     pub end: usize,
 }
 
-/// The row blocks of several matrices (`rows[m]` output rows each), each matrix cut exactly as
-/// [`for_row_blocks`] cuts it alone, so every row is computed the same way either way.
-pub(crate) fn row_blocks(rows: impl IntoIterator<Item = (usize, usize)>) -> Vec<RowBlock> {
-    let mut out = Vec::new();
-    row_blocks_into(&mut out, rows);
-    out
-}
-
-/// [`row_blocks`] into `out` (cleared first), so a caller that keeps `out` allocates nothing.
+/// The row blocks of several matrices (`(m, rows)`: matrix `m` has `rows` output rows), each
+/// matrix cut exactly as [`for_row_blocks`] cuts it alone, so every row is computed the same way
+/// either way; into `out` (cleared first), so a caller that keeps `out` allocates nothing.
 pub(crate) fn row_blocks_into(
     out: &mut Vec<RowBlock>,
     rows: impl IntoIterator<Item = (usize, usize)>,
@@ -157,9 +152,8 @@ fn block_dots_bf16(
         /// The rounded rows, kept per thread so a call does not allocate.
         static ROUNDED: std::cell::RefCell<Vec<half::bf16>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    ROUNDED.with(|cell| {
-        let mut xb = cell.borrow_mut();
-        round_to_bf16(x, &mut xb);
+    with_scratch(&ROUNDED, |xb| {
+        round_to_bf16(x, xb);
         if !has_avx512_bf16() {
             let xr: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
             return block_dots_f32(&xr, n, w, r0, r1, emit);
@@ -241,14 +235,9 @@ pub fn run_many(x: &[f32], n: usize, ws: &[Mat], ys: &mut [&mut [f32]]) -> Resul
         })
     };
     let rows = ws.iter().map(|w| w.rows).enumerate();
-    BLOCKS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut blocks) => {
-            row_blocks_into(&mut blocks, rows);
-            run_blocks(&blocks);
-        }
-        // Re-entered on this thread (outside a team, rayon may run another pass's work here
-        // while this call waits): that call takes its own list.
-        Err(_) => run_blocks(&row_blocks(rows)),
+    with_scratch(&BLOCKS, |blocks| {
+        row_blocks_into(blocks, rows);
+        run_blocks(blocks);
     });
     Ok(())
 }
