@@ -1,7 +1,7 @@
 //! Criterion benches of the MoE ops at the bench checkpoint's shapes (hidden 1024, ffn 3584,
 //! 8 experts, top-2, 16 / 4 heads of 64): router with its load counters, the grouped expert FFN in
 //! bf16 and f32 (also batch 1 with its weights streamed from memory, as decode reads them), and
-//! attention for decode and prefill.
+//! attention for decode and prefill; and the cost of a parallel region of the CPU kernels' team.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
@@ -245,5 +245,38 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, router, experts, experts_streamed, attention);
+/// A parallel region of the team a forward pass runs on, with as many items as a decode step's
+/// regions have (4: attention, 28: two experts' gate/up, 125: the lm_head) and a fixed ≈ 0.1 µs of
+/// work each, so the time above the work is what handing out the items costs.
+fn team_region(c: &mut Criterion) {
+    let mut g = c.benchmark_group("team_region");
+    for items in [4usize, 28, 125] {
+        g.bench_with_input(BenchmarkId::from_parameter(items), &items, |b, &items| {
+            b.iter_custom(|iters| {
+                moe_kernels::team::with_team(|| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        moe_kernels::team::parallel_for(items, |i| {
+                            let mut a = i as u64;
+                            for k in 0..std::hint::black_box(300u64) {
+                                a = std::hint::black_box(a.wrapping_mul(6364136223846793005) ^ k);
+                            }
+                        });
+                    }
+                    t.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    router,
+    experts,
+    experts_streamed,
+    attention,
+    team_region
+);
 criterion_main!(benches);

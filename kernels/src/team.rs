@@ -43,16 +43,24 @@ fn unpack_run(s: u64) -> (u64, u64, u64) {
     (s >> GEN_SHIFT, (s >> IDX_BITS) & MAX_ITEMS, s & MAX_ITEMS)
 }
 
+/// A value on a cache line of its own (128 bytes: adjacent-line prefetchers pair 64-byte lines),
+/// so one thread's writes do not take the line from a thread reading its neighbour.
+#[repr(align(128))]
+struct Padded<T>(T);
+
 struct Team {
     /// The current region's generation (the members watch it for a new region).
     gen: AtomicU64,
     /// Each thread's run of the current region's items; index 0 is the thread that runs the
-    /// pass, 1.. the members.
-    runs: Vec<AtomicU64>,
+    /// pass, 1.. the members. An owner claims from its own run on every item, so each run has its
+    /// own line; shared, every claim took the line from the other threads.
+    runs: Vec<Padded<AtomicU64>>,
     /// The current region's job, on the stack of the thread that started it; read only by a
     /// thread holding a claimed item, and the region does not end before every item is done.
     job: AtomicPtr<()>,
-    done: AtomicUsize,
+    /// Items of the current region done, added by each thread once its share is done (not per
+    /// item: the thread that started the region spins on this line).
+    done: Padded<AtomicUsize>,
     stop: AtomicBool,
     panic: Mutex<Option<Panic>>,
 }
@@ -68,9 +76,9 @@ impl Team {
     fn new(threads: usize) -> Self {
         Team {
             gen: AtomicU64::new(0),
-            runs: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            runs: (0..threads).map(|_| Padded(AtomicU64::new(0))).collect(),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            done: AtomicUsize::new(0),
+            done: Padded(AtomicUsize::new(0)),
             stop: AtomicBool::new(false),
             panic: Mutex::new(None),
         }
@@ -78,7 +86,7 @@ impl Team {
 
     /// Claims one item of generation `gen` from run `r`: its front when `own`, else its back.
     fn claim(&self, gen: u64, r: usize, own: bool) -> Option<u64> {
-        let run = &self.runs[r];
+        let run = &self.runs[r].0;
         loop {
             let s = run.load(Ordering::Acquire);
             let (g, front, back) = unpack_run(s);
@@ -102,11 +110,16 @@ impl Team {
     /// Runs thread `me`'s items of generation `gen`, then those left in the other runs.
     fn work(&self, gen: u64, me: usize) {
         let threads = self.runs.len();
+        let mut ran = 0;
         for k in 0..threads {
             let r = (me + k) % threads;
             while let Some(item) = self.claim(gen, r, k == 0) {
                 self.run_item(item as usize);
+                ran += 1;
             }
+        }
+        if ran > 0 {
+            self.done.0.fetch_add(ran, Ordering::Release);
         }
     }
 
@@ -123,7 +136,6 @@ impl Team {
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert(p);
         }
-        self.done.fetch_add(1, Ordering::Release);
     }
 
     /// Member `me`'s loop: help with every region until the pass stops.
@@ -152,7 +164,7 @@ impl Team {
         let gen = (self.gen.load(Ordering::Relaxed) + 1) & GEN_MASK;
         let (threads, items) = (self.runs.len() as u64, n as u64);
         for (t, run) in (0..).zip(&self.runs) {
-            run.store(
+            run.0.store(
                 pack_run(gen, t * items / threads, (t + 1) * items / threads),
                 Ordering::Release,
             );
@@ -165,10 +177,10 @@ impl Team {
         let job: Job = f;
         self.job
             .store(&job as *const Job as *mut (), Ordering::Relaxed);
-        self.done.store(0, Ordering::Relaxed);
+        self.done.0.store(0, Ordering::Relaxed);
         let gen = self.publish(n);
         self.work(gen, 0);
-        while self.done.load(Ordering::Acquire) < n {
+        while self.done.0.load(Ordering::Acquire) < n {
             std::hint::spin_loop();
         }
         if let Some(p) = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
