@@ -51,16 +51,27 @@ pub(crate) struct RowBlock {
     pub end: usize,
 }
 
-/// The row blocks of several matrices (`(m, rows)`: matrix `m` has `rows` output rows), each
-/// matrix cut exactly as [`for_row_blocks`] cuts it alone, so every row is computed the same way
-/// either way; into `out` (cleared first), so a caller that keeps `out` allocates nothing.
+/// The row blocks of several matrices of one width (`(m, rows)`: matrix `m` has `rows` output
+/// rows), all cut into blocks of the same number of rows, the fewest [`rows_per_task`] gives any
+/// of them: the threads' runs are cut by block count, so blocks of equal weight give each thread
+/// an equal share (q's 128-row blocks next to k's and v's 32-row ones left one thread three times
+/// the other's bytes, evened out only by taking q's large blocks from it at the end). Into `out`
+/// (cleared first), so a caller that keeps `out` allocates nothing. Block sizes are multiples of
+/// four, so every row is computed the same way as [`for_row_blocks`] computes it.
 pub(crate) fn row_blocks_into(
     out: &mut Vec<RowBlock>,
-    rows: impl IntoIterator<Item = (usize, usize)>,
+    rows: impl IntoIterator<Item = (usize, usize)> + Clone,
 ) {
     out.clear();
+    let Some(block) = rows
+        .clone()
+        .into_iter()
+        .map(|(_, r)| rows_per_task(r))
+        .min()
+    else {
+        return;
+    };
     for (mat, rows) in rows {
-        let block = rows_per_task(rows);
         let mut start = 0;
         while start < rows {
             let end = (start + block).min(rows);
