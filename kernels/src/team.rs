@@ -184,7 +184,8 @@ impl Team {
                 // A long serial stretch, or the pass's thread lost its core: give it back.
                 std::thread::yield_now();
             }
-            if idle % 64 == 0 {
+            // Every 64 spins, and on every yield (the count stops at its maximum there).
+            if idle % 64 == 0 || idle >= 1 << 16 {
                 if self.active.load(Ordering::SeqCst) {
                     ended_at = None;
                 } else if ended_at.get_or_insert_with(Instant::now).elapsed() > LINGER
