@@ -166,6 +166,10 @@ impl Backend for CpuBackend {
         Ok(a.data.clone())
     }
 
+    fn into_host(&self, a: CpuAct) -> Result<Vec<f32>> {
+        Ok(a.data)
+    }
+
     fn rows(&self, a: &CpuAct) -> usize {
         a.rows
     }

@@ -193,9 +193,13 @@ impl<B: Backend> Mixtral<B> {
         trace: &mut dyn Trace,
     ) -> Result<Vec<Vec<f32>>> {
         let (logits, taken) = self.forward_logits(seqs, trace)?;
-        let logits = self.backend.to_host(&logits)?;
+        let logits = self.backend.into_host(logits)?;
         if trace.wants("logits") {
             trace.record("logits", self.cfg.vocab_size, &logits);
+        }
+        if taken.len() == 1 {
+            // One sequence: its rows are all the logits.
+            return Ok(vec![logits]);
         }
         let v = self.cfg.vocab_size;
         let mut out = Vec::with_capacity(taken.len());
