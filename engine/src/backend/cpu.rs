@@ -166,7 +166,7 @@ impl Backend for CpuBackend {
         Ok(a.data.clone())
     }
 
-    fn into_host(&self, a: CpuAct) -> Result<Vec<f32>> {
+    fn move_to_host(&self, a: CpuAct) -> Result<Vec<f32>> {
         Ok(a.data)
     }
 

@@ -79,7 +79,7 @@ pub trait Backend: Send + Sync + 'static {
     fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Act>;
     fn to_host(&self, a: &Self::Act) -> Result<Vec<f32>>;
     /// [`Backend::to_host`] of an activation no longer needed (the CPU hands over its buffer).
-    fn into_host(&self, a: Self::Act) -> Result<Vec<f32>> {
+    fn move_to_host(&self, a: Self::Act) -> Result<Vec<f32>> {
         self.to_host(&a)
     }
     fn rows(&self, a: &Self::Act) -> usize;

@@ -193,7 +193,7 @@ impl<B: Backend> Mixtral<B> {
         trace: &mut dyn Trace,
     ) -> Result<Vec<Vec<f32>>> {
         let (logits, taken) = self.forward_logits(seqs, trace)?;
-        let logits = self.backend.into_host(logits)?;
+        let logits = self.backend.move_to_host(logits)?;
         if trace.wants("logits") {
             trace.record("logits", self.cfg.vocab_size, &logits);
         }
