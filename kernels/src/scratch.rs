@@ -21,6 +21,12 @@ pub fn with_scratch<S: Default, R>(
     })
 }
 
+/// Resizes `v` to `len` elements, all `fill`, reusing its allocation.
+pub fn refill<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
+    v.clear();
+    v.resize(len, fill);
+}
+
 /// Releases `v`'s memory if it grew above [`RETAINED_ELEMENTS`].
 pub fn release_if_large<T>(v: &mut Vec<T>) {
     if v.capacity() > RETAINED_ELEMENTS {

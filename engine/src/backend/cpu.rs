@@ -8,7 +8,7 @@ use moe_kernels::expert_ffn::ExpertMats;
 use moe_kernels::rms_norm::RmsNorm;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
-use moe_kernels::scratch::{release_if_large, with_scratch};
+use moe_kernels::scratch::{refill, release_if_large, with_scratch};
 use moe_kernels::{
     attention, combine, embedding, expert_ffn, linear, permute, rms_norm, rope, router_topk,
 };
@@ -61,12 +61,6 @@ struct MoeScratch {
 
 thread_local! {
     static MOE_SCRATCH: std::cell::RefCell<MoeScratch> = std::cell::RefCell::new(MoeScratch::default());
-}
-
-/// Resizes `v` to `len` elements, all `fill`, reusing its allocation.
-fn refill<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
-    v.clear();
-    v.resize(len, fill);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,7 +1,7 @@
 use super::ExpertMats;
 use crate::linear::cpu as linear;
 use crate::permute::Dispatch;
-use crate::scratch::{release_if_large, with_scratch};
+use crate::scratch::{refill, release_if_large, with_scratch};
 use crate::{check_len, KernelError, SendPtr};
 
 fn check(
@@ -151,8 +151,7 @@ fn run_with(
         act_at.push(act_len);
         act_len += d.rows_of(e).len() * m.w1.rows;
     }
-    act.clear();
-    act.resize(act_len, 0.0);
+    refill(act, act_len, 0.0);
     let used = || {
         experts
             .iter()

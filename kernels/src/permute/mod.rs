@@ -8,6 +8,7 @@
 //!   tokens ascending within an expert (stable)
 //! - [`Dispatch::slot_rows`]: `[n_tokens · top_k]`, the inverse: the sorted row of each slot
 
+use crate::scratch::refill;
 use crate::KernelError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,8 +77,7 @@ pub fn run_into(
     }
     d.top_k = top_k;
     let offsets = &mut d.expert_offsets;
-    offsets.clear();
-    offsets.resize(n_experts + 1, 0);
+    refill(offsets, n_experts + 1, 0);
     for &e in expert_ids {
         if e as usize >= n_experts {
             return invalid(d, format!("expert id {e} with {n_experts} experts"));
@@ -87,10 +87,8 @@ pub fn run_into(
     for e in 0..n_experts {
         offsets[e + 1] += offsets[e];
     }
-    d.sorted_slots.clear();
-    d.sorted_slots.resize(expert_ids.len(), 0);
-    d.slot_rows.clear();
-    d.slot_rows.resize(expert_ids.len(), 0);
+    refill(&mut d.sorted_slots, expert_ids.len(), 0);
+    refill(&mut d.slot_rows, expert_ids.len(), 0);
     // offsets[e] serves as expert e's cursor, which ends at e's end (the next start); shifting
     // the ends up by one expert gives the starts back.
     for (slot, &e) in expert_ids.iter().enumerate() {
