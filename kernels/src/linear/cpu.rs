@@ -233,7 +233,8 @@ pub fn run_many(x: &[f32], n: usize, ws: &[Mat], ys: &mut [&mut [f32]]) -> Resul
         heap = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
         &heap
     };
-    let run_blocks = |blocks: &[RowBlock]| {
+    with_scratch(&BLOCKS, |blocks| {
+        row_blocks_into(blocks, ws.iter().map(|w| w.rows).enumerate());
         for_blocks(blocks, |b| {
             let (w, yp) = (&ws[b.mat], ptrs[b.mat]);
             let out = w.rows;
@@ -244,11 +245,6 @@ pub fn run_many(x: &[f32], n: usize, ws: &[Mat], ys: &mut [&mut [f32]]) -> Resul
                 unsafe { *yp.at(t * out + r) = v };
             });
         })
-    };
-    let rows = ws.iter().map(|w| w.rows).enumerate();
-    with_scratch(&BLOCKS, |blocks| {
-        row_blocks_into(blocks, rows);
-        run_blocks(blocks);
     });
     Ok(())
 }
