@@ -431,15 +431,19 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        // The worker is the pool's again: a plain rayon job runs on both threads.
-        let both = pool.install(|| {
-            let ids = Mutex::new(std::collections::HashSet::new());
-            rayon::broadcast(|_| {
-                ids.lock().unwrap().insert(std::thread::current().id());
-            });
-            ids.into_inner().unwrap().len()
-        });
-        assert_eq!(both, 2);
+        // The worker is the pool's again: the two halves of a join run at the same time (each
+        // waits up to a second for the other to arrive; one thread alone would run them in turn).
+        let arrived = AtomicUsize::new(0);
+        let meet = || {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            let t = Instant::now();
+            while arrived.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(1) {
+                std::hint::spin_loop();
+            }
+            arrived.load(Ordering::SeqCst) == 2
+        };
+        let (a, b) = pool.install(|| rayon::join(meet, meet));
+        assert!(a && b, "the join ran on one thread");
     }
 
     #[test]
