@@ -45,21 +45,51 @@ const MIN_PREFETCH_AHEAD_BYTES: usize = 12 << 10;
 const NON_TEMPORAL_QUAD_BYTES: usize = 16 << 10;
 
 /// How a matrix-vector product (each weight read once) prefetches the rows after a quad of
-/// `quad_bytes`: how many bytes past the quad's start, and whether non-temporally.
+/// `quad_bytes`: how many bytes past the quad's start, whether non-temporally, and how far ahead
+/// a second prefetch brings lines into L2 only (none: no second prefetch).
 #[cfg(target_arch = "x86_64")]
-fn matvec_prefetch(quad_bytes: usize) -> (usize, bool) {
-    (
-        quad_bytes.max(MIN_PREFETCH_AHEAD_BYTES),
-        quad_bytes <= NON_TEMPORAL_QUAD_BYTES && prefetches_non_temporally(),
-    )
+#[derive(Clone, Copy)]
+struct MatvecPrefetch {
+    ahead: usize,
+    non_temporal: bool,
+    l2_ahead: Option<usize>,
 }
 
-/// Whether matrix-vector products may prefetch the rows they stream with the non-temporal hint.
-/// On AMD (Zen 5) it streamed ×1.03–1.04 faster than `_MM_HINT_T0` at the same reach; on Intel
-/// (Xeon, Sapphire/Emerald Rapids) it made decode ×0.50–0.63 as fast as `T0` (bench checkpoint,
-/// 2 threads, alternated: bf16 25.6–30.8 against 45.7–48.6 tok/s, f32 11.3–12.7 against
-/// 24.1–25.4), since there a non-temporal line skips L2 and is fetched again from memory once L1
-/// evicts it before its read. `MOE_PREFETCH=nta|t0` overrides the choice. Checked once.
+/// How far ahead of the quad being read the second, L2-only prefetch reaches where one is
+/// issued. Intel Xeon (Emerald Rapids), bench checkpoint, 2 threads, f32 decode in four
+/// alternated rounds: `T0` alone 25.4–28.8 tok/s, `T2` alone 28.8–31.5, with `T1` 32 KiB ahead
+/// 25.5–30.2, 64 KiB ahead 29.6–33.1; three more rounds: `T2` alone 30.9–32.5, 32 KiB
+/// 31.1–33.2, 64 KiB 34.5–36.1 (bf16 level among the three: 59.6–62.2).
+#[cfg(target_arch = "x86_64")]
+const L2_PREFETCH_AHEAD_BYTES: usize = 64 << 10;
+
+#[cfg(target_arch = "x86_64")]
+fn matvec_prefetch(quad_bytes: usize) -> MatvecPrefetch {
+    let ahead = quad_bytes.max(MIN_PREFETCH_AHEAD_BYTES);
+    if prefetches_non_temporally() {
+        MatvecPrefetch {
+            ahead,
+            non_temporal: quad_bytes <= NON_TEMPORAL_QUAD_BYTES,
+            l2_ahead: None,
+        }
+    } else {
+        MatvecPrefetch {
+            ahead,
+            non_temporal: false,
+            l2_ahead: Some(L2_PREFETCH_AHEAD_BYTES.max(2 * ahead)),
+        }
+    }
+}
+
+/// Whether matrix-vector products prefetch the rows they stream with the non-temporal hint (one
+/// prefetch a line) or to L1 and, further ahead, to L2 (two). On AMD (Zen 5) the non-temporal
+/// hint streamed ×1.03–1.04 faster than `_MM_HINT_T0` at the same reach, and an added `T1`
+/// prefetch 64 or 128 KiB ahead made decode slower (×0.925, ×0.950); on Intel (Xeon,
+/// Sapphire/Emerald Rapids) the non-temporal hint made decode ×0.50–0.63 as fast as `T0`
+/// (bench checkpoint, 2 threads, alternated: bf16 25.6–30.8 against 45.7–48.6 tok/s, f32
+/// 11.3–12.7 against 24.1–25.4), since there a non-temporal line skips L2 and is fetched again
+/// from memory once L1 evicts it before its read. `MOE_PREFETCH=nta|t0` overrides the choice
+/// (`t0`: the two prefetches). Checked once.
 #[cfg(target_arch = "x86_64")]
 fn prefetches_non_temporally() -> bool {
     use std::sync::OnceLock;
@@ -514,14 +544,16 @@ mod avx2 {
                 // With PREFETCH the caller promises the next four rows follow these in memory
                 // (rows of one matrix): stream them in as these are read, as a matrix-vector
                 // product does.
-                let (ahead, non_temporal) =
-                    super::matvec_prefetch(4 * n * std::mem::size_of::<$t>());
+                let plan = super::matvec_prefetch(4 * n * std::mem::size_of::<$t>());
                 while i + 8 <= n {
                     if PREFETCH {
-                        if non_temporal {
-                            prefetch_ahead::<_, _MM_HINT_NTA>(p0, ahead, i);
+                        if plan.non_temporal {
+                            prefetch_ahead::<_, _MM_HINT_NTA>(p0, plan.ahead, i);
                         } else {
-                            prefetch_ahead::<_, _MM_HINT_T0>(p0, ahead, i);
+                            prefetch_ahead::<_, _MM_HINT_T0>(p0, plan.ahead, i);
+                        }
+                        if let Some(far) = plan.l2_ahead {
+                            prefetch_ahead::<_, _MM_HINT_T1>(p0, far, i);
                         }
                     }
                     let xv = load_f32(xp.add(i));
@@ -970,22 +1002,33 @@ mod avx512bf16 {
         // matrix-vector product and streams as one; taller tiles stream the next quad into the
         // caches, since later tokens' tiles read each quad again.
         let quad_bytes = 4 * k * 2;
-        let (ahead, non_temporal) = if M == 1 {
+        let plan = if M == 1 {
             super::matvec_prefetch(quad_bytes)
         } else {
-            (quad_bytes, false)
+            super::MatvecPrefetch {
+                ahead: quad_bytes,
+                non_temporal: false,
+                l2_ahead: None,
+            }
         };
-        let ahead = (p[0] as *const i8).wrapping_add(ahead);
+        let ahead = (p[0] as *const i8).wrapping_add(plan.ahead);
+        let far = plan.l2_ahead.map(|b| (p[0] as *const i8).wrapping_add(b));
         let mut i = 0;
         while i + 32 <= k {
             if PREFETCH {
                 // 128 elements of the quad ahead per step: four lines.
                 let at = ahead.wrapping_add(i * 4 * 2);
                 for line in 0..4 {
-                    if non_temporal {
+                    if plan.non_temporal {
                         _mm_prefetch::<_MM_HINT_NTA>(at.wrapping_add(64 * line));
                     } else {
                         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line));
+                    }
+                }
+                if let Some(far) = far {
+                    let at = far.wrapping_add(i * 4 * 2);
+                    for line in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * line));
                     }
                 }
             }
