@@ -7,7 +7,8 @@
 
 use super::{check, silu};
 use crate::dot::{
-    dot, dot4_then_next, dot4_tokens, dot4_tokens_bf16, has_avx512_bf16, round_to_bf16,
+    dot, dot4_then_next, dot4_tokens, dot4_tokens_bf16, dot8_tokens_f32, has_avx512_bf16,
+    round_to_bf16,
 };
 use crate::scratch::with_scratch;
 use crate::{check_len, KernelError, Mat, SendPtr, WeightData};
@@ -163,13 +164,20 @@ fn block_dots_f32(
     mut emit: impl FnMut(usize, usize, f32),
 ) {
     let k = w.cols;
-    for (r, quad) in quads_then_rows(r0, r1) {
-        if !quad {
-            let row = w.row(r);
-            for t in 0..n {
-                emit(t, r, dot(&x[t * k..(t + 1) * k], row));
+    let quads_end = r0 + (r1 - r0) / 4 * 4;
+    let mut r = r0;
+    while r < quads_end {
+        // Several tokens and f32 rows: two quads at once where the block holds them.
+        if let (true, WeightData::F32(wd)) = (n > 1 && r + 8 <= quads_end, w.data) {
+            let rows = std::array::from_fn(|j| &wd[(r + j) * k..(r + j + 1) * k]);
+            if dot8_tokens_f32(x, n, rows, r + 16 <= w.rows, |t, v| {
+                for (j, val) in v.into_iter().enumerate() {
+                    emit(t, r + j, val);
+                }
+            }) {
+                r += 8;
+                continue;
             }
-            continue;
         }
         let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
         if n == 1 && r + 8 <= w.rows {
@@ -183,6 +191,13 @@ fn block_dots_f32(
                     emit(t, r + q, val);
                 }
             });
+        }
+        r += 4;
+    }
+    for r in quads_end..r1 {
+        let row = w.row(r);
+        for t in 0..n {
+            emit(t, r, dot(&x[t * k..(t + 1) * k], row));
         }
     }
 }
