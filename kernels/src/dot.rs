@@ -307,7 +307,7 @@ pub fn dot8_tokens_f32(
     n: usize,
     w: [&[f32]; 8],
     next_follows: bool,
-    mut emit: impl FnMut(usize, [f32; 8]),
+    emit: impl FnMut(usize, [f32; 8]),
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -316,19 +316,17 @@ pub fn dot8_tokens_f32(
         }
         let k = if n == 0 { 0 } else { x.len() / n };
         let mut out = [[0f32; 8]; OCTET_TILE];
-        let mut t = 0;
-        while t < n {
+        for_token_tiles(n, &mut out, emit, |t, step, out| {
             let xt = &x[t * k..];
-            let step = (n - t).min(OCTET_TILE);
             macro_rules! by_height {
                 ($pf:literal) => {
                     match step {
-                        6 => avx2::tile_f32_octet::<6, $pf>(xt, k, w, &mut out),
-                        5 => avx2::tile_f32_octet::<5, $pf>(xt, k, w, &mut out),
-                        4 => avx2::tile_f32_octet::<4, $pf>(xt, k, w, &mut out),
-                        3 => avx2::tile_f32_octet::<3, $pf>(xt, k, w, &mut out),
-                        2 => avx2::tile_f32_octet::<2, $pf>(xt, k, w, &mut out),
-                        _ => avx2::tile_f32_octet::<1, $pf>(xt, k, w, &mut out),
+                        6 => avx2::tile_f32_octet::<6, $pf>(xt, k, w, out),
+                        5 => avx2::tile_f32_octet::<5, $pf>(xt, k, w, out),
+                        4 => avx2::tile_f32_octet::<4, $pf>(xt, k, w, out),
+                        3 => avx2::tile_f32_octet::<3, $pf>(xt, k, w, out),
+                        2 => avx2::tile_f32_octet::<2, $pf>(xt, k, w, out),
+                        _ => avx2::tile_f32_octet::<1, $pf>(xt, k, w, out),
                     }
                 };
             }
@@ -341,17 +339,33 @@ pub fn dot8_tokens_f32(
                     by_height!(false)
                 }
             }
-            for (m, o) in out.iter().enumerate().take(step) {
-                emit(t + m, *o);
-            }
-            t += step;
-        }
+        });
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, n, w, next_follows, &mut emit);
+        let _ = (x, n, w, next_follows, emit);
         false
+    }
+}
+
+/// Runs `tile(t, step, out)` over `n` tokens in tiles of at most `out.len()` (`step` tokens from
+/// token `t`, their results into `out[..step]`), then hands each token's results to `emit`.
+#[cfg(target_arch = "x86_64")]
+fn for_token_tiles<const R: usize>(
+    n: usize,
+    out: &mut [[f32; R]],
+    mut emit: impl FnMut(usize, [f32; R]),
+    mut tile: impl FnMut(usize, usize, &mut [[f32; R]]),
+) {
+    let mut t = 0;
+    while t < n {
+        let step = (n - t).min(out.len());
+        tile(t, step, out);
+        for (m, o) in out.iter().enumerate().take(step) {
+            emit(t + m, *o);
+        }
+        t += step;
     }
 }
 
@@ -1042,17 +1056,15 @@ pub fn dot4_tokens_bf16(
     #[cfg(target_arch = "x86_64")]
     if has_avx512_bf16() {
         let mut out = [[0f32; 4]; BF16_TILE];
-        let mut t = 0;
-        while t < n {
+        for_token_tiles(n, &mut out, emit, |t, step, out| {
             let xt = &x[t * k..];
-            let step = (n - t).min(BF16_TILE);
             macro_rules! by_height {
                 ($prefetch:literal) => {
                     match step {
-                        4 => avx512bf16::tile::<4, $prefetch>(xt, k, w, &mut out),
-                        3 => avx512bf16::tile::<3, $prefetch>(xt, k, w, &mut out),
-                        2 => avx512bf16::tile::<2, $prefetch>(xt, k, w, &mut out),
-                        _ => avx512bf16::tile::<1, $prefetch>(xt, k, w, &mut out),
+                        4 => avx512bf16::tile::<4, $prefetch>(xt, k, w, out),
+                        3 => avx512bf16::tile::<3, $prefetch>(xt, k, w, out),
+                        2 => avx512bf16::tile::<2, $prefetch>(xt, k, w, out),
+                        _ => avx512bf16::tile::<1, $prefetch>(xt, k, w, out),
                     }
                 };
             }
@@ -1065,11 +1077,7 @@ pub fn dot4_tokens_bf16(
                     by_height!(false)
                 }
             }
-            for (m, o) in out.iter().enumerate().take(step) {
-                emit(t + m, *o);
-            }
-            t += step;
-        }
+        });
         return;
     }
     let _ = next_quad_follows;
