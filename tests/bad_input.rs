@@ -1,7 +1,7 @@
 //! Broken checkpoints, configs and inputs: each is a named error, never a panic.
 
 use moe::backend::CpuBackend;
-use moe::models::mixtral::{Mixtral, SeqStep};
+use moe::models::{Model, SeqStep};
 use moe::trace::NoTrace;
 use moe::weights::Weights;
 use moe::{Error, ModelConfig};
@@ -10,10 +10,10 @@ use std::path::Path;
 
 const MODEL: &str = "mixtral-tiny-f32";
 
-fn load_dir(dir: &Path) -> Result<Mixtral<CpuBackend>, Error> {
+fn load_dir(dir: &Path) -> Result<Model<CpuBackend>, Error> {
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let w = Weights::open_dir(dir)?;
-    Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {})
+    Model::load(cfg, &w, CpuBackend, &mut |_, _| {})
 }
 
 fn write_with(tag: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> std::path::PathBuf {
@@ -24,7 +24,7 @@ fn write_with(tag: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> std::path::P
     dir
 }
 
-fn err_text(r: Result<Mixtral<CpuBackend>, Error>) -> String {
+fn err_text(r: Result<Model<CpuBackend>, Error>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),

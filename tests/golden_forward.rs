@@ -3,17 +3,17 @@
 //! left-padded batch of two, run here as a ragged batch).
 
 use moe::backend::{Backend, CpuBackend};
-use moe::models::mixtral::{Mixtral, SeqStep};
+use moe::models::{Model, SeqStep};
 use moe::trace::Recorder;
 use moe::weights::Weights;
 use moe::ModelConfig;
 use moe_tests::{assert_close, cuda_or_skip, fixture, Golden, Tol};
 
-fn load_on<B: Backend>(name: &str, backend: B) -> Mixtral<B> {
+fn load_on<B: Backend>(name: &str, backend: B) -> Model<B> {
     let dir = fixture(name);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let w = Weights::open_dir(&dir).unwrap();
-    Mixtral::load(cfg, &w, backend, &mut |_, _| {}).unwrap()
+    Model::load(cfg, &w, backend, &mut |_, _| {}).unwrap()
 }
 
 /// The real tokens of each row of a case, and for every real token its flat index `b·T + t`.
@@ -47,7 +47,7 @@ fn pick(v: &[f32], cols: usize, flat: &[usize]) -> Vec<f32> {
         .collect()
 }
 
-fn run<B: Backend>(m: &Mixtral<B>, seqs: &[Vec<u32>]) -> (Vec<Vec<f32>>, Recorder) {
+fn run<B: Backend>(m: &Model<B>, seqs: &[Vec<u32>]) -> (Vec<Vec<f32>>, Recorder) {
     let mut kvs: Vec<_> = seqs.iter().map(|_| m.new_kv()).collect();
     let mut steps: Vec<SeqStep<_>> = seqs
         .iter()
@@ -68,7 +68,7 @@ fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
 }
 
 fn check_case_on<B: Backend>(
-    m: Mixtral<B>,
+    m: Model<B>,
     name: &str,
     case: &str,
     g: &Golden,
@@ -118,7 +118,7 @@ fn check_case_on<B: Backend>(
         assert_close(
             &format!("{name} {case} layer {l} router_logits"),
             rec.get(&format!("layer.{l}.router_logits")).unwrap(),
-            &pick(want, cfg.num_local_experts, &flat),
+            &pick(want, cfg.moe.n_experts, &flat),
             tol,
         );
     }
@@ -140,7 +140,7 @@ fn check_case_on<B: Backend>(
     }
     // Expert choices: exactly the same, highest first.
     let te = g.get(&key("topk_experts"));
-    let k = cfg.num_experts_per_tok;
+    let k = cfg.moe.top_k;
     let per_layer = te.shape[1] * k;
     for l in 0..cfg.num_hidden_layers {
         let want: Vec<f32> = flat
@@ -161,7 +161,7 @@ fn check_case_on<B: Backend>(
     let counts = g.get(&key("expert_counts"));
     let stats = m.stats();
     for l in 0..cfg.num_hidden_layers {
-        let want: Vec<u64> = counts.i[l * cfg.num_local_experts..(l + 1) * cfg.num_local_experts]
+        let want: Vec<u64> = counts.i[l * cfg.moe.n_experts..(l + 1) * cfg.moe.n_experts]
             .iter()
             .map(|&c| c as u64)
             .collect();
@@ -231,7 +231,7 @@ const BF16_TOL: Tol = Tol {
 /// tiny-bf16 against both of transformers' references (its bf16 run, and its f32 run on the
 /// widened weights) at the bf16 bounds, for a model that rounds activations to bf16 as they enter
 /// its products; `load` gives a fresh model per case, or `None` to skip.
-fn tiny_bf16_at_bf16_bounds<B: Backend>(mut load: impl FnMut() -> Option<Mixtral<B>>) {
+fn tiny_bf16_at_bf16_bounds<B: Backend>(mut load: impl FnMut() -> Option<Model<B>>) {
     let g = Golden::load("mixtral-tiny-bf16");
     for (case, prefix) in [
         ("p0", ""),
@@ -254,7 +254,7 @@ fn tiny_bf16_with_bf16_activations_matches_transformers_within_rounding() {
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let mut w = Weights::open_dir(&dir).unwrap();
         w.set_bf16_activations(true);
-        Some(Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap())
+        Some(Model::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap())
     });
 }
 

@@ -3,7 +3,7 @@
 //! transformers' counts, probability sums, co-selections and per-layer aux losses.
 
 use moe::backend::CpuBackend;
-use moe::models::mixtral::{Mixtral, SeqStep};
+use moe::models::{Model, SeqStep};
 use moe::trace::NoTrace;
 use moe::weights::Weights;
 use moe::ModelConfig;
@@ -12,10 +12,10 @@ use moe_tests::{
 };
 use std::path::Path;
 
-fn load_dir(dir: &Path) -> Mixtral<CpuBackend> {
+fn load_dir(dir: &Path) -> Model<CpuBackend> {
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let w = Weights::open_dir(dir).unwrap();
-    Mixtral::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap()
+    Model::load(cfg, &w, CpuBackend, &mut |_, _| {}).unwrap()
 }
 
 fn prompt_ids(g: &Golden, case: &str, row: usize) -> Vec<u32> {
@@ -32,7 +32,7 @@ fn prompt_ids(g: &Golden, case: &str, row: usize) -> Vec<u32> {
         .collect()
 }
 
-fn all_logits(m: &Mixtral<CpuBackend>, ids: &[u32]) -> Vec<f32> {
+fn all_logits(m: &Model<CpuBackend>, ids: &[u32]) -> Vec<f32> {
     let mut kv = m.new_kv();
     m.forward(
         &mut [SeqStep {
@@ -187,7 +187,7 @@ fn statistics_match_transformers() {
                 .collect();
             m.forward(&mut steps, &mut NoTrace).unwrap();
             let report = m.stats().report();
-            let e = m.cfg.num_local_experts;
+            let e = m.cfg.moe.n_experts;
             let mass = g.get(&format!("{case}.router_prob_sum"));
             let cosel = g.get(&format!("{case}.coselect_counts"));
             let aux_layer = g.get(&format!("{case}.aux_loss_per_layer"));

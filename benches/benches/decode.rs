@@ -3,7 +3,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use moe::backend::Backend;
 use moe::engine::{Engine, ModelSource};
-use moe::models::mixtral::SeqStep;
+use moe::models::SeqStep;
 use moe::trace::NoTrace;
 
 fn decode_step(c: &mut Criterion) {

@@ -47,10 +47,7 @@ fn router(c: &mut Criterion) {
         let mut ids = vec![0u32; n * 2];
         let mut w = vec![0f32; n * 2];
         let mut load = ExpertLoad::new(EXPERTS);
-        let p = RouterTopK {
-            n_experts: EXPERTS,
-            top_k: 2,
-        };
+        let p = RouterTopK::softmax_renormalized(EXPERTS, 2);
         g.bench_with_input(BenchmarkId::new("with_counters", n), &n, |b, _| {
             b.iter(|| router_topk::cpu::run(&p, &logits, &mut ids, &mut w, &mut load).unwrap())
         });

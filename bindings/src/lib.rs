@@ -477,7 +477,7 @@ impl Model {
                 engine.prompt_ids(&Prompt::Tokens(ids.clone()))?;
                 let mut kv = engine.model.new_kv();
                 let mut out = engine.model.forward(
-                    &mut [moe::models::mixtral::SeqStep {
+                    &mut [moe::models::SeqStep {
                         tokens: &ids,
                         kv: &mut kv,
                         all_logits: true,

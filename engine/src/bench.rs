@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::models::mixtral::SeqStep;
+use crate::models::SeqStep;
 use crate::trace::NoTrace;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -344,11 +344,12 @@ unsafe fn dpbf16_loop_avx512(iters: usize) -> f64 {
 /// `E` uniformly, `E · (1 − ((E − k) / E)^batch)` (the bench's random weights route nearly
 /// uniformly; trained routers are more skewed and touch fewer).
 fn params_read_per_step(cfg: &crate::config::ModelConfig, batch: usize) -> f64 {
-    let expert = 3 * cfg.hidden_size * cfg.intermediate_size;
-    let (e, k) = (cfg.num_local_experts as f64, cfg.num_experts_per_tok as f64);
+    let expert = 3 * cfg.hidden_size * cfg.moe.expert_width;
+    let (e, k) = (cfg.moe.n_experts as f64, cfg.moe.top_k as f64);
     let distinct = e * (1.0 - ((e - k) / e).powi(batch as i32));
-    let others = cfg.active_params() - cfg.num_hidden_layers * cfg.num_experts_per_tok * expert;
-    others as f64 + cfg.num_hidden_layers as f64 * distinct * expert as f64
+    let moe_layers = cfg.moe_layer_ids().len();
+    let others = cfg.active_params() - moe_layers * cfg.moe.top_k * expert;
+    others as f64 + moe_layers as f64 * distinct * expert as f64
 }
 
 /// Deterministic pseudo-random ids in `[3, vocab)`.

@@ -12,6 +12,7 @@ use moe_kernels::cuda::moe::{stats_bytes, use_blas, MoeLayer, MoeScratch};
 use moe_kernels::cuda::util::{fill_uniform, measure_ceilings, time_ms, Ceilings};
 use moe_kernels::cuda::{DevBuf, DevMat, Gpu, GpuError};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
+use moe_kernels::router_topk::RouterTopK;
 use moe_kernels::WeightDType;
 use serde::Serialize;
 use std::sync::Arc;
@@ -155,7 +156,7 @@ pub fn run_layer_bench(
             layer: MoeLayer {
                 gate,
                 experts,
-                top_k: k,
+                router: RouterTopK::softmax_renormalized(e, k),
             },
         });
     }

@@ -3,8 +3,7 @@
 use crate::backend::{Backend, CpuBackend};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::models::mixtral::Mixtral;
-use crate::models::ModelFamily;
+use crate::models::Model;
 use crate::presets::{Preset, Presets};
 use crate::stats::StatsReport;
 use crate::tokenizer::Tokenizer;
@@ -59,7 +58,7 @@ pub struct ModelInfo {
 }
 
 pub struct Engine<B: Backend = CpuBackend> {
-    pub model: Mixtral<B>,
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
     pub info: ModelInfo,
     pub preset: Option<Preset>,
@@ -140,7 +139,6 @@ impl<B: Backend> Engine<B> {
             .map_or(cfg.max_position_embeddings, |c| {
                 c.min(cfg.max_position_embeddings)
             });
-        ModelFamily::from_config(&cfg)?;
         let mut eos_ids = cfg.eos_token_ids.clone();
         if let Some(e) = tokenizer.eos_id() {
             if !eos_ids.contains(&e) {
@@ -150,7 +148,7 @@ impl<B: Backend> Engine<B> {
         let bf16_activations =
             opts.bf16_activations && backend.takes_bf16_activations() && weights.has_bf16();
         weights.set_bf16_activations(bf16_activations);
-        let model = Mixtral::load(cfg, &weights, backend, progress)?;
+        let model = Model::load(cfg, &weights, backend, progress)?;
         let info = ModelInfo {
             name,
             source: src,
@@ -198,7 +196,29 @@ fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
         ));
     }
-    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let mut cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    // generation_config.json's end-of-sequence ids join config.json's (Qwen lists `<|im_end|>`
+    // only there).
+    let gen = dir.join("generation_config.json");
+    if gen.is_file() {
+        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", gen.display())))?;
+        let ids: Vec<u32> = match &v["eos_token_id"] {
+            serde_json::Value::Number(n) => n.as_u64().into_iter().map(|i| i as u32).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|i| i as u32)
+                .collect(),
+            _ => vec![],
+        };
+        for id in ids {
+            if !cfg.eos_token_ids.contains(&id) {
+                cfg.eos_token_ids.push(id);
+            }
+        }
+    }
     let weights = Weights::open_dir(dir)?;
     let tok = Tokenizer::from_dir(dir)?;
     Ok((cfg, weights, tok))

@@ -9,7 +9,7 @@
 use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::models::mixtral::SeqStep;
+use crate::models::SeqStep;
 use crate::sampling::{log_softmax_into, top_k_entries, Sampler, SamplingParams, StopMatcher};
 use crate::tokenizer::{ChatMessage, IncrementalDecoder};
 use crate::trace::{NoTrace, RoutingRecorder};

@@ -10,14 +10,18 @@
 use moe_kernels::router_topk::ExpertLoad;
 use serde::{Deserialize, Serialize};
 
+/// Counters of the MoE layers only: `layers[i]` belongs to decoder layer `layer_ids[i]` (dense
+/// layers route nothing and have no entry).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadBalanceStats {
     pub top_k: usize,
+    pub layer_ids: Vec<usize>,
     pub layers: Vec<ExpertLoad>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LayerReport {
+    /// The decoder layer's index (MoE layers only are reported).
     pub layer: usize,
     /// Tokens routed through this layer.
     pub tokens: u64,
@@ -42,6 +46,7 @@ pub struct LayerReport {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatsReport {
+    /// MoE layers reported (dense layers are left out).
     pub n_layers: usize,
     pub n_experts: usize,
     pub top_k: usize,
@@ -64,10 +69,15 @@ fn aux(n_experts: usize, tokens: u64, counts: &[u64], mass: &[f64]) -> f64 {
 }
 
 impl LoadBalanceStats {
-    pub fn new(n_layers: usize, n_experts: usize, top_k: usize) -> Self {
+    /// Counters for the MoE layers `layer_ids` (decoder layer indices, ascending).
+    pub fn new(layer_ids: Vec<usize>, n_experts: usize, top_k: usize) -> Self {
         LoadBalanceStats {
             top_k,
-            layers: (0..n_layers).map(|_| ExpertLoad::new(n_experts)).collect(),
+            layers: layer_ids
+                .iter()
+                .map(|_| ExpertLoad::new(n_experts))
+                .collect(),
+            layer_ids,
         }
     }
 
@@ -97,7 +107,7 @@ impl LoadBalanceStats {
                     / n_experts.max(1) as f64;
                 let max = counts.iter().cloned().fold(0.0, f64::max);
                 LayerReport {
-                    layer: i,
+                    layer: self.layer_ids[i],
                     tokens: l.tokens,
                     expert_tokens: l.expert_tokens.clone(),
                     router_mass: l.prob_mass.clone(),
@@ -165,7 +175,7 @@ mod tests {
     #[test]
     fn aux_loss_by_formula_on_hand_built_routing() {
         // 2 experts, top-1, 4 tokens: expert 0 gets 3 tokens with p = 0.75 each, expert 1 one token.
-        let mut s = LoadBalanceStats::new(1, 2, 1);
+        let mut s = LoadBalanceStats::new(vec![0], 2, 1);
         let l = &mut s.layers[0];
         l.tokens = 4;
         l.expert_tokens = vec![3, 1];

@@ -1,5 +1,7 @@
 //! Named taps of intermediates. Keys match the golden files' names: `embeddings`,
+//! `layer.{l}.attn_out`, `layer.{l}.mlp_out` (the feed-forward block's output),
 //! `layer.{l}.router_logits`, `layer.{l}.topk_experts`, `layer.{l}.topk_weights`,
+//! `layer.{l}.shared_expert_out`, `layer.{l}.shared_expert_gate` (MoE layers only),
 //! `layer.{l}.hidden_out`, `hidden_states`, `logits` (rows of the whole batch, sequences in order).
 
 use std::collections::BTreeMap;

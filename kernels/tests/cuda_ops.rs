@@ -14,7 +14,7 @@ use moe_kernels::expert_ffn::cuda::ExpertStack;
 use moe_kernels::expert_ffn::ExpertMats;
 use moe_kernels::rms_norm::RmsNorm;
 use moe_kernels::rope::Rope;
-use moe_kernels::router_topk::{cuda as router_cuda, ExpertLoad, RouterTopK};
+use moe_kernels::router_topk::{cuda as router_cuda, ExpertLoad, RouterTopK, Scoring};
 use moe_kernels::{attention, combine, embedding, expert_ffn, linear, permute, rms_norm, rope};
 use moe_kernels::{Mat, WeightDType, WeightData};
 use std::sync::Arc;
@@ -415,13 +415,15 @@ fn linear_gemv_three_weights_one_launch() {
 }
 
 /// The whole MoE block against the CPU ops chained (router → permute → experts → combine),
-/// and the device counters against the CPU's.
+/// and the device counters against the CPU's. Shapes include Qwen3-30B-A3B's (128 experts,
+/// top-8, hidden 2048, expert width 768), and each routing rule (softmax renormalised or raw,
+/// sigmoid) runs on some of them.
 #[test]
 fn moe_block_matches_cpu_chain() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(seed());
     for (dt, tol) in DTYPES {
-        for &(tokens, e, k, h, f) in &[
+        for (case, &(tokens, e, k, h, f)) in [
             (1usize, 8usize, 2usize, 64usize, 128usize),
             (1, 8, 2, 1024, 2048),
             (3, 8, 2, 4096, 512),
@@ -430,7 +432,13 @@ fn moe_block_matches_cpu_chain() {
             (300, 4, 1, 128, 64),
             (600, 8, 2, 256, 512),
             (37, 16, 4, 40, 24),
-        ] {
+            (1, 128, 8, 2048, 768),
+            (48, 128, 8, 2048, 768),
+            (7, 64, 8, 256, 128),
+        ]
+        .iter()
+        .enumerate()
+        {
             let x = r.vec(tokens * h, 1.0);
             let residual = r.vec(tokens * h, 1.0);
             let gate = HostW::new(r.vec(e * h, 0.5), dt);
@@ -442,8 +450,13 @@ fn moe_block_matches_cpu_chain() {
             let mut logits = vec![0f32; tokens * e];
             linear::cpu::reference(&x, tokens, &gate.mat(e, h), &mut logits).unwrap();
             let p = RouterTopK {
-                n_experts: e,
-                top_k: k,
+                scoring: if case % 3 == 2 {
+                    Scoring::Sigmoid
+                } else {
+                    Scoring::Softmax
+                },
+                renormalize: case % 3 != 1,
+                ..RouterTopK::softmax_renormalized(e, k)
             };
             let mut ids = vec![0u32; tokens * k];
             let mut wts = vec![0f32; tokens * k];
@@ -473,7 +486,7 @@ fn moe_block_matches_cpu_chain() {
                     e,
                 )
                 .unwrap(),
-                top_k: k,
+                router: p,
             };
             let stats = g.alloc(stats_bytes(1, e)).unwrap();
             stats.zero().unwrap();
@@ -491,7 +504,9 @@ fn moe_block_matches_cpu_chain() {
                 )
                 .unwrap();
             let what = format!(
-                "moe {dt:?} T{tokens} E{e} k{k} H{h} F{f} tc={}",
+                "moe {dt:?} T{tokens} E{e} k{k} H{h} F{f} {:?} renorm={} tc={}",
+                p.scoring,
+                p.renormalize,
                 layer.experts.tensor_cores()
             );
             let got_logits = scratch.router_logits(tokens, e).unwrap();

@@ -1,6 +1,6 @@
 //! `CpuBackend`: rayon + SIMD kernels from `moe-kernels`; weights stay in the mmap.
 
-use super::{AttnItem, Backend, ExpertWeights, MoeTaps, MoeTrace, Routing};
+use super::{AttnItem, Backend, ExpertWeights, FfnTaps, FfnTrace, MoeTaps, MoeTrace, Routing};
 use crate::error::{Error, Result};
 use crate::weights::WeightTensor;
 use moe_kernels::attention::{Attention, AttnSeq};
@@ -173,10 +173,11 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &CpuAct, w: &WeightTensor, eps: f32, out: &mut CpuAct) -> Result<()> {
-        let p = RmsNorm {
-            hidden: x.cols,
-            eps,
-        };
+        let width = w.shape.iter().product::<usize>();
+        if width == 0 || x.cols % width != 0 {
+            return Err(shape_err("rms_norm width", x.cols, width));
+        }
+        let p = RmsNorm { hidden: width, eps };
         Ok(rms_norm::cpu::run(&p, &x.data, &w.data(), &mut out.data)?)
     }
 
@@ -280,6 +281,67 @@ impl Backend for CpuBackend {
     ) -> Result<MoeTrace> {
         with_scratch(&MOE_SCRATCH, |scratch| {
             moe_with(x, gate, experts, p, load, residual, taps, scratch)
+        })
+    }
+
+    fn act_cols(&self, a: &CpuAct) -> usize {
+        a.cols
+    }
+
+    fn add_bias(&self, x: &mut CpuAct, bias: &WeightTensor) -> Result<()> {
+        let data = bias.data();
+        let mut b = vec![0f32; data.len()];
+        data.to_f32_into(0, &mut b);
+        if b.len() != x.cols {
+            return Err(shape_err("bias width", b.len(), x.cols));
+        }
+        for row in x.data.chunks_mut(x.cols) {
+            for (v, b) in row.iter_mut().zip(&b) {
+                *v += b;
+            }
+        }
+        Ok(())
+    }
+
+    fn clamp(&self, x: &mut CpuAct, limit: f32) -> Result<()> {
+        for v in &mut x.data {
+            *v = v.clamp(-limit, limit);
+        }
+        Ok(())
+    }
+
+    fn ffn(
+        &self,
+        x: &CpuAct,
+        mlp: &Vec<ExpertWeights<WeightTensor>>,
+        gate: Option<&WeightTensor>,
+        residual: &mut CpuAct,
+        taps: FfnTaps,
+    ) -> Result<FfnTrace> {
+        let [e] = mlp.as_slice() else {
+            return Err(shape_err("dense MLP experts", mlp.len(), 1));
+        };
+        let n = x.rows;
+        // Every token to the one expert: the grouped expert kernel runs the dense MLP.
+        let dispatch = permute::run(&vec![0; n], 1, 1)?;
+        let mats = [ExpertMats {
+            w1: e.w1.mat(),
+            w3: e.w3.mat(),
+            w2: e.w2.mat(),
+        }];
+        let mut out = vec![0f32; n * x.cols];
+        expert_ffn::cpu::run(&x.data, x.cols, &dispatch, &mats, &mut out)?;
+        let mut weights = vec![1f32; n];
+        if let Some(g) = gate {
+            linear::cpu::run(&x.data, n, &g.mat(), &mut weights)?;
+            for w in &mut weights {
+                *w = 1.0 / (1.0 + (-*w).exp());
+            }
+        }
+        combine::run(&out, residual.cols, &dispatch, &weights, &mut residual.data)?;
+        Ok(FfnTrace {
+            gate: (taps.gate && gate.is_some()).then(|| weights.clone()),
+            output: taps.output.then_some(out),
         })
     }
 

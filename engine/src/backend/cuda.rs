@@ -224,15 +224,17 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaAct, w: &DevMat, eps: f32, out: &mut CudaAct) -> Result<()> {
-        if x.cols != w.cols || out.rows != x.rows || out.cols != x.cols {
-            return Err(shape_err("rms_norm width", x.cols, w.cols));
+        // A weight narrower than the row normalises each group of `w.cols` values (heads).
+        let width = w.rows * w.cols;
+        if width == 0 || x.cols % width != 0 || out.rows != x.rows || out.cols != x.cols {
+            return Err(shape_err("rms_norm width", x.cols, width));
         }
         Ok(rms_norm::cuda::rms_norm(
             &self.gpu,
             x.ptr(),
             w,
             out.ptr(),
-            x.rows,
+            x.rows * (x.cols / width),
             eps,
         )?)
     }
@@ -414,7 +416,7 @@ impl Backend for CudaBackend {
             &self.gpu,
             gate,
             ex,
-            p.top_k,
+            p,
             x.ptr(),
             residual.ptr(),
             x.rows,
@@ -478,6 +480,10 @@ impl Backend for CudaBackend {
         let out = self.gpu.alloc(4 * x.rows)?;
         rms_norm::cuda::argmax_rows(&self.gpu, x.ptr(), x.rows, x.cols, out.ptr())?;
         Ok(out.read::<u32>(0, x.rows)?)
+    }
+
+    fn act_cols(&self, a: &CudaAct) -> usize {
+        a.cols
     }
 
     fn add(&self, x: &mut CudaAct, y: &CudaAct) -> Result<()> {

@@ -1,5 +1,5 @@
 //! `Backend`: the device operations along the MoE data path, one method per kernel. The model is
-//! generic over it (`Mixtral<B: Backend>`); a runtime choice of device happens once, at the public
+//! generic over it (`Model<B: Backend>`); a runtime choice of device happens once, at the public
 //! boundary, never per op.
 
 pub mod cpu;
@@ -37,6 +37,22 @@ pub struct MoeTrace {
     /// `[n_tokens, n_experts]`
     pub router_logits: Option<Vec<f32>>,
     pub routing: Option<Routing>,
+}
+
+/// What a dense feed-forward call should hand back besides its output.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FfnTaps {
+    /// The MLP's output before any gate.
+    pub output: bool,
+    /// The per-token gate, `sigmoid(x · gateᵀ)`.
+    pub gate: bool,
+}
+
+/// The taps asked for: `[n_tokens, hidden]` and `[n_tokens, 1]`.
+#[derive(Clone, Debug, Default)]
+pub struct FfnTrace {
+    pub output: Option<Vec<f32>>,
+    pub gate: Option<Vec<f32>>,
 }
 
 /// One expert's matrices.
@@ -86,7 +102,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `out[t] = table[ids[t]]`
     fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Act) -> Result<()>;
-    /// RMSNorm of every row of `x` into `out`.
+    /// RMSNorm into `out` of every group of `w.len()` consecutive values of `x`: a whole row when
+    /// `w` is as wide as `x`, each head when `w` is one head wide (per-head q/k norms).
     fn rms_norm(
         &self,
         x: &Self::Act,
@@ -108,6 +125,39 @@ pub trait Backend: Send + Sync + 'static {
             self.linear(x, w, out)?;
         }
         Ok(())
+    }
+    /// `x[r] += bias` for every row.
+    fn add_bias(&self, x: &mut Self::Act, bias: &Self::Weight) -> Result<()> {
+        // The bias broadcast to every row as a lookup of row 0 of the `[1, cols]` table.
+        let n = self.rows(x);
+        let mut broadcast = self.zeros(n, self.act_cols(x))?;
+        self.embed(bias, &vec![0; n], &mut broadcast)?;
+        self.add(x, &broadcast)
+    }
+    /// Columns of an activation.
+    fn act_cols(&self, a: &Self::Act) -> usize;
+    /// Clamps every value of `x` to `[-limit, limit]`.
+    fn clamp(&self, _x: &mut Self::Act, _limit: f32) -> Result<()> {
+        Err(crate::error::Error::Device(format!(
+            "clip_qkv is not implemented on {} yet",
+            self.name()
+        )))
+    }
+    /// A dense SwiGLU MLP (`mlp` holds one expert): `residual += g · mlp(x)` with `g` per token
+    /// `sigmoid(x · gateᵀ)` where `gate` (`[1, hidden]`) is given, else 1. Dense layers and
+    /// shared experts.
+    fn ffn(
+        &self,
+        _x: &Self::Act,
+        _mlp: &Self::Experts,
+        _gate: Option<&Self::Weight>,
+        _residual: &mut Self::Act,
+        _taps: FfnTaps,
+    ) -> Result<FfnTrace> {
+        Err(crate::error::Error::Device(format!(
+            "dense MLPs and shared experts are not implemented on {} yet",
+            self.name()
+        )))
     }
     /// Rotates every head of every row in place; `positions[row]`.
     fn rope(&self, x: &mut Self::Act, positions: &[u32], rope: &Rope) -> Result<()>;

@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::Prompt;
-use crate::models::mixtral::SeqStep;
+use crate::models::SeqStep;
 use crate::sampling::log_softmax_into;
 use crate::tokenizer::ChatMessage;
 use crate::trace::NoTrace;

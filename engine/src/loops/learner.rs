@@ -14,7 +14,7 @@ use crate::backend::{Backend, CpuBackend};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{ContinuationScore, GenerateRequest, Prompt};
-use crate::models::mixtral::SeqStep;
+use crate::models::SeqStep;
 use crate::sampling::{log_softmax_into, Sampler, SamplingParams};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::trace::{NoTrace, Trace};

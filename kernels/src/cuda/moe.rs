@@ -10,6 +10,7 @@ use crate::expert_ffn::cuda::{
     w2_gemv, ExpertStack,
 };
 use crate::router_topk::cuda::{router, sched_words, stats_words, RouterOut};
+use crate::router_topk::RouterTopK;
 use crate::WeightDType;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 pub struct MoeLayer {
     pub gate: DevMat,
     pub experts: ExpertStack,
-    pub top_k: usize,
+    pub router: RouterTopK,
 }
 
 impl MoeLayer {
@@ -37,7 +38,7 @@ impl MoeLayer {
             gpu,
             &self.gate,
             &self.experts,
-            self.top_k,
+            &self.router,
             x,
             residual,
             tokens,
@@ -260,7 +261,7 @@ pub fn moe_forward(
     gpu: &Arc<Gpu>,
     gate: &DevMat,
     ex: &ExpertStack,
-    top_k: usize,
+    routing: &RouterTopK,
     x: u64,
     residual: u64,
     tokens: usize,
@@ -268,6 +269,7 @@ pub fn moe_forward(
     scratch: &mut MoeScratch,
     keep_logits: bool,
 ) -> GpuResult<()> {
+    let top_k = routing.top_k;
     if tokens == 0 {
         return Ok(());
     }
@@ -298,7 +300,7 @@ pub fn moe_forward(
         sched: p(&s.sched),
         tile_rows: tile,
     };
-    router(gpu, x, gate, tokens, k, &out)?;
+    router(gpu, x, gate, tokens, routing, &out)?;
     if s.xs.is_some() && use_blas(ex, n_slots) {
         return experts_by_blas(gpu, ex, s, &out, x, residual, tokens, k);
     }

@@ -1,4 +1,4 @@
-use super::{ExpertLoad, RouterTopK};
+use super::{ExpertLoad, RouterTopK, Scoring};
 use crate::{check_len, KernelError};
 
 fn check(
@@ -56,18 +56,36 @@ pub fn run(
     };
     for t in 0..n {
         let row = &logits[t * e..(t + 1) * e];
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0f32;
-        for (pr, &l) in probs.iter_mut().zip(row) {
-            *pr = (l - m).exp();
-            z += *pr;
-        }
+        // `probs` holds the scores the top-k ranks; `z` normalises them into a distribution for
+        // the counters (a softmax's scores already sum to one).
+        let z = match p.scoring {
+            Scoring::Softmax => {
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut z = 0f32;
+                for (pr, &l) in probs.iter_mut().zip(row) {
+                    *pr = (l - m).exp();
+                    z += *pr;
+                }
+                for pr in probs.iter_mut() {
+                    *pr /= z;
+                }
+                1.0
+            }
+            Scoring::Sigmoid => {
+                let mut z = 0f32;
+                for (pr, &l) in probs.iter_mut().zip(row) {
+                    *pr = 1.0 / (1.0 + (-l).exp());
+                    z += *pr;
+                }
+                z
+            }
+        };
         let mut entropy = 0f64;
-        for (i, pr) in probs.iter_mut().enumerate() {
-            *pr /= z;
-            load.prob_mass[i] += *pr as f64;
-            if *pr > 0.0 {
-                entropy -= (*pr as f64) * (*pr as f64).ln();
+        for (i, &pr) in probs.iter().enumerate() {
+            let q = pr as f64 / z as f64;
+            load.prob_mass[i] += q;
+            if q > 0.0 {
+                entropy -= q * q.ln();
             }
         }
         load.entropy_sum += entropy;
@@ -88,7 +106,11 @@ pub fn run(
         for j in 0..k {
             let ex = order[j];
             expert_ids[t * k + j] = ex as u32;
-            weights[t * k + j] = probs[ex] / top_sum;
+            weights[t * k + j] = if p.renormalize {
+                probs[ex] / top_sum
+            } else {
+                probs[ex]
+            };
             load.expert_tokens[ex] += 1;
             for &other in &order[j + 1..k] {
                 load.coselect[ex * e + other] += 1;
@@ -109,10 +131,7 @@ mod tests {
 
     #[test]
     fn routes_renormalises_and_counts() {
-        let p = RouterTopK {
-            n_experts: 4,
-            top_k: 2,
-        };
+        let p = RouterTopK::softmax_renormalized(4, 2);
         // Token 0 prefers 2 then 0; token 1 prefers 3 then 2; token 2 has a tie between 1 and 3.
         let logits = [1.0, -1.0, 2.0, 0.0, 0.0, 0.0, 1.0, 3.0, 0.0, 1.0, -2.0, 1.0];
         let mut ids = [0u32; 6];
@@ -135,10 +154,7 @@ mod tests {
     #[test]
     fn more_experts_than_the_stack_holds_route_the_same_way() {
         // 100 experts: the buffers come from the heap; two tokens, the second with a tie.
-        let p = RouterTopK {
-            n_experts: 100,
-            top_k: 3,
-        };
+        let p = RouterTopK::softmax_renormalized(100, 3);
         let mut logits = vec![0f32; 200];
         logits[70] = 3.0;
         logits[99] = 4.0;
@@ -159,11 +175,46 @@ mod tests {
     }
 
     #[test]
+    fn raw_softmax_and_sigmoid_scores_are_not_renormalised_unless_asked() {
+        let logits = [1.0f32, -1.0, 2.0, 0.0];
+        let mut p = RouterTopK::softmax_renormalized(4, 2);
+        p.renormalize = false;
+        let (mut ids, mut w) = ([0u32; 2], [0f32; 2]);
+        let mut load = ExpertLoad::new(4);
+        run(&p, &logits, &mut ids, &mut w, &mut load).unwrap();
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert_eq!(ids, [2, 0]);
+        assert!((w[0] - 2f32.exp() / z).abs() < 1e-6 && (w[1] - 1f32.exp() / z).abs() < 1e-6);
+
+        let sig = |l: f32| 1.0 / (1.0 + (-l).exp());
+        for renormalize in [false, true] {
+            let p = RouterTopK {
+                scoring: Scoring::Sigmoid,
+                renormalize,
+                ..p
+            };
+            let mut load = ExpertLoad::new(4);
+            run(&p, &logits, &mut ids, &mut w, &mut load).unwrap();
+            assert_eq!(ids, [2, 0]);
+            let (a, b) = (sig(2.0), sig(1.0));
+            let want = if renormalize {
+                [a / (a + b), b / (a + b)]
+            } else {
+                [a, b]
+            };
+            assert!(
+                (w[0] - want[0]).abs() < 1e-6 && (w[1] - want[1]).abs() < 1e-6,
+                "{w:?}"
+            );
+            // The counters see the scores as a distribution.
+            let mass: f64 = load.prob_mass.iter().sum();
+            assert!((mass - 1.0).abs() < 1e-6, "{mass}");
+        }
+    }
+
+    #[test]
     fn top_k_above_n_experts_is_an_error() {
-        let p = RouterTopK {
-            n_experts: 2,
-            top_k: 3,
-        };
+        let p = RouterTopK::softmax_renormalized(2, 3);
         let mut load = ExpertLoad::new(2);
         assert!(run(&p, &[0.0; 2], &mut [0; 3], &mut [0.0; 3], &mut load).is_err());
     }

@@ -2,7 +2,7 @@
 
 use crate::cuda::{DevMat, Gpu, GpuError, GpuResult, KernelSource};
 use crate::kargs;
-use crate::router_topk::ExpertLoad;
+use crate::router_topk::{ExpertLoad, RouterTopK, Scoring};
 
 pub const SOURCE: KernelSource = KernelSource {
     name: "router_topk",
@@ -69,10 +69,19 @@ pub fn router(
     x: u64,
     gate: &DevMat,
     tokens: usize,
-    top_k: usize,
+    routing: &RouterTopK,
     o: &RouterOut,
 ) -> GpuResult<()> {
+    let top_k = routing.top_k;
     check(gate.rows, top_k)?;
+    if routing.n_experts != gate.rows {
+        return Err(GpuError(format!(
+            "router: gate has {} rows for {} experts",
+            gate.rows, routing.n_experts
+        )));
+    }
+    // Bit 0: renormalise the chosen scores; bit 1: sigmoid scores instead of a softmax.
+    let flags = routing.renormalize as u32 | ((routing.scoring == Scoring::Sigmoid) as u32) << 1;
     let f = gpu.function(&SOURCE, &format!("router_topk_{}", gate.suffix()))?;
     let (gp, h, e, k) = (gate.ptr(), gate.cols as u32, gate.rows as u32, top_k as u32);
     let logits = o.logits.unwrap_or(0);
@@ -92,6 +101,7 @@ pub fn router(
                 h,
                 e,
                 k,
+                flags,
                 logits,
                 o.ids,
                 o.weights,

@@ -1,18 +1,45 @@
-//! `router_topk`: softmax over the router logits, top-k, renormalisation, and the load-balance
-//! counters, in one pass over the tokens.
+//! `router_topk`: scores from the router logits (softmax over all experts, or a sigmoid per
+//! expert), top-k, optional renormalisation, and the load-balance counters, in one pass over the
+//! tokens.
 //!
 //! - `logits`: `[n_tokens, n_experts]` f32 (the gate projection's output)
-//! - `expert_ids`: `[n_tokens, top_k]`, highest probability first; exact ties go to the lower id
-//! - `weights`: `[n_tokens, top_k]` f32, `p_top / Σ p_top` (Mixtral renormalises after top-k)
+//! - `expert_ids`: `[n_tokens, top_k]`, highest score first; exact ties go to the lower id
+//! - `weights`: `[n_tokens, top_k]` f32: `s_top / Σ s_top` when renormalising (Mixtral,
+//!   Qwen3-MoE), else the scores themselves (Qwen2-MoE, OLMoE)
 //! - `load`: counters added to, never reset here (see [`ExpertLoad`])
 
 pub mod cpu;
 pub mod cuda;
 
+/// How router logits become per-expert scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scoring {
+    /// `softmax(logits)` over all experts (Mixtral, Qwen-MoE, OLMoE).
+    Softmax,
+    /// `sigmoid(logit)` per expert (DeepSeek-V3, GLM-4.5); the load counters' probability mass
+    /// and entropy then use the scores normalised to sum to one.
+    Sigmoid,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct RouterTopK {
     pub n_experts: usize,
     pub top_k: usize,
+    pub scoring: Scoring,
+    /// Divide the chosen scores by their sum.
+    pub renormalize: bool,
+}
+
+impl RouterTopK {
+    /// Mixtral's router: softmax, top-k, renormalised.
+    pub fn softmax_renormalized(n_experts: usize, top_k: usize) -> Self {
+        RouterTopK {
+            n_experts,
+            top_k,
+            scoring: Scoring::Softmax,
+            renormalize: true,
+        }
+    }
 }
 
 /// Per-layer routing counters, accumulated over every routed token.

@@ -1,5 +1,6 @@
-// The router of one MoE layer in one launch per token block: gate logits (x · gateᵀ), softmax,
-// top-k (ties to the lower id), renormalisation, the load-balance counters (accumulated on the
+// The router of one MoE layer in one launch per token block: gate logits (x · gateᵀ), scores
+// (softmax, or a sigmoid per expert: flags bit 1), top-k (ties to the lower id), renormalisation
+// (flags bit 0), the load-balance counters (accumulated on the
 // device, read only when asked) and each slot's place in its expert's group (the counts feed the
 // dispatch kernel below).
 //
@@ -15,7 +16,7 @@ __device__ void dispatch_body(const u32* ids, const u32* pos, u32* counts, u32 n
 
 template <typename W>
 __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ gate, u32 H, u32 E,
-                            u32 K, float* __restrict__ logits_out, u32* __restrict__ ids,
+                            u32 K, u32 flags, float* __restrict__ logits_out, u32* __restrict__ ids,
                             float* __restrict__ weights, u32* __restrict__ counts,
                             u32* __restrict__ pos, u64* __restrict__ stats,
                             u32* __restrict__ done, u32 max_tiles, u32 tile_rows,
@@ -60,25 +61,33 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
             m = fmaxf(m, p[i]);
         }
         m = warp_max(m);
+        const bool sigmoid = flags & 2u;
         float z = 0.f;
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
             const u32 e = lane + 32 * i;
-            p[i] = e < E ? expf(p[i] - m) : 0.f;
+            p[i] = e < E ? (sigmoid ? 1.f / (1.f + expf(-p[i])) : expf(p[i] - m)) : 0.f;
             z += p[i];
         }
         z = warp_sum(z);
+        // s_prob: the scores the top-k ranks; the counters see them normalised by z (a no-op
+        // for a softmax's probabilities after the division below).
+        const float zc = sigmoid ? z : 1.f;
+        if (!sigmoid) {
+#pragma unroll
+            for (int i = 0; i < PER; ++i) p[i] = p[i] / z;
+        }
         double entropy = 0.0;
         double* prob_mass = (double*)(stats + 1 + E + (u64)E * E);
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
             const u32 e = lane + 32 * i;
             if (e < E) {
-                p[i] = p[i] / z;
                 s_prob[e] = p[i];
-                atomicAdd(&prob_mass[e], (double)p[i]);
+                const double q = (double)p[i] / (double)zc;
+                atomicAdd(&prob_mass[e], q);
                 if (logits_out) logits_out[t * E + e] = s_logit[e];
-                if (p[i] > 0.f) entropy -= (double)p[i] * log((double)p[i]);
+                if (q > 0.0) entropy -= q * log(q);
             }
         }
 #pragma unroll
@@ -116,7 +125,7 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
         if (lane < K) {
             const u32 e = s_pick[lane];
             ids[t * K + lane] = e;
-            weights[t * K + lane] = s_prob[e] / top_sum;
+            weights[t * K + lane] = (flags & 1u) ? s_prob[e] / top_sum : s_prob[e];
             pos[t * K + lane] = atomicAdd(&counts[e], 1u);
             atomicAdd(&expert_tokens[e], 1ull);
             for (u32 i = 0; i < K; ++i)
@@ -143,10 +152,10 @@ __device__ void router_impl(const float* __restrict__ x, const W* __restrict__ g
 
 #define ROUTER(S, W)                                                                         \
     extern "C" __global__ void router_topk_##S(                                              \
-        const float* x, const W* gate, u32 H, u32 E, u32 K, float* logits_out, u32* ids,     \
-        float* weights, u32* counts, u32* pos, u64* stats, u32* done, u32 max_tiles,         \
-        u32 tile_rows, u32* sorted_slots, u32* slot_rows, u32* sched) {                      \
-        router_impl<W>(x, gate, H, E, K, logits_out, ids, weights, counts, pos, stats, done, \
+        const float* x, const W* gate, u32 H, u32 E, u32 K, u32 flags, float* logits_out,    \
+        u32* ids, float* weights, u32* counts, u32* pos, u64* stats, u32* done,              \
+        u32 max_tiles, u32 tile_rows, u32* sorted_slots, u32* slot_rows, u32* sched) {       \
+        router_impl<W>(x, gate, H, E, K, flags, logits_out, ids, weights, counts, pos, stats, done, \
                        max_tiles, tile_rows, sorted_slots, slot_rows, sched);                \
     }
 FOR_EACH_WEIGHT(ROUTER)
