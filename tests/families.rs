@@ -529,9 +529,8 @@ fn qwen3_moe_bf16_matches_transformers() {
     check_generation(&e, name, "ref_f32.", false);
 }
 
-// The same on a CUDA device (each prints `skipping: <reason>` where there is none). Qwen3-MoE
-// and OLMoE run every op there; Qwen2-MoE's dense layer and shared expert need the device's
-// dense MLP.
+// The same on a CUDA device (each prints `skipping: <reason>` where there is none); dense layers
+// and shared experts run there as one-expert MoE blocks.
 
 fn cuda_family(name: &str) {
     let mut worst = Worst::default();
@@ -542,6 +541,11 @@ fn cuda_family(name: &str) {
     report(&format!("cuda {name}"), &worst);
     let Some(b) = cuda_or_skip() else { return };
     check_cache_against_recompute(&load_on(name, b), name);
+}
+
+#[test]
+fn cuda_qwen2_moe_matches_transformers() {
+    cuda_family("qwen2_moe-tiny-f32");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! sequence's KV cache live on the device, and nothing is read back inside a forward pass except
 //! what a trace asks for; the router's counters stay on the device until the statistics are read.
 
-use super::{AttnItem, Backend, ExpertWeights, MoeTaps, MoeTrace, Routing};
+use super::{AttnItem, Backend, ExpertWeights, FfnTaps, FfnTrace, MoeTaps, MoeTrace, Routing};
 use crate::error::{Error, Result};
 use crate::weights::WeightTensor;
 use moe_kernels::attention::cuda::{self as att, RowMeta};
@@ -13,7 +13,7 @@ use moe_kernels::cuda::{DevBuf, DevMat, Gpu, HostCopy};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::cuda::{add_stats, stats_words};
-use moe_kernels::router_topk::{ExpertLoad, RouterTopK};
+use moe_kernels::router_topk::{ExpertLoad, RouterTopK, Scoring};
 use moe_kernels::sample::{Edit, Picked, SampleRow};
 use moe_kernels::{embedding, linear, rms_norm, rope, sample};
 use std::sync::{Arc, Mutex};
@@ -435,6 +435,70 @@ impl Backend for CudaBackend {
                 expert_ids,
                 weights,
             });
+        }
+        Ok(trace)
+    }
+
+    /// The MoE block with one expert and top-1: a zero router row gives every token weight
+    /// `softmax([0]) = 1`, and the gate as a sigmoid-scored router row gives `sigmoid(x · gateᵀ)`
+    /// (not renormalised); its counters go to a scratch buffer.
+    fn ffn(
+        &self,
+        x: &CudaAct,
+        mlp: &MoeLayerExperts,
+        gate: Option<&DevMat>,
+        residual: &mut CudaAct,
+        taps: FfnTaps,
+    ) -> Result<FfnTrace> {
+        let ex = &mlp.0;
+        if ex.n_experts != 1 || x.cols != ex.hidden {
+            return Err(shape_err("dense MLP experts", ex.n_experts, 1));
+        }
+        let zero_gate = DevMat::upload(
+            &self.gpu,
+            &[moe_kernels::WeightData::F32(&vec![0f32; x.cols])],
+            1,
+            x.cols,
+        )?;
+        let stats = self.gpu.alloc(8 * stats_words(1))?;
+        let run = |router: &DevMat, scoring: Scoring, out: &mut CudaAct| -> Result<()> {
+            stats.zero()?;
+            let p = RouterTopK {
+                n_experts: 1,
+                top_k: 1,
+                scoring,
+                renormalize: false,
+            };
+            let mut st = self.state();
+            moe_forward(
+                &self.gpu,
+                router,
+                ex,
+                &p,
+                x.ptr(),
+                out.ptr(),
+                x.rows,
+                stats.ptr(),
+                &mut st.scratch,
+                taps.gate,
+            )?;
+            Ok(())
+        };
+        let mut trace = FfnTrace::default();
+        if taps.output {
+            let mut out = self.zeros(x.rows, x.cols)?;
+            run(&zero_gate, Scoring::Softmax, &mut out)?;
+            trace.output = Some(self.to_host(&out)?);
+        }
+        match gate {
+            None => run(&zero_gate, Scoring::Softmax, residual)?,
+            Some(g) => {
+                run(g, Scoring::Sigmoid, residual)?;
+                if taps.gate {
+                    let logits = self.state().scratch.router_logits(x.rows, 1)?;
+                    trace.gate = Some(logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect());
+                }
+            }
         }
         Ok(trace)
     }
