@@ -48,6 +48,9 @@ pub struct AttentionSpec {
     pub qk_norm: QkNorm,
     /// Clamp q, k and v to `±clip` after the norms, before RoPE (OLMoE's `clip_qkv`).
     pub clip_qkv: Option<f32>,
+    /// RoPE pairs dims `(2i, 2i + 1)` instead of `(i, i + head_dim/2)` (GGUF llama weights,
+    /// whose q/k rows llama.cpp's converter permuted to that layout).
+    pub rope_interleaved: bool,
 }
 
 /// RMSNorm of q and k before RoPE.

@@ -198,8 +198,14 @@ fn rms_norm_and_fused_residual_add() {
 fn rope_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng(seed());
-    for &(hd, heads) in &[(16usize, 4usize), (128, 32), (64, 8)] {
-        let rope_p = Rope::new(hd, 1e6);
+    for &(hd, heads, il) in &[
+        (16usize, 4usize, false),
+        (128, 32, false),
+        (64, 8, false),
+        (32, 8, true),
+        (64, 4, true),
+    ] {
+        let rope_p = Rope::new(hd, 1e6).with_interleaved(il);
         let n = 9;
         let positions: Vec<u32> = (0..n).map(|_| r.below(30000) as u32).collect();
         let mut x = r.vec(n * heads * hd, 1.0);
@@ -209,14 +215,14 @@ fn rope_matches_cpu() {
             g.upload(&positions).unwrap(),
             g.upload(&rope_p.inv_freq).unwrap(),
         );
-        rope::cuda::rope(&g, dx.ptr(), dp.ptr(), df.ptr(), n, heads, hd).unwrap();
+        rope::cuda::rope(&g, dx.ptr(), dp.ptr(), df.ptr(), n, heads, hd, il).unwrap();
         rope::cpu::run(&rope_p, &mut x, &positions).unwrap();
         assert_close(&format!("rope hd {hd}"), &read(&dx, x.len()), &x, 1e-5);
         // The table path (cos/sin built once per forward) gives the same rotation.
         let half = hd / 2;
         let (cos, sin) = (poisoned(&g, n * half), poisoned(&g, n * half));
         rope::cuda::rope_table(&g, dp.ptr(), df.ptr(), n, hd, cos.ptr(), sin.ptr()).unwrap();
-        rope::cuda::rope_apply(&g, dx2.ptr(), cos.ptr(), sin.ptr(), n, heads, hd).unwrap();
+        rope::cuda::rope_apply(&g, dx2.ptr(), cos.ptr(), sin.ptr(), n, heads, hd, il).unwrap();
         assert_close(
             &format!("rope table hd {hd}"),
             &read(&dx2, x.len()),
@@ -238,6 +244,7 @@ fn rope_matches_cpu() {
             sin.ptr(),
             n,
             hd,
+            il,
         )
         .unwrap();
         rope::cpu::run(&rope_p, &mut q, &positions).unwrap();

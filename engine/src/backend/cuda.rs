@@ -309,6 +309,7 @@ impl Backend for CudaBackend {
             x.rows,
             x.cols / r.head_dim,
             r.head_dim,
+            r.interleaved,
         )?)
     }
 
@@ -329,6 +330,7 @@ impl Backend for CudaBackend {
             sin,
             q.rows,
             r.head_dim,
+            r.interleaved,
         )?)
     }
 

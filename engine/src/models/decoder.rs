@@ -269,7 +269,8 @@ impl<B: Backend> Model<B> {
         };
         let weight_bytes = ld.bytes;
         Ok(Model {
-            rope: Rope::new(cfg.head_dim, cfg.rope_theta),
+            rope: Rope::new(cfg.head_dim, cfg.rope_theta)
+                .with_interleaved(cfg.attention.rope_interleaved),
             attn: Attention {
                 n_heads: cfg.num_attention_heads,
                 n_kv_heads: cfg.num_key_value_heads,

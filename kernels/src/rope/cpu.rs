@@ -50,6 +50,14 @@ pub fn run_many(p: &Rope, xs: &mut [&mut [f32]], positions: &[u32]) -> Result<()
         for x in xs.iter_mut() {
             let row = x.len() / n;
             for v in x[t * row..(t + 1) * row].chunks_exact_mut(dim) {
+                if p.interleaved {
+                    for (i, pair) in v.chunks_exact_mut(2).enumerate() {
+                        let (a, b) = (pair[0], pair[1]);
+                        pair[0] = a * cos[i] - b * sin[i];
+                        pair[1] = b * cos[i] + a * sin[i];
+                    }
+                    continue;
+                }
                 for i in 0..half {
                     let (a, b) = (v[i], v[i + half]);
                     v[i] = a * cos[i] - b * sin[i];
@@ -67,6 +75,34 @@ pub use run as reference;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleaved_pairs_rotate_like_half_split_on_permuted_dims() {
+        // Interleaved RoPE on x equals half-split RoPE on x with each head's dims permuted from
+        // (0, 1, 2, 3, ...) to (0, 2, 4, ..., 1, 3, 5, ...) (llama.cpp's converter permutation).
+        let hd = 16;
+        let p = Rope::new(hd, 10000.0);
+        let pi = p.clone().with_interleaved(true);
+        let positions = [3u32, 100];
+        let x: Vec<f32> = (0..2 * 2 * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+        let perm = |v: &[f32]| -> Vec<f32> {
+            v.chunks(hd)
+                .flat_map(|h| {
+                    (0..hd / 2)
+                        .map(|i| h[2 * i])
+                        .chain((0..hd / 2).map(|i| h[2 * i + 1]))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut a = x.clone();
+        run(&pi, &mut a, &positions).unwrap();
+        let mut b = perm(&x);
+        run(&p, &mut b, &positions).unwrap();
+        assert_eq!(perm(&a), b);
+        assert_eq!(pi.pair(3), (6, 7));
+        assert_eq!(p.pair(3), (3, 11));
+    }
 
     #[test]
     fn rotates_by_the_f64_angles_and_q_and_k_together_as_alone() {

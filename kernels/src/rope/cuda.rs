@@ -17,9 +17,10 @@ pub fn rope(
     n: usize,
     n_heads: usize,
     head_dim: usize,
+    interleaved: bool,
 ) -> GpuResult<()> {
     let f = gpu.function(&SOURCE, "rope_f32")?;
-    let (nh, hd) = (n_heads as u32, head_dim as u32);
+    let (nh, hd, il) = (n_heads as u32, head_dim as u32, interleaved as u32);
     // SAFETY: argument list matches `rope_f32`.
     unsafe {
         gpu.launch(
@@ -27,7 +28,7 @@ pub fn rope(
             (n as u32, 1, 1),
             (128, 1, 1),
             0,
-            &mut kargs!(x, positions, inv_freq, nh, hd),
+            &mut kargs!(x, positions, inv_freq, nh, hd, il),
         )
     }
 }
@@ -65,9 +66,10 @@ pub fn rope_apply(
     n: usize,
     n_heads: usize,
     head_dim: usize,
+    interleaved: bool,
 ) -> GpuResult<()> {
     let f = gpu.function(&SOURCE, "rope_apply")?;
-    let (nh, hd) = (n_heads as u32, head_dim as u32);
+    let (nh, hd, il) = (n_heads as u32, head_dim as u32, interleaved as u32);
     // SAFETY: argument list matches `rope_apply`.
     unsafe {
         gpu.launch(
@@ -75,7 +77,7 @@ pub fn rope_apply(
             (n as u32, 1, 1),
             (128, 1, 1),
             0,
-            &mut kargs!(x, cos, sin, nh, hd),
+            &mut kargs!(x, cos, sin, nh, hd, il),
         )
     }
 }
@@ -93,9 +95,11 @@ pub fn rope_apply2(
     sin: u64,
     n: usize,
     head_dim: usize,
+    interleaved: bool,
 ) -> GpuResult<()> {
     let f = gpu.function(&SOURCE, "rope_apply2")?;
     let (na, nb, hd) = (n_heads_a as u32, n_heads_b as u32, head_dim as u32);
+    let il = interleaved as u32;
     // SAFETY: argument list matches `rope_apply2`.
     unsafe {
         gpu.launch(
@@ -103,7 +107,7 @@ pub fn rope_apply2(
             (n as u32, 2, 1),
             (128, 1, 1),
             0,
-            &mut kargs!(a, na, b, nb, cos, sin, hd),
+            &mut kargs!(a, na, b, nb, cos, sin, hd, il),
         )
     }
 }

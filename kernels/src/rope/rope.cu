@@ -1,8 +1,9 @@
-// Rotary embedding of every head of every row, in place (rotate-half form, as transformers).
+// Rotary embedding of every head of every row, in place: pair i is (i, i + half) (rotate-half
+// form, as transformers) or, with `interleaved`, (2i, 2i + 1) (llama.cpp's GGUF llama layout).
 // The angle is formed in f32 (position · inv_freq) and its cosine/sine taken in f64, like the CPU
 // kernel, so both agree to the last bit of the angle.
 extern "C" __global__ void rope_f32(float* x, const u32* positions, const float* inv_freq,
-                                    u32 n_heads, u32 head_dim) {
+                                    u32 n_heads, u32 head_dim, u32 interleaved) {
     const u64 t = blockIdx.x;
     const u32 half = head_dim / 2;
     const float pos = (float)positions[t];
@@ -12,9 +13,10 @@ extern "C" __global__ void rope_f32(float* x, const u32* positions, const float*
         const float angle = pos * inv_freq[i];
         const float c = (float)cos((double)angle), s = (float)sin((double)angle);
         float* v = row + h * head_dim;
-        const float a = v[i], b = v[i + half];
-        v[i] = a * c - b * s;
-        v[i + half] = b * c + a * s;
+        const u32 ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
+        const float a = v[ia], b = v[ib];
+        v[ia] = a * c - b * s;
+        v[ib] = b * c + a * s;
     }
 }
 
@@ -32,7 +34,7 @@ extern "C" __global__ void rope_table(const u32* positions, const float* inv_fre
 }
 
 extern "C" __global__ void rope_apply(float* x, const float* cos_t, const float* sin_t,
-                                      u32 n_heads, u32 head_dim) {
+                                      u32 n_heads, u32 head_dim, u32 interleaved) {
     const u64 t = blockIdx.x;
     const u32 half = head_dim / 2;
     float* row = x + t * (u64)n_heads * head_dim;
@@ -40,16 +42,17 @@ extern "C" __global__ void rope_apply(float* x, const float* cos_t, const float*
         const u32 h = j / half, i = j % half;
         const float c = cos_t[t * half + i], s = sin_t[t * half + i];
         float* v = row + h * head_dim;
-        const float a = v[i], b = v[i + half];
-        v[i] = a * c - b * s;
-        v[i + half] = b * c + a * s;
+        const u32 ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
+        const float a = v[ia], b = v[ib];
+        v[ia] = a * c - b * s;
+        v[ib] = b * c + a * s;
     }
 }
 
 // rope_apply over two tensors of the same rows (q with nh_a heads, k with nh_b) in one launch:
 // grid (n, 2), blockIdx.y picks the tensor.
 extern "C" __global__ void rope_apply2(float* a, u32 nh_a, float* b, u32 nh_b, const float* cos_t,
-                                       const float* sin_t, u32 head_dim) {
+                                       const float* sin_t, u32 head_dim, u32 interleaved) {
     const u64 t = blockIdx.x;
     const u32 half = head_dim / 2;
     const u32 n_heads = blockIdx.y == 0 ? nh_a : nh_b;
