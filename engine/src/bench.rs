@@ -628,4 +628,36 @@ mod tests {
         let want = (cfg.total_params() - 32000 * 1024 + 1024) as f64;
         assert!((all - want).abs() / want < 1e-9, "{all} vs {want}");
     }
+
+    #[test]
+    fn qwen3_steps_count_moe_layers_experts_and_explicit_head_dim() {
+        // The Qwen3-shaped bench checkpoint, with layer 1 made dense and head_dim ≠ hidden/heads.
+        let cfg = ModelConfig::from_json(
+            r#"{"architectures":["Qwen3MoeForCausalLM"],"model_type":"qwen3_moe","vocab_size":32000,
+            "hidden_size":1024,"intermediate_size":3072,"moe_intermediate_size":512,
+            "num_hidden_layers":8,"num_attention_heads":16,"num_key_value_heads":4,"head_dim":128,
+            "num_experts":64,"num_experts_per_tok":8,"norm_topk_prob":true,"decoder_sparse_step":1,
+            "mlp_only_layers":[1],"rope_theta":1e6,"eos_token_id":2,"tie_word_embeddings":false}"#,
+        )
+        .unwrap();
+        let (h, q, kv) = (1024, 16 * 128, 4 * 128);
+        let attn = 2 * h * q + 2 * h * kv;
+        let expert = 3 * h * 512;
+        let moe = h * 64 + 8 * expert;
+        let dense = 3 * h * 3072;
+        let active = 8 * (attn + 2 * h) + 7 * moe + dense + h + 32000 * h + h;
+        // With or without the per-head q/k norm weights (2 × head_dim a layer).
+        let got = cfg.active_params();
+        assert!(
+            got == active || got == active + 8 * 2 * 128,
+            "{got} vs {active}"
+        );
+        let one = params_read_per_step(&cfg, 1);
+        assert!((one - got as f64).abs() < 1.0, "{one}");
+        // Eight of 64 experts per token: 8 tokens touch 64·(1 − (56/64)⁸) experts per MoE layer.
+        let eight = params_read_per_step(&cfg, 8);
+        let distinct = 64.0 * (1.0 - (56.0f64 / 64.0).powi(8));
+        let want = one + 7.0 * (distinct - 8.0) * expert as f64;
+        assert!((eight - want).abs() < 1.0, "{eight} vs {want}");
+    }
 }

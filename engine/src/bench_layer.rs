@@ -18,9 +18,56 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Named layer shapes `(name, hidden, expert width, experts, top_k)`: `small` and `mixtral` as in
+/// `gpu_moe_anchor.py`'s `SHAPES`, the MoE layer of Qwen3-30B-A3B, and the layers of the two CPU
+/// bench checkpoints (`make_bench_checkpoint`, `--family mixtral` is `small`).
+pub const SHAPES: &[(&str, usize, usize, usize, usize)] = &[
+    ("small", 1024, 3584, 8, 2),
+    ("mixtral", 4096, 14336, 8, 2),
+    ("qwen3_30b_a3b", 2048, 768, 128, 8),
+    ("qwen3_bench", 1024, 512, 64, 8),
+];
+
+/// The shape `--shape NAME` names, with any of `hidden`, `ffn`, `experts`, `top_k` given
+/// overriding it (no name: `mixtral`'s, overridden the same way). Returns the shape's label (the
+/// name of the [`SHAPES`] entry with these numbers, else `H{h}_F{f}_E{e}_K{k}`) and its four
+/// numbers.
+pub fn resolve_shape(
+    name: Option<&str>,
+    hidden: Option<usize>,
+    ffn: Option<usize>,
+    experts: Option<usize>,
+    top_k: Option<usize>,
+) -> Result<(String, [usize; 4])> {
+    let preset = name.unwrap_or("mixtral");
+    let &(_, h, f, e, k) = SHAPES.iter().find(|s| s.0 == preset).ok_or_else(|| {
+        let names: Vec<&str> = SHAPES.iter().map(|s| s.0).collect();
+        Error::InvalidRequest(format!(
+            "moe-layer: unknown --shape `{preset}` ({})",
+            names.join(", ")
+        ))
+    })?;
+    let dims = [
+        hidden.unwrap_or(h),
+        ffn.unwrap_or(f),
+        experts.unwrap_or(e),
+        top_k.unwrap_or(k),
+    ];
+    let label = if dims == [h, f, e, k] {
+        preset.to_string()
+    } else if let Some(s) = SHAPES.iter().find(|s| [s.1, s.2, s.3, s.4] == dims) {
+        s.0.to_string()
+    } else {
+        format!("H{}_F{}_E{}_K{}", dims[0], dims[1], dims[2], dims[3])
+    };
+    Ok((label, dims))
+}
+
 #[derive(Clone, Debug)]
 pub struct LayerBenchOptions {
     pub ordinal: usize,
+    /// The shape's label (see [`resolve_shape`]), reported as `shape`.
+    pub shape: String,
     pub hidden: usize,
     pub ffn: usize,
     pub experts: usize,
@@ -58,6 +105,9 @@ pub struct LayerBenchRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerBenchReport {
     pub device: String,
+    /// A name of [`SHAPES`] (`small` and `mixtral` as `gpu_moe_anchor.py --shapes` names them),
+    /// or `H{h}_F{f}_E{e}_K{k}`.
+    pub shape: String,
     pub hidden: usize,
     pub ffn: usize,
     pub experts: usize,
@@ -260,6 +310,7 @@ pub fn run_layer_bench(
     }
     Ok(LayerBenchReport {
         device: gpu.name.clone(),
+        shape: o.shape.clone(),
         hidden: h,
         ffn: f,
         experts: e,
@@ -276,8 +327,8 @@ pub fn run_layer_bench(
 impl LayerBenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "moe-layer {} H{} F{} E{} top-{} {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | path | experts touched | gpu ms | wall ms | graph ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
-            self.device, self.hidden, self.ffn, self.experts, self.top_k, self.dtype, self.copy_gbps, self.gemm_tflops
+            "moe-layer {} {} (H{} F{} E{} top-{}) {} | copy {:.0} GB/s, GEMM {:.0} TFLOP/s\n\n| tokens | path | experts touched | gpu ms | wall ms | graph ms | floor ms | × floor | weight GB/s | TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|\n",
+            self.device, self.shape, self.hidden, self.ffn, self.experts, self.top_k, self.dtype, self.copy_gbps, self.gemm_tflops
         );
         for r in &self.rows {
             s += &format!(
@@ -295,5 +346,41 @@ impl LayerBenchReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_resolve_by_name_and_flags_override_them() {
+        let r = |n: Option<&str>, h, f, e, k| resolve_shape(n, h, f, e, k).unwrap();
+        assert_eq!(
+            r(None, None, None, None, None),
+            ("mixtral".into(), [4096, 14336, 8, 2])
+        );
+        assert_eq!(
+            r(Some("qwen3_30b_a3b"), None, None, None, None),
+            ("qwen3_30b_a3b".into(), [2048, 768, 128, 8])
+        );
+        // Numbers of a named shape take its name; others make a label of the numbers.
+        assert_eq!(
+            r(None, Some(4096), None, Some(8), None),
+            ("mixtral".into(), [4096, 14336, 8, 2])
+        );
+        assert_eq!(
+            r(None, Some(2048), Some(768), Some(128), Some(8)),
+            ("qwen3_30b_a3b".into(), [2048, 768, 128, 8])
+        );
+        assert_eq!(
+            r(Some("qwen3_30b_a3b"), None, Some(512), None, None),
+            ("H2048_F512_E128_K8".into(), [2048, 512, 128, 8])
+        );
+        assert_eq!(
+            r(Some("small"), None, None, None, Some(1)),
+            ("H1024_F3584_E8_K1".into(), [1024, 3584, 8, 1])
+        );
+        assert!(resolve_shape(Some("nope"), None, None, None, None).is_err());
     }
 }

@@ -353,6 +353,11 @@ impl ModelConfig {
         if self.attention.o_bias {
             bias += self.hidden_size;
         }
+        bias += match self.attention.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::PerHead => 2 * self.head_dim,
+            QkNorm::Whole => self.q_width() + self.kv_width(),
+        };
         h * self.q_width() * 2 + h * self.kv_width() * 2 + bias
     }
 

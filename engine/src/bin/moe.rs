@@ -162,14 +162,22 @@ enum BenchCommand {
     /// One sparse MoE layer (router, top-k, experts, combine) on a CUDA device at a given shape,
     /// against its bandwidth and GEMM floors.
     MoeLayer {
-        #[arg(long, default_value_t = 4096)]
-        hidden: usize,
-        #[arg(long, default_value_t = 14336)]
-        ffn: usize,
-        #[arg(long, default_value_t = 8)]
-        experts: usize,
-        #[arg(long, default_value_t = 2)]
-        top_k: usize,
+        /// A named shape: small, mixtral (default), qwen3_30b_a3b or qwen3_bench; the flags below
+        /// override its numbers.
+        #[arg(long)]
+        shape: Option<String>,
+        /// Hidden size (mixtral: 4096).
+        #[arg(long)]
+        hidden: Option<usize>,
+        /// Width of one expert, `moe_intermediate_size` (mixtral: 14336).
+        #[arg(long, visible_alias = "expert-width")]
+        ffn: Option<usize>,
+        /// Routed experts (mixtral: 8).
+        #[arg(long)]
+        experts: Option<usize>,
+        /// Experts per token (mixtral: 2).
+        #[arg(long)]
+        top_k: Option<usize>,
         #[arg(long, value_delimiter = ',', default_value = "1,8,64,512,4096")]
         tokens: Vec<usize>,
         /// Weight dtype: bf16, f16 or f32.
@@ -1312,6 +1320,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench {
             what:
                 Some(BenchCommand::MoeLayer {
+                    shape,
                     hidden,
                     ffn,
                     experts,
@@ -1323,6 +1332,8 @@ fn run(cli: Cli) -> Result<()> {
                 }),
             ..
         } => {
+            let (shape, [hidden, ffn, experts, top_k]) =
+                moe::bench_layer::resolve_shape(shape.as_deref(), hidden, ffn, experts, top_k)?;
             let Device::Cuda(ordinal) = device else {
                 bail!("moe bench moe-layer runs on a CUDA device: pass --device cuda[:N]");
             };
@@ -1334,6 +1345,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let opts = LayerBenchOptions {
                 ordinal,
+                shape,
                 hidden,
                 ffn,
                 experts,
