@@ -207,3 +207,83 @@ fn prompt_past_the_context_and_empty_prompt_are_errors() {
         "{e}"
     );
 }
+
+// ---- Model families ----
+
+fn family_config(
+    model: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<ModelConfig, Error> {
+    let text = std::fs::read_to_string(fixture(model).join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut v);
+    ModelConfig::from_json(&v.to_string())
+}
+
+#[test]
+fn unsupported_model_type_lists_the_supported_families() {
+    let e = family_config("qwen3_moe-tiny-f32", |v| v["model_type"] = "mamba".into())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mamba") && e.contains("mixtral, qwen2_moe, qwen3_moe, olmoe"),
+        "{e}"
+    );
+    // Without model_type, an unknown architecture is named the same way.
+    let e = family_config("olmoe-tiny-f32", |v| {
+        v.as_object_mut().unwrap().remove("model_type");
+        v["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("MambaForCausalLM") && e.contains("mixtral, qwen2_moe, qwen3_moe, olmoe"),
+        "{e}"
+    );
+    // And through a model directory, as every front end loads one.
+    let dir = scratch_model_dir("olmoe-tiny-f32", "mamba");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    v["model_type"] = "mamba".into();
+    std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+    let e = ModelConfig::from_file(&dir.join("config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mixtral, qwen2_moe, qwen3_moe, olmoe"), "{e}");
+}
+
+#[test]
+fn qwen3_moe_sliding_window_is_a_named_error() {
+    let e = family_config("qwen3_moe-tiny-f32", |v| {
+        v["use_sliding_window"] = true.into();
+        v["sliding_window"] = 4096.into();
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("use_sliding_window") && e.contains("qwen3_moe"),
+        "{e}"
+    );
+    // Published with `use_sliding_window: false`, `sliding_window` is ignored.
+    let c = family_config("qwen3_moe-tiny-f32", |v| v["sliding_window"] = 4096.into()).unwrap();
+    assert_eq!(c.sliding_window, None);
+}
+
+#[test]
+fn qwen2_moe_missing_shared_expert_gate_is_named() {
+    let model = "qwen2_moe-tiny-f32";
+    let name = "model.layers.0.mlp.shared_expert_gate.weight";
+    let dir = scratch_model_dir(model, "no-shared-gate");
+    let mut t = read_raw_tensors(model);
+    let before = t.len();
+    t.retain(|x| x.name != name);
+    assert_eq!(t.len(), before - 1);
+    write_safetensors(&dir.join("model.safetensors"), &t);
+    let e = err_text(load_dir(&dir));
+    assert!(e.contains(&format!("`{name}` is missing")), "{e}");
+    // The intact checkpoint loads.
+    let dir = scratch_model_dir(model, "intact");
+    write_safetensors(&dir.join("model.safetensors"), &read_raw_tensors(model));
+    load_dir(&dir).unwrap();
+}

@@ -358,3 +358,159 @@ fn return_experts_lists_each_processed_token_per_layer() {
     );
     assert!(plain["choices"][0].get("experts").is_none());
 }
+
+/// A second server with the MoE family fixtures (tests/fixtures/FAMILIES.md): the Qwen folders
+/// carry a ChatML template, OLMoE's none.
+fn family_server() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    static HANDLE: OnceLock<ServerHandle> = OnceLock::new();
+    URL.get_or_init(|| {
+        let models = ["qwen3_moe-tiny-f32", "qwen2_moe-tiny-f32", "olmoe-tiny-f32"]
+            .into_iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Engine::load(&ModelSource::Dir(fixture(n))).unwrap(),
+                )
+            })
+            .collect();
+        let h = start(
+            models,
+            ServerConfig {
+                port: 0,
+                max_batch: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let url = h.url();
+        let _ = HANDLE.set(h);
+        url
+    })
+}
+
+fn family_post(path: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}{path}", family_server()))
+        .json(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap())
+}
+
+fn family_meta(model: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(model).join("meta.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn families_chat_chatml_and_a_missing_template_is_a_clear_4xx() {
+    // qwen3_moe: the chat endpoint renders ChatML, `<|im_start|>user\nHi<|im_end|>\n
+    // <|im_start|>assistant\n` (14 ids), and answers as the same ids sent as a prompt do.
+    let chatml = [
+        601, 331, 257, 198, 39, 72, 602, 198, 601, 460, 387, 571, 83, 198,
+    ];
+    let hi = json!({"model": "qwen3_moe-tiny-f32", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0, "max_tokens": 8});
+    let (s, v) = family_post("/v1/chat/completions", &hi);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "qwen3_moe-tiny-f32");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], chatml.len());
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    let (s, c) = family_post(
+        "/v1/completions",
+        &json!({"model": "qwen3_moe-tiny-f32", "prompt": chatml, "temperature": 0, "max_tokens": 8}),
+    );
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        c["choices"][0]["text"]
+    );
+    // Left to run, a greedy answer ends with a finish_reason either way.
+    let (s, v) = family_post(
+        "/v1/chat/completions",
+        &json!({"model": "qwen3_moe-tiny-f32", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello world"}], "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || finish == "length", "{v}");
+
+    // olmoe has no chat template: a 400 naming it; the model and the server keep serving.
+    let (s, v) = family_post(
+        "/v1/chat/completions",
+        &json!({"model": "olmoe-tiny-f32", "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    assert_error(s, &v, 400, None);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("chat template") || msg.contains("chat_template"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (s, v) = family_post(
+        "/v1/completions",
+        &json!({"model": "olmoe-tiny-f32", "prompt": "Hello world", "temperature": 0, "max_tokens": 4}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 2);
+    let (s, v) = family_post("/v1/chat/completions", &hi);
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Greedy completions from meta.json's p0 prompt ids give transformers' text, plain and
+/// streamed, through padded-vocabulary ids (qwen2_moe generates id 615, which has no token).
+#[test]
+fn families_completions_reproduce_the_golden_text() {
+    for model in ["qwen2_moe-tiny-f32", "qwen3_moe-tiny-f32", "olmoe-tiny-f32"] {
+        let m = family_meta(model);
+        let prompt = &m["cases"]["p0"]["input_ids"][0];
+        let want = m["cases"]["p0"]["generated_text"][0].as_str().unwrap();
+        let body = json!({"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 16, "logprobs": 2});
+        let (s, v) = family_post("/v1/completions", &body);
+        assert_eq!(s, 200, "{model}: {v}");
+        assert_eq!(v["choices"][0]["text"], want, "{model}");
+        assert_eq!(v["choices"][0]["finish_reason"], "length", "{model}");
+        let lp = &v["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"].as_array().unwrap().len(), 16, "{model}");
+        assert_eq!(lp["top_logprobs"].as_array().unwrap().len(), 16, "{model}");
+        let mut stream = body.clone();
+        stream["stream"] = true.into();
+        stream.as_object_mut().unwrap().remove("logprobs");
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/completions", family_server()))
+            .json(&stream)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let text: String = BufReader::new(r)
+            .lines()
+            .map(|l| l.unwrap())
+            .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+            .filter(|l| l != "[DONE]")
+            .filter_map(|l| {
+                let c: Value = serde_json::from_str(&l).unwrap();
+                c["choices"]
+                    .get(0)
+                    .and_then(|ch| ch["text"].as_str())
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(text, want, "{model}: streamed");
+    }
+    // Byte-level BPE pieces are shown as their text (`Ġworld` is " world", `Ċ` a newline), so
+    // an echoed prompt's tokens concatenate to its text.
+    for model in ["qwen3_moe-tiny-f32", "olmoe-tiny-f32"] {
+        let prompt = "Hello world\n  two  spaces\tand tabs";
+        let (s, v) = family_post(
+            "/v1/completions",
+            &json!({"model": model, "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1}),
+        );
+        assert_eq!(s, 200, "{model}: {v}");
+        let tokens: Vec<String> =
+            serde_json::from_value(v["choices"][0]["logprobs"]["tokens"].clone()).unwrap();
+        assert_eq!(tokens[..2], ["Hello", " world"], "{model}");
+        assert_eq!(tokens.concat(), prompt, "{model}: {tokens:?}");
+    }
+}

@@ -176,3 +176,191 @@ fn missing_template_and_broken_files_are_errors() {
         Err(Error::Tokenizer(_))
     ));
 }
+
+// ---- MoE family fixtures (tests/fixtures/FAMILIES.md, Tokenizers) ----
+
+fn meta(model: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(model).join("meta.json")).unwrap())
+        .unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// Every `tokenizer.check.examples` entry: the ids, and the text back (these texts are NFC and
+/// the decoders add nothing, so decoding without skipping special tokens gives the text itself).
+fn check_examples(model: &str, t: &Tokenizer) {
+    let examples = meta(model)["tokenizer"]["check"]["examples"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(examples.len() >= 9, "{model}");
+    for ex in &examples {
+        let text = ex["text"].as_str().unwrap();
+        let ids = ids_of(&ex["ids"]);
+        assert_eq!(t.encode(text, true).unwrap(), ids, "{model}: {text:?}");
+        assert_eq!(t.encode(text, false).unwrap(), ids, "{model}: {text:?}");
+        assert_eq!(t.decode(&ids, false).unwrap(), text, "{model}: {text:?}");
+        let tokens: Vec<String> = serde_json::from_value(ex["tokens"].clone()).unwrap();
+        let got: Vec<String> = ids.iter().map(|&i| t.id_to_token(i).unwrap()).collect();
+        assert_eq!(got, tokens, "{model}: {text:?}");
+    }
+}
+
+#[test]
+fn qwen_style_tokenizer_ids_special_tokens_and_round_trip() {
+    for model in [
+        "qwen2_moe-tiny-f32",
+        "qwen3_moe-tiny-f32",
+        "qwen3_moe-tiny-bf16",
+    ] {
+        let t = Tokenizer::from_dir(&fixture(model)).unwrap();
+        assert_eq!(t.vocab_size(), 603, "{model}");
+        assert_eq!((t.bos_id(), t.eos_id()), (None, Some(602)), "{model}");
+        assert_eq!(t.encode("Hello world", true).unwrap(), [370, 444]);
+        assert_eq!(
+            t.encode("The quick brown fox jumps over the lazy dog.", true)
+                .unwrap(),
+            [
+                344, 417, 289, 74, 290, 400, 405, 279, 395, 414, 353, 310, 439, 264, 272, 506, 88,
+                315, 70, 13
+            ]
+        );
+        check_examples(model, &t);
+        // Special tokens written in the text are matched as special tokens, and skipped by a
+        // decode that skips special tokens.
+        let chat = [601, 331, 257, 198, 39, 72, 602, 198];
+        assert_eq!(
+            t.encode("<|im_start|>user\nHi<|im_end|>\n", false).unwrap(),
+            chat
+        );
+        assert_eq!(t.decode(&chat, true).unwrap(), "user\nHi\n");
+        assert_eq!(
+            t.encode("a<|endoftext|>b", false).unwrap(),
+            [
+                t.encode("a", false).unwrap(),
+                vec![600],
+                t.encode("b", false).unwrap()
+            ]
+            .concat()
+        );
+        for (id, s) in [
+            (600, "<|endoftext|>"),
+            (601, "<|im_start|>"),
+            (602, "<|im_end|>"),
+        ] {
+            assert_eq!(t.token_to_id(s), Some(id));
+        }
+        // NFC normaliser: a decomposed accent encodes as the composed one.
+        assert_eq!(
+            t.encode("cafe\u{301}", false).unwrap(),
+            t.encode("caf\u{e9}", false).unwrap()
+        );
+    }
+}
+
+#[test]
+fn neox_style_tokenizer_ids_and_round_trip() {
+    let model = "olmoe-tiny-f32";
+    let t = Tokenizer::from_dir(&fixture(model)).unwrap();
+    assert_eq!(t.vocab_size(), 510);
+    assert_eq!((t.bos_id(), t.eos_id()), (None, Some(0)));
+    assert_eq!(t.encode("Hello world", true).unwrap(), [369, 447]);
+    check_examples(model, &t);
+    // ChatML markers are plain text to this tokenizer; its own specials are matched.
+    assert_eq!(
+        t.encode("Hello<|endoftext|>", false).unwrap(),
+        [t.encode("Hello", false).unwrap(), vec![0]].concat()
+    );
+    assert_eq!(t.decode(&[369, 447, 0, 1], true).unwrap(), "Hello world");
+}
+
+/// config `vocab_size` pads the tokenizer's vocabulary (640 > 603, 512 > 510): ids past the
+/// tokenizer are skipped by decoding and by the streaming decoder, never a panic; the generated
+/// text in meta.json (which skips them) is reproduced.
+#[test]
+fn padded_vocabulary_ids_are_skipped_when_decoding() {
+    for (model, vocab) in [
+        ("qwen2_moe-tiny-f32", 640u32),
+        ("qwen3_moe-tiny-f32", 640),
+        ("olmoe-tiny-f32", 512),
+    ] {
+        let t = Tokenizer::from_dir(&fixture(model)).unwrap();
+        let hello = t.encode("Hello world", false).unwrap();
+        let padded: Vec<u32> = (t.vocab_size() as u32..vocab).collect();
+        assert!(!padded.is_empty());
+        for &p in &padded {
+            assert_eq!(t.id_to_token(p), None, "{model}: {p}");
+            let ids = [vec![p, hello[0], p], hello[1..].to_vec(), vec![p]].concat();
+            assert_eq!(t.decode(&ids, true).unwrap(), "Hello world", "{model}: {p}");
+            assert_eq!(
+                t.decode(&ids, false).unwrap(),
+                "Hello world",
+                "{model}: {p}"
+            );
+        }
+        let m = meta(model);
+        for case in ["p0", "p1"] {
+            let gens = m["cases"][case]["generated_ids"].as_array().unwrap();
+            let texts = m["cases"][case]["generated_text"].as_array().unwrap();
+            let prompts = m["cases"][case]["input_ids"].as_array().unwrap();
+            for ((g, text), prompt) in gens.iter().zip(texts).zip(prompts) {
+                let g = ids_of(g);
+                assert_eq!(
+                    t.decode(&g, true).unwrap(),
+                    text.as_str().unwrap(),
+                    "{model} {case}"
+                );
+                let mut d = t.incremental_decoder(&ids_of(prompt));
+                let mut s = String::new();
+                for &id in &g {
+                    s += &d.push(id).unwrap();
+                }
+                s += &d.flush().unwrap();
+                assert_eq!(s, text.as_str().unwrap(), "{model} {case}: streamed");
+                assert_eq!(d.generated_ids(), g);
+            }
+        }
+    }
+}
+
+/// The ChatML template of the Qwen folders renders meta.json's p0 prompt and its ids; OLMoE's
+/// folder has no template, which is a named error.
+#[test]
+fn chatml_template_of_the_qwen_fixtures() {
+    for model in ["qwen2_moe-tiny-f32", "qwen3_moe-tiny-f32"] {
+        let t = Tokenizer::from_dir(&fixture(model)).unwrap();
+        let m = meta(model);
+        let text = m["cases"]["p0"]["texts"][0].as_str().unwrap();
+        let question = text
+            .strip_prefix("<|im_start|>user\n")
+            .and_then(|s| s.strip_suffix("<|im_end|>\n<|im_start|>assistant\n"))
+            .unwrap();
+        let msgs = [ChatMessage::user(question)];
+        assert_eq!(t.apply_chat_template(&msgs, true).unwrap(), text);
+        assert_eq!(
+            t.encode_chat(&msgs, true).unwrap(),
+            ids_of(&m["cases"]["p0"]["input_ids"][0])
+        );
+        assert_eq!(
+            t.encode_chat(&[ChatMessage::user("Hi")], true).unwrap(),
+            [601, 331, 257, 198, 39, 72, 602, 198, 601, 460, 387, 571, 83, 198]
+        );
+        let conv = [
+            ChatMessage::system("s"),
+            ChatMessage::user("a"),
+            ChatMessage::assistant("b"),
+        ];
+        assert_eq!(
+            t.apply_chat_template(&conv, false).unwrap(),
+            "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
+        );
+    }
+    let t = Tokenizer::from_dir(&fixture("olmoe-tiny-f32")).unwrap();
+    assert!(!t.has_chat_template());
+    assert!(matches!(
+        t.apply_chat_template(&[ChatMessage::user("x")], true),
+        Err(Error::ChatTemplate(m)) if m.contains("no chat_template")
+    ));
+}

@@ -172,3 +172,65 @@ def test_threaded_callers_get_their_own_answers(student):
     for t in threads:
         t.join()
     assert got == want
+
+
+# ---- MoE families (tests/fixtures/FAMILIES.md) ----
+
+
+def read_meta(name):
+    with open(os.path.join(FIXTURES, name, "meta.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", ["qwen2_moe-tiny-f32", "qwen3_moe-tiny-f32", "olmoe-tiny-f32"])
+def test_families_generate_the_golden_ids(name):
+    model = moe.Model(os.path.join(FIXTURES, name))
+    meta = read_meta(name)
+    p0 = meta["cases"]["p0"]
+    ids = p0["input_ids"][0]
+    assert model.vocab_size == meta["vocab_size"] and model.tokenizer.vocab_size == meta["tokenizer_size"]
+    # Greedy from the prompt ids: transformers' 16 ids (qwen2_moe's include the padded-vocabulary
+    # id 615, which has no token; the text skips it).
+    out = model.generate(ids, max_tokens=16, temperature=0)
+    assert out[0].prompt_ids == ids
+    assert out[0].token_ids == p0["generated_ids"][0]
+    assert out[0].text == p0["generated_text"][0]
+    assert out[0].finish_reason == "length"
+    # Statistics: the MoE layers only (qwen2_moe's layer 1 is dense), with the golden counts.
+    model.reset_stats()
+    model.logits(ids)
+    s = model.stats()
+    assert [l["layer"] for l in s["layers"]] == meta["moe_layers"]
+    assert [l["expert_tokens"] for l in s["layers"]] == p0["expert_counts"]
+    g = read_golden(name)
+    assert [l["expert_tokens"] for l in s["layers"]] == g["p0.expert_counts"].tolist()
+
+
+def test_qwen3_moe_chat_renders_chatml():
+    model = moe.Model(os.path.join(FIXTURES, "qwen3_moe-tiny-f32"))
+    hi = [{"role": "user", "content": "Hi"}]
+    chatml = [601, 331, 257, 198, 39, 72, 602, 198, 601, 460, 387, 571, 83, 198]
+    t = model.tokenizer
+    assert t.apply_chat_template(hi) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert t.encode_chat(hi) == chatml
+    assert t.eos_id == 602 and t.bos_id is None
+    out = model.chat(hi, temperature=0, max_tokens=8)
+    assert out[0].prompt_ids == chatml
+    assert len(out[0].token_ids) == 8 and out[0].finish_reason == "length"
+    assert model.generate(chatml, temperature=0, max_tokens=8)[0].token_ids == out[0].token_ids
+    # meta.json's p0 prompt is the ChatML rendering of one user message.
+    p0 = read_meta("qwen3_moe-tiny-f32")["cases"]["p0"]
+    text = p0["texts"][0]
+    head, tail = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+    assert text.startswith(head) and text.endswith(tail)
+    question = text[len(head) : -len(tail)]
+    out = model.chat([{"role": "user", "content": question}], temperature=0, max_tokens=16)
+    assert out[0].prompt_ids == p0["input_ids"][0]
+    assert out[0].token_ids == p0["generated_ids"][0]
+
+
+def test_olmoe_chat_without_a_template_raises():
+    model = moe.Model(os.path.join(FIXTURES, "olmoe-tiny-f32"))
+    with pytest.raises(ValueError, match="chat template"):
+        model.chat([{"role": "user", "content": "Hi"}])
+    assert model.tokenizer.encode("Hello world") == [369, 447]

@@ -339,3 +339,193 @@ fn bf16_activations_apply_to_bf16_weights_only() {
         assert_eq!(v["bf16_activations"], on, "{model}");
     }
 }
+
+// ---- MoE families (tests/fixtures/FAMILIES.md): every command on each family's fixture ----
+
+fn meta(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{}/meta.json", fixture(name))).unwrap())
+        .unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn id_list(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Greedy generation from the p0 prompt ids gives transformers' 16 ids (padded-vocabulary ids
+/// included: qwen2_moe picks id 615, past its 603-token tokenizer) and meta.json's text, which
+/// skips those ids.
+#[test]
+fn families_generate_the_golden_ids() {
+    for name in ["qwen2_moe-tiny-f32", "qwen3_moe-tiny-f32", "olmoe-tiny-f32"] {
+        let m = meta(name);
+        let prompt = ids(&m["cases"]["p0"]["input_ids"][0]);
+        let dir = fixture(name);
+        let v = json(&[
+            "generate",
+            "--model",
+            &dir,
+            "--token-ids",
+            &id_list(&prompt),
+            "--max-tokens",
+            "16",
+            "--json",
+        ]);
+        assert_eq!(ids(&v["prompt_ids"]), prompt, "{name}");
+        assert_eq!(
+            ids(&v["token_ids"]),
+            ids(&m["cases"]["p0"]["generated_ids"][0]),
+            "{name}"
+        );
+        assert_eq!(v["text"], m["cases"]["p0"]["generated_text"][0], "{name}");
+        assert_eq!(v["finish_reason"], "length", "{name}");
+    }
+    // bf16 weights computed in f32 reproduce transformers' f32 run on the widened weights
+    // (`ref_f32`; the closest two logprobs of a step are 2.9e-3 apart); the bf16 goldens
+    // themselves need transformers' bf16 rounding.
+    let name = "qwen3_moe-tiny-bf16";
+    let m = meta(name);
+    let v = json(&[
+        "generate",
+        "--model",
+        name,
+        "--token-ids",
+        &id_list(&ids(&m["cases"]["p0"]["input_ids"][0])),
+        "--max-tokens",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(v["model"], name);
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 16);
+    assert_eq!(
+        ids(&v["token_ids"]),
+        ids(&m["cases"]["p0"]["ref_f32"]["generated_ids"][0])
+    );
+}
+
+#[test]
+fn families_logprobs_json_shape() {
+    for (name, vocab) in [
+        ("qwen2_moe-tiny-f32", 640),
+        ("qwen3_moe-tiny-f32", 640),
+        ("qwen3_moe-tiny-bf16", 640),
+        ("olmoe-tiny-f32", 512),
+    ] {
+        let m = meta(name);
+        let prompt = ids(&m["cases"]["p0"]["input_ids"][0]);
+        let v = json(&[
+            "logprobs",
+            "--model",
+            name,
+            "--token-ids",
+            &id_list(&prompt),
+            "--top-k",
+            "5",
+            "--json",
+        ]);
+        let toks = v["tokens"].as_array().unwrap();
+        assert_eq!(toks.len(), prompt.len(), "{name}");
+        assert!(toks[0]["logprob"].is_null(), "{name}");
+        // Position i holds the logprob of token i and the top next tokens after it.
+        for (i, t) in toks.iter().enumerate() {
+            assert_eq!(t["position"], i);
+            assert_eq!(t["token_id"], prompt[i]);
+            let top = t["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 5, "{name}");
+            let lps: Vec<f64> = top.iter().map(|e| e["logprob"].as_f64().unwrap()).collect();
+            assert!(lps.windows(2).all(|w| w[0] >= w[1]), "{name}: {lps:?}");
+            assert!(lps[0] < 0.0 && lps[0].is_finite());
+            assert!(top.iter().all(|e| e["token_id"].as_u64().unwrap() < vocab));
+            if i > 0 {
+                let best = toks[i - 1]["top_logprobs"][0]["logprob"].as_f64().unwrap();
+                assert!(t["logprob"].as_f64().unwrap() <= best + 1e-6, "{name}");
+            }
+        }
+        // The most likely next token after the prompt is the first greedy id (f32 folders).
+        if !name.ends_with("bf16") {
+            assert_eq!(
+                toks.last().unwrap()["top_logprobs"][0]["token_id"],
+                m["cases"]["p0"]["generated_ids"][0][0],
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Statistics cover the MoE layers only (qwen2_moe's layer 1 is dense), named by decoder layer,
+/// with transformers' expert counts.
+#[test]
+fn families_stats_list_moe_layers_with_golden_counts() {
+    for (name, layers) in [
+        ("qwen2_moe-tiny-f32", vec![0u64, 2]),
+        ("qwen3_moe-tiny-f32", vec![0, 1]),
+        ("olmoe-tiny-f32", vec![0, 1]),
+    ] {
+        let m = meta(name);
+        assert_eq!(ids(&m["moe_layers"]), layers);
+        let prompt = ids(&m["cases"]["p0"]["input_ids"][0]);
+        let v = json(&[
+            "stats",
+            "--model",
+            name,
+            "--token-ids",
+            &id_list(&prompt),
+            "--json",
+        ]);
+        let got = v["layers"].as_array().unwrap();
+        let got_layers: Vec<u64> = got.iter().map(|l| l["layer"].as_u64().unwrap()).collect();
+        assert_eq!(got_layers, layers, "{name}");
+        let top_k = m["spec"]["num_experts_per_tok"].as_u64().unwrap();
+        assert_eq!(v["top_k"], top_k);
+        for (i, l) in got.iter().enumerate() {
+            let counts = ids(&l["expert_tokens"]);
+            assert_eq!(
+                counts,
+                ids(&m["cases"]["p0"]["expert_counts"][i]),
+                "{name} layer {}",
+                layers[i]
+            );
+            assert_eq!(l["tokens"], prompt.len() as u64);
+            assert_eq!(counts.iter().sum::<u64>(), top_k * prompt.len() as u64);
+        }
+    }
+}
+
+/// `--chat` renders the Qwen folders' ChatML template; OLMoE's folder has none.
+#[test]
+fn chat_renders_chatml_for_qwen3_moe() {
+    let v = json(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "Hi",
+        "--model",
+        "qwen3_moe-tiny-f32",
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
+    // `<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n`; meta.json's p0 prompt ends
+    // with the same generation prompt.
+    let want = [
+        601u64, 331, 257, 198, 39, 72, 602, 198, 601, 460, 387, 571, 83, 198,
+    ];
+    let p0 = ids(&meta("qwen3_moe-tiny-f32")["cases"]["p0"]["input_ids"][0]);
+    assert_eq!(p0[p0.len() - 6..], want[8..]);
+    assert_eq!(ids(&v["prompt_ids"]), want);
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 4);
+    fails_with(
+        &[
+            "generate",
+            "--chat",
+            "--model",
+            "olmoe-tiny-f32",
+            "--prompt",
+            "x",
+        ],
+        "no chat_template",
+    );
+}
