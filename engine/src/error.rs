@@ -16,7 +16,7 @@ pub enum Error {
     Json { path: PathBuf, message: String },
     #[error("invalid model config: {0}")]
     Config(String),
-    #[error("{file}: invalid safetensors file: {message}")]
+    #[error("{file}: invalid checkpoint file: {message}")]
     Checkpoint { file: PathBuf, message: String },
     #[error("tensor `{name}` is missing (looked in {searched})")]
     MissingTensor { name: String, searched: String },

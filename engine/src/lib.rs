@@ -21,6 +21,7 @@ pub mod embedded;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod loops;
 pub mod models;
 pub mod presets;

@@ -18,6 +18,7 @@ pub mod embedding;
 pub mod expert_ffn;
 pub mod linear;
 pub mod permute;
+pub mod quant;
 pub mod rms_norm;
 pub mod rope;
 pub mod router_topk;
@@ -26,7 +27,7 @@ pub mod scratch;
 pub mod team;
 mod weight;
 
-pub use weight::{Mat, WeightDType, WeightData};
+pub use weight::{Mat, QuantData, WeightDType, WeightData};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KernelError {

@@ -1,0 +1,190 @@
+//! ggml quantised block types (as stored in GGUF files) and scalar reference dequantizers.
+//!
+//! Contract: a row of `n` values of type `t` is `n / t.block_size()` whole blocks of
+//! `t.block_bytes()` bytes each, values in row order. [`dequantize_row`] converts such bytes to `f32`
+//! with the same float32 operation order as ggml's `dequantize_row_*` (so the results match llama.cpp
+//! bit for bit; checked against the `gguf-mixtral-a` fixtures). Layouts: ggml's `ggml-common.h`;
+//! see `tests/fixtures/gguf-mixtral-a/README.md`, "Block layouts".
+
+mod reference;
+
+pub use reference::dequantize_row;
+
+use crate::KernelError;
+
+/// The ggml tensor types this crate can decode (`enum ggml_type` in ggml.h; the discriminant is the id).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    IQ4_NL = 20,
+    IQ4_XS = 23,
+    BF16 = 30,
+}
+
+/// Every supported type, in id order.
+pub const ALL_TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::BF16,
+];
+
+/// Names of the ggml type ids that exist in ggml.h but are not decoded here (for error messages).
+pub fn ggml_type_name(id: u32) -> Option<&'static str> {
+    if let Some(t) = GgmlType::from_id(id) {
+        return Some(t.name());
+    }
+    Some(match id {
+        4 => "Q4_2 (removed)",
+        5 => "Q4_3 (removed)",
+        9 => "Q8_1",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        31..=33 => "Q4_0_4_4/Q4_0_4_8/Q4_0_8_8 (removed)",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        36..=38 => "IQ4_NL_4_4/IQ4_NL_4_8/IQ4_NL_8_8 (removed)",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
+impl GgmlType {
+    /// The type with ggml id `id`, if it is one this crate decodes.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        ALL_TYPES.iter().copied().find(|t| *t as u32 == id)
+    }
+
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
+            GgmlType::IQ4_NL => "IQ4_NL",
+            GgmlType::IQ4_XS => "IQ4_XS",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+
+    /// Values per block (1 for the float types).
+    pub fn block_size(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4_NL => 32,
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::IQ4_XS => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q2_K => 84,
+            GgmlType::Q3_K => 110,
+            GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
+            GgmlType::IQ4_NL => 18,
+            GgmlType::IQ4_XS => 136,
+        }
+    }
+
+    /// Bytes of `n` values, or `None` when `n` is not a whole number of blocks or the size overflows.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        if !n.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.block_bytes())
+    }
+
+    /// Whether the type is quantised (blocks of more than one value).
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Checks that `bytes` holds exactly the blocks of `n` values of type `t`.
+pub(crate) fn check_row(t: GgmlType, bytes: usize, n: usize) -> Result<(), KernelError> {
+    const OP: &str = "dequantize_row";
+    if !n.is_multiple_of(t.block_size()) {
+        return Err(KernelError::Invalid {
+            op: OP,
+            message: format!(
+                "{t}: {n} output values are not a whole number of {}-value blocks",
+                t.block_size()
+            ),
+        });
+    }
+    let expected = (n / t.block_size()) * t.block_bytes();
+    crate::check_len(OP, "bytes", bytes, expected)
+}
