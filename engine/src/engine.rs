@@ -18,16 +18,20 @@ pub enum ModelSource {
     Embedded,
     /// A HuggingFace model directory.
     Dir(PathBuf),
+    /// A GGUF file (llama.cpp's format: weights, tokenizer and chat template in one file).
+    Gguf(PathBuf),
     /// A name in `models.toml`.
     Preset(String),
 }
 
 impl ModelSource {
-    /// `None` → the embedded default; an existing directory → that directory; else a preset name.
+    /// `None` → the embedded default; an existing directory → that directory; a path ending in
+    /// `.gguf` → that file; else a preset name.
     pub fn parse(arg: Option<&str>) -> Self {
         match arg {
             None | Some("") => ModelSource::Embedded,
             Some(s) if Path::new(s).is_dir() => ModelSource::Dir(PathBuf::from(s)),
+            Some(s) if s.ends_with(".gguf") => ModelSource::Gguf(PathBuf::from(s)),
             Some(s) => ModelSource::Preset(s.to_string()),
         }
     }
@@ -113,10 +117,23 @@ impl<B: Backend> Engine<B> {
                 let (cfg, w, tok) = open_dir(dir)?;
                 (dir_name(dir), dir.display().to_string(), cfg, w, tok, None)
             }
+            ModelSource::Gguf(file) => {
+                let (cfg, w, tok) = crate::models::gguf::open(file)?;
+                let name = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| file.display().to_string());
+                (name, file.display().to_string(), cfg, w, tok, None)
+            }
             ModelSource::Preset(name) => {
                 let presets = Presets::discover()?;
                 let p = presets.get(name)?.clone();
-                let (cfg, w, tok) = open_dir(&p.path).map_err(|e| Error::Preset {
+                let opened = if p.path.extension().is_some_and(|e| e == "gguf") {
+                    crate::models::gguf::open(&p.path)
+                } else {
+                    open_dir(&p.path)
+                };
+                let (cfg, w, tok) = opened.map_err(|e| Error::Preset {
                     name: name.clone(),
                     message: e.to_string(),
                 })?;

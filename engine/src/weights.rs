@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub enum Storage {
     Mmap(memmap2::Mmap),
     Static(&'static [u8]),
+    /// A GGUF file (mapped), its tensors renamed to the family's Hugging Face names.
+    Gguf(crate::gguf::Gguf),
 }
 
 impl Storage {
@@ -23,6 +25,7 @@ impl Storage {
         match self {
             Storage::Mmap(m) => m,
             Storage::Static(s) => s,
+            Storage::Gguf(g) => g.bytes(),
         }
     }
 }
@@ -73,13 +76,17 @@ impl WeightTensor {
 
     /// The elements, in place.
     pub fn data(&self) -> WeightData<'_> {
-        let bytes =
-            &self.shard.storage.bytes()[self.start..self.start + self.len * self.dtype.size()];
+        let bytes = &self.shard.storage.bytes()[self.start..self.start + self.bytes()];
         // The casts cannot fail: alignment and length were checked when the tensor was taken.
         match self.dtype {
             WeightDType::F32 => WeightData::F32(bytemuck::cast_slice::<u8, f32>(bytes)),
             WeightDType::BF16 => WeightData::BF16(bytemuck::cast_slice::<u8, bf16>(bytes)),
             WeightDType::F16 => WeightData::F16(bytemuck::cast_slice::<u8, f16>(bytes)),
+            WeightDType::Quant(ty) => WeightData::Quant(moe_kernels::QuantData {
+                ty,
+                bytes,
+                len: self.len,
+            }),
         }
     }
 
@@ -94,7 +101,8 @@ impl WeightTensor {
     }
 
     pub fn bytes(&self) -> usize {
-        self.len * self.dtype.size()
+        // Whole blocks: checked when the tensor was taken.
+        self.dtype.bytes_for(self.len).unwrap_or(0)
     }
 }
 
@@ -305,6 +313,36 @@ impl Weights {
         })
     }
 
+    /// The tensors of a GGUF file under the names `entries` give them (each a byte range of the
+    /// file, checked inside it), read in place from the file's map.
+    pub fn from_gguf(g: crate::gguf::Gguf, entries: Vec<(String, TensorInfo)>) -> Result<Self> {
+        let path = g.path().to_path_buf();
+        let len = g.bytes().len();
+        let mut tensors = HashMap::new();
+        for (name, info) in entries {
+            if info.start > info.end || info.end > len {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "tensor `{name}` at bytes {}..{} runs past the {len}-byte file",
+                        info.start, info.end
+                    ),
+                ));
+            }
+            if tensors.insert(name.clone(), (0, info)).is_some() {
+                return Err(bad(&path, format!("tensor `{name}` appears twice")));
+            }
+        }
+        Ok(Weights {
+            shards: vec![Arc::new(Shard {
+                path,
+                storage: Storage::Gguf(g),
+            })],
+            tensors,
+            bf16_activations: false,
+        })
+    }
+
     fn check_index(&self, index: &Path) -> Result<()> {
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
@@ -394,16 +432,36 @@ impl Weights {
             "F32" => WeightDType::F32,
             "BF16" => WeightDType::BF16,
             "F16" => WeightDType::F16,
-            other => {
-                return Err(Error::UnsupportedDtype {
-                    file: shard.path.clone(),
-                    name: name.into(),
-                    found: other.into(),
-                })
-            }
+            other => match moe_kernels::quant::ALL_TYPES
+                .iter()
+                .find(|t| t.is_quantized() && t.name() == other)
+            {
+                Some(&t) => WeightDType::Quant(t),
+                None => {
+                    return Err(Error::UnsupportedDtype {
+                        file: shard.path.clone(),
+                        name: name.into(),
+                        found: other.into(),
+                    })
+                }
+            },
         };
+        let elements: usize = shape.iter().product();
+        let row = shape.last().copied().unwrap_or(1);
+        if row % dtype.block_size() != 0 || dtype.bytes_for(elements) != Some(info.end - info.start)
+        {
+            return Err(Error::BadTensorData {
+                file: shard.path.clone(),
+                name: name.into(),
+                message: format!(
+                    "{} bytes do not hold {shape:?} as {}",
+                    info.end - info.start,
+                    info.dtype
+                ),
+            });
+        }
         let ptr = shard.storage.bytes()[info.start..].as_ptr() as usize;
-        if ptr % dtype.size() != 0 {
+        if dtype.block_size() == 1 && ptr % dtype.size() != 0 {
             return Err(Error::BadTensorData {
                 file: shard.path.clone(),
                 name: name.into(),
@@ -418,7 +476,7 @@ impl Weights {
             shard: shard.clone(),
             dtype,
             start: info.start,
-            len: (info.end - info.start) / dtype.size(),
+            len: elements,
             shape: shape.to_vec(),
             bf16_activations: self.bf16_activations,
         })

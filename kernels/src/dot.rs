@@ -11,6 +11,9 @@ use half::{bf16, f16};
 #[inline]
 pub fn dot(x: &[f32], w: WeightData) -> f32 {
     debug_assert_eq!(x.len(), w.len());
+    if let WeightData::Quant(q) = w {
+        return dot_quant(x, q);
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked above); lengths match.
@@ -19,6 +22,7 @@ pub fn dot(x: &[f32], w: WeightData) -> f32 {
                 WeightData::F32(w) => avx2::dot_f32(x, w),
                 WeightData::BF16(w) => avx2::dot_bf16(x, w),
                 WeightData::F16(w) => avx2::dot_f16(x, w),
+                WeightData::Quant(_) => unreachable!("handled above"),
             }
         };
     }
@@ -26,7 +30,25 @@ pub fn dot(x: &[f32], w: WeightData) -> f32 {
         WeightData::F32(w) => portable_dot(x, w, |v| v),
         WeightData::BF16(w) => portable_dot(x, w, |v| v.to_f32()),
         WeightData::F16(w) => portable_dot(x, w, |v| v.to_f32()),
+        WeightData::Quant(_) => unreachable!("handled above"),
     }
+}
+
+/// `x · w` for quantised `w`: 256 values at a time dequantized on the stack, then an f32 dot
+/// product (exact arithmetic on the stored values, as the float64 GGUF reference computes; not
+/// llama.cpp's 8-bit rounding of the activations).
+fn dot_quant(x: &[f32], w: crate::QuantData) -> f32 {
+    const CHUNK: usize = 256;
+    let mut buf = [0f32; CHUNK];
+    let mut sum = 0f32;
+    let mut at = 0;
+    while at < x.len() {
+        let n = CHUNK.min(x.len() - at);
+        w.to_f32_into(at, &mut buf[..n]);
+        sum += dot(&x[at..at + n], WeightData::F32(&buf[..n]));
+        at += n;
+    }
+    sum
 }
 
 /// How far ahead of the quad being read a matrix-vector product prefetches, at least: a quad

@@ -1,5 +1,7 @@
-//! Borrowed weights in their checkpoint dtype.
+//! Borrowed weights in their checkpoint dtype: floats, or ggml's quantised blocks (GGUF files),
+//! which stay quantised in memory.
 
+use crate::quant::{dequantize_row, GgmlType};
 use half::{bf16, f16};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -7,13 +9,98 @@ pub enum WeightDType {
     F32,
     BF16,
     F16,
+    /// ggml blocks of a quantised type (`GgmlType::is_quantized`).
+    Quant(GgmlType),
 }
 
 impl WeightDType {
+    /// Bytes of one element of a float type; for a quantised type, of one block.
     pub fn size(self) -> usize {
         match self {
             WeightDType::F32 => 4,
             WeightDType::BF16 | WeightDType::F16 => 2,
+            WeightDType::Quant(t) => t.block_bytes(),
+        }
+    }
+
+    /// Elements per block (1 for the float types).
+    pub fn block_size(self) -> usize {
+        match self {
+            WeightDType::Quant(t) => t.block_size(),
+            _ => 1,
+        }
+    }
+
+    /// Bytes of `n` elements, or `None` where `n` is not a whole number of blocks.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        if n % self.block_size() != 0 {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.size())
+    }
+}
+
+/// Whole blocks of a quantised type: `len` values in `bytes`.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantData<'a> {
+    pub ty: GgmlType,
+    pub bytes: &'a [u8],
+    pub len: usize,
+}
+
+impl<'a> QuantData<'a> {
+    /// `len` values of type `ty` in `bytes`, or `None` where the sizes disagree.
+    pub fn new(ty: GgmlType, bytes: &'a [u8], len: usize) -> Option<Self> {
+        (ty.is_quantized() && ty.bytes_for(len) == Some(bytes.len())).then_some(QuantData {
+            ty,
+            bytes,
+            len,
+        })
+    }
+
+    /// Values `[start, start + len)`; both must fall on block boundaries (rows of a matrix whose
+    /// width is a whole number of blocks, which loading checks).
+    pub fn slice(&self, start: usize, len: usize) -> QuantData<'a> {
+        let bs = self.ty.block_size();
+        assert!(
+            start % bs == 0 && len % bs == 0 && start + len <= self.len,
+            "{} slice [{start}, +{len}) is not whole blocks of {bs} within {}",
+            self.ty,
+            self.len
+        );
+        let bb = self.ty.block_bytes();
+        QuantData {
+            ty: self.ty,
+            bytes: &self.bytes[start / bs * bb..(start + len) / bs * bb],
+            len,
+        }
+    }
+
+    /// Dequantizes the values `[start, start + out.len())`, any alignment.
+    pub fn to_f32_into(&self, start: usize, out: &mut [f32]) {
+        let (bs, bb) = (self.ty.block_size(), self.ty.block_bytes());
+        let end = start + out.len();
+        if start % bs == 0 && end % bs == 0 {
+            // Whole blocks: one call over all of them.
+            let _ = dequantize_row(self.ty, &self.bytes[start / bs * bb..end / bs * bb], out);
+            return;
+        }
+        let mut block = [0f32; 256];
+        let mut at = start;
+        while at < end {
+            let b = at / bs;
+            let from = at - b * bs;
+            let take = (bs - from).min(end - at);
+            let o = &mut out[at - start..at - start + take];
+            if from == 0 && take == bs {
+                // A whole block straight into the output.
+                let _ = dequantize_row(self.ty, &self.bytes[b * bb..(b + 1) * bb], o);
+            } else {
+                let _ =
+                    dequantize_row(self.ty, &self.bytes[b * bb..(b + 1) * bb], &mut block[..bs]);
+                o.copy_from_slice(&block[from..from + take]);
+            }
+            at += take;
         }
     }
 }
@@ -24,6 +111,7 @@ pub enum WeightData<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
+    Quant(QuantData<'a>),
 }
 
 impl<'a> WeightData<'a> {
@@ -32,6 +120,7 @@ impl<'a> WeightData<'a> {
             WeightData::F32(s) => s.len(),
             WeightData::BF16(s) => s.len(),
             WeightData::F16(s) => s.len(),
+            WeightData::Quant(q) => q.len,
         }
     }
 
@@ -44,6 +133,7 @@ impl<'a> WeightData<'a> {
             WeightData::F32(_) => WeightDType::F32,
             WeightData::BF16(_) => WeightDType::BF16,
             WeightData::F16(_) => WeightDType::F16,
+            WeightData::Quant(q) => WeightDType::Quant(q.ty),
         }
     }
 
@@ -53,6 +143,7 @@ impl<'a> WeightData<'a> {
             WeightData::F32(s) => WeightData::F32(&s[start..start + len]),
             WeightData::BF16(s) => WeightData::BF16(&s[start..start + len]),
             WeightData::F16(s) => WeightData::F16(&s[start..start + len]),
+            WeightData::Quant(q) => WeightData::Quant(q.slice(start, len)),
         }
     }
 
@@ -62,6 +153,11 @@ impl<'a> WeightData<'a> {
             WeightData::F32(s) => s[i],
             WeightData::BF16(s) => s[i].to_f32(),
             WeightData::F16(s) => s[i].to_f32(),
+            WeightData::Quant(q) => {
+                let mut v = [0f32];
+                q.to_f32_into(i, &mut v);
+                v[0]
+            }
         }
     }
 
@@ -80,6 +176,7 @@ impl<'a> WeightData<'a> {
                     *o = v.to_f32();
                 }
             }
+            WeightData::Quant(q) => q.to_f32_into(start, out),
         }
     }
 }

@@ -69,6 +69,7 @@ impl HostW {
             WeightDType::F32 => WeightData::F32(&self.f32s),
             WeightDType::BF16 => WeightData::BF16(&self.bf16s),
             WeightDType::F16 => WeightData::F16(&self.f16s),
+            WeightDType::Quant(t) => panic!("no host copy of {t} weights in these tests"),
         }
     }
     fn mat(&self, rows: usize, cols: usize) -> Mat<'_> {

@@ -48,6 +48,13 @@ impl Golden {
         }
     }
 
+    /// A golden file elsewhere than `<fixture>/golden.safetensors`.
+    pub fn from_file(path: &std::path::Path) -> Golden {
+        Golden {
+            bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
     pub fn has(&self, key: &str) -> bool {
         SafeTensors::deserialize(&self.bytes)
             .unwrap()

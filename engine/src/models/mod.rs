@@ -6,6 +6,7 @@
 //! and its fixture test.
 
 pub mod decoder;
+pub mod gguf;
 pub mod mixtral;
 pub mod olmoe;
 pub mod qwen2_moe;

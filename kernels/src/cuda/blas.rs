@@ -22,6 +22,7 @@ fn data_type(d: WeightDType) -> bsys::cudaDataType {
         WeightDType::F32 => bsys::cudaDataType::CUDA_R_32F,
         WeightDType::BF16 => bsys::cudaDataType::CUDA_R_16BF,
         WeightDType::F16 => bsys::cudaDataType::CUDA_R_16F,
+        WeightDType::Quant(_) => unreachable!("DevMat::upload refuses quantised weights"),
     }
 }
 

@@ -12,12 +12,18 @@ pub struct DevMat {
     pub cols: usize,
 }
 
-fn bytes_of<'a>(d: &WeightData<'a>) -> &'a [u8] {
-    match *d {
+fn bytes_of<'a>(d: &WeightData<'a>) -> GpuResult<&'a [u8]> {
+    Ok(match *d {
         WeightData::F32(s) => bytemuck::cast_slice(s),
         WeightData::BF16(s) => bytemuck::cast_slice(s),
         WeightData::F16(s) => bytemuck::cast_slice(s),
-    }
+        WeightData::Quant(q) => {
+            return Err(GpuError(format!(
+                "{} weights are not supported on CUDA yet (CPU only)",
+                q.ty
+            )))
+        }
+    })
 }
 
 impl DevMat {
@@ -38,10 +44,13 @@ impl DevMat {
                 "upload of {total} elements as [{rows}, {cols}] (dtypes must agree)"
             )));
         }
+        for p in parts {
+            bytes_of(p)?;
+        }
         let buf = gpu.alloc(total * dtype.size())?;
         let mut at = 0;
         for p in parts {
-            let b = bytes_of(p);
+            let b = bytes_of(p)?;
             buf.write(at, b)?;
             at += b.len();
         }
@@ -72,5 +81,6 @@ pub fn suffix(d: WeightDType) -> &'static str {
         WeightDType::F32 => "f32",
         WeightDType::BF16 => "bf16",
         WeightDType::F16 => "f16",
+        WeightDType::Quant(_) => unreachable!("DevMat::upload refuses quantised weights"),
     }
 }

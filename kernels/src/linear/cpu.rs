@@ -7,7 +7,7 @@
 
 use super::{check, silu};
 use crate::dot::{
-    dot, dot4_then_next, dot4_tokens, dot4_tokens_bf16, dot8_tokens_f32, has_avx512_bf16,
+    dot, dot4, dot4_then_next, dot4_tokens, dot4_tokens_bf16, dot8_tokens_f32, has_avx512_bf16,
     round_to_bf16,
 };
 use crate::scratch::with_scratch;
@@ -149,8 +149,55 @@ fn block_dots_tokens(
 ) {
     match (w.bf16_activations, w.data) {
         (true, WeightData::BF16(wd)) => block_dots_bf16(x, n, w, wd, r0, r1, emit),
+        (_, WeightData::Quant(_)) => block_dots_quant(x, n, w, r0, r1, emit),
         _ => block_dots_f32(x, n, w, r0, r1, emit),
     }
+}
+
+/// [`block_dots`] with quantised rows: each quad of rows is dequantized into a per-thread buffer
+/// (L1/L2-resident) and dotted with every token by the f32 kernels, for one token exactly as for
+/// many ([`dot4`] and [`dot4_tokens`] give the same bits), so a sequence's logits do not depend on
+/// its batch.
+fn block_dots_quant(
+    x: &[f32],
+    n: usize,
+    w: &Mat,
+    r0: usize,
+    r1: usize,
+    mut emit: impl FnMut(usize, usize, f32),
+) {
+    thread_local! {
+        static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let k = w.cols;
+    with_scratch(&ROWS, |buf| {
+        buf.clear();
+        buf.resize(4 * k, 0.0);
+        for (r, quad) in quads_then_rows(r0, r1) {
+            let height = if quad { 4 } else { 1 };
+            w.data.to_f32_into(r * k, &mut buf[..height * k]);
+            if !quad {
+                let row = WeightData::F32(&buf[..k]);
+                for t in 0..n {
+                    emit(t, r, dot(&x[t * k..(t + 1) * k], row));
+                }
+                continue;
+            }
+            let rows: [WeightData; 4] =
+                std::array::from_fn(|j| WeightData::F32(&buf[j * k..(j + 1) * k]));
+            if n == 1 {
+                for (q, val) in dot4(x, rows).into_iter().enumerate() {
+                    emit(0, r + q, val);
+                }
+            } else {
+                dot4_tokens(x, n, rows, false, |t, v| {
+                    for (q, val) in v.into_iter().enumerate() {
+                        emit(t, r + q, val);
+                    }
+                });
+            }
+        }
+    })
 }
 
 /// [`block_dots`] with f32 activations.
@@ -563,5 +610,52 @@ mod tests {
             run(&[0.0; 4], 1, &m, &mut y),
             Err(KernelError::Shape { what: "x", .. })
         ));
+    }
+
+    /// Q8_0 rows: the product is the f32 product of the dequantized matrix, bit for bit, within
+    /// 1e-4 of the f64 reference, and every token gets the same bits alone as in a batch.
+    #[test]
+    fn quantised_rows_multiply_as_their_dequantized_values() {
+        use crate::quant::GgmlType;
+        use crate::QuantData;
+        let (out, inn) = (13usize, 96usize);
+        let mut bytes = vec![];
+        let mut s = 7u32;
+        let mut next = || {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            s >> 8
+        };
+        for _ in 0..out * inn / 32 {
+            let d = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5);
+            bytes.extend_from_slice(&d.to_bits().to_le_bytes());
+            bytes.extend((0..32).map(|_| (next() % 256) as u8));
+        }
+        let q = QuantData::new(GgmlType::Q8_0, &bytes, out * inn).unwrap();
+        let mut deq = vec![0f32; out * inn];
+        q.to_f32_into(0, &mut deq);
+        let n = 9;
+        let x: Vec<f32> = (0..n * inn)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let quant = Mat::new(WeightData::Quant(q), out, inn);
+        let plain = Mat::new(WeightData::F32(&deq), out, inn);
+        let (mut yq, mut yf) = (vec![0f32; n * out], vec![0f32; n * out]);
+        run(&x, n, &quant, &mut yq).unwrap();
+        run(&x, n, &plain, &mut yf).unwrap();
+        let mut yr = vec![0f32; n * out];
+        reference(&x, n, &plain, &mut yr).unwrap();
+        for (a, b) in yq.iter().zip(&yr) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        for t in 0..n {
+            let mut alone = vec![0f32; out];
+            run(&x[t * inn..(t + 1) * inn], 1, &quant, &mut alone).unwrap();
+            assert_eq!(
+                alone,
+                yq[t * out..(t + 1) * out],
+                "token {t} alone vs batched"
+            );
+        }
+        assert_eq!(yq, yf, "quantised rows vs their dequantized f32 matrix");
     }
 }

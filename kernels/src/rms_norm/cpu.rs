@@ -56,6 +56,13 @@ fn norm_row(p: &RmsNorm, x: &[f32], w: &WeightData, out: &mut [f32]) {
                 *o = g.to_f32() * (v * inv);
             }
         }
+        WeightData::Quant(q) => {
+            let mut g = vec![0f32; out.len()];
+            q.to_f32_into(0, &mut g);
+            for ((o, &v), &g) in out.iter_mut().zip(x).zip(&g) {
+                *o = g * (v * inv);
+            }
+        }
     }
 }
 
