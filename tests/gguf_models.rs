@@ -319,3 +319,55 @@ fn malformed_gguf_models_are_named_errors() {
     assert!(err.contains("missing.gguf"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// In-situ quantisation of a float checkpoint's experts (`LoadOptions::quantize`): the logits'
+/// KL divergence from the unquantised model, per prompt position, on the Mixtral fixture's
+/// prompt; the quantised tensors are those of the fixture and the rest stays f32.
+#[test]
+fn in_situ_quantisation_stays_close_to_the_float_model() {
+    use moe::engine::LoadOptions;
+    use moe_kernels::quant::GgmlType;
+    let dir = fixture("mixtral-small-f32");
+    let prompt = ids(&Golden::load("mixtral-small-f32"), "p0.input_ids");
+    let load = |quantize: Option<GgmlType>, attention: bool| {
+        let opts = LoadOptions {
+            quantize,
+            quantize_attention: attention,
+            ..Default::default()
+        };
+        Engine::load_with(&ModelSource::Dir(dir.clone()), CpuBackend, opts).unwrap()
+    };
+    let base = load(None, false);
+    let v = base.model.cfg.vocab_size;
+    let want = all_logits(&base.model, &prompt);
+    // (type, attention too, largest median KL, largest KL at any position)
+    for (ty, attention, median_max, row_max) in [
+        (GgmlType::Q8_0, false, 1e-4, 3e-4),
+        (GgmlType::Q8_0, true, 2e-4, 5e-4),
+        (GgmlType::Q4_0, false, 1e-2, 3e-2),
+    ] {
+        let q = load(Some(ty), attention);
+        assert!(
+            q.model.weight_bytes() < base.model.weight_bytes(),
+            "{ty}: quantised weights are smaller"
+        );
+        let got = all_logits(&q.model, &prompt);
+        let mut kls: Vec<f64> = want
+            .chunks(v)
+            .zip(got.chunks(v))
+            .map(|(a, b)| kl(a, b))
+            .collect();
+        kls.sort_by(|a, b| a.total_cmp(b));
+        let median = kls[kls.len() / 2];
+        let max = kls[kls.len() - 1];
+        eprintln!(
+            "{ty} (attention {attention}): KL to f32 median {median:.2e}, max {max:.2e}; weights {} -> {} bytes",
+            base.model.weight_bytes(),
+            q.model.weight_bytes()
+        );
+        assert!(
+            median <= median_max && max <= row_max,
+            "{ty}: KL median {median:e}, max {max:e}"
+        );
+    }
+}

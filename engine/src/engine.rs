@@ -46,6 +46,10 @@ pub struct LoadOptions<'a> {
     /// products where the CPU has AVX-512 BF16): faster prefill, transformers' bf16 numerics
     /// instead of f32 activations. Off by default; no effect on other dtypes or backends.
     pub bf16_activations: bool,
+    /// Quantise the experts' matrices (and, with `quantize_attention`, the attention
+    /// projections) of a float checkpoint to this ggml type at load (in-situ quantisation).
+    pub quantize: Option<moe_kernels::quant::GgmlType>,
+    pub quantize_attention: bool,
 }
 
 /// What was loaded and how long it took.
@@ -161,6 +165,14 @@ impl<B: Backend> Engine<B> {
             if !eos_ids.contains(&e) {
                 eos_ids.push(e);
             }
+        }
+        if let Some(ty) = opts.quantize {
+            let attention = opts.quantize_attention;
+            weights.quantize(ty, |name| {
+                name.contains(".experts.")
+                    || name.contains(".shared_expert.")
+                    || (attention && name.contains(".self_attn."))
+            })?;
         }
         let bf16_activations =
             opts.bf16_activations && backend.takes_bf16_activations() && weights.has_bf16();

@@ -18,6 +18,8 @@ pub enum Storage {
     Static(&'static [u8]),
     /// A GGUF file (mapped), its tensors renamed to the family's Hugging Face names.
     Gguf(crate::gguf::Gguf),
+    /// Tensors quantised at load.
+    Owned(Vec<u8>),
 }
 
 impl Storage {
@@ -26,6 +28,7 @@ impl Storage {
             Storage::Mmap(m) => m,
             Storage::Static(s) => s,
             Storage::Gguf(g) => g.bytes(),
+            Storage::Owned(v) => v,
         }
     }
 }
@@ -341,6 +344,65 @@ impl Weights {
             tensors,
             bf16_activations: false,
         })
+    }
+
+    /// Quantises every float matrix whose name `select` accepts (rows a whole number of blocks)
+    /// to `ty`, in memory: later [`Weights::expect`] calls return the quantised tensor. Returns
+    /// how many tensors and bytes (before, after) it quantised.
+    pub fn quantize(
+        &mut self,
+        ty: moe_kernels::quant::GgmlType,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<(usize, usize, usize)> {
+        let mut names: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|(name, (_, info))| {
+                select(name)
+                    && matches!(info.dtype.as_str(), "F32" | "BF16" | "F16")
+                    && info.shape.len() == 2
+                    && info.shape[1] % ty.block_size() == 0
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        let mut buf = Vec::new();
+        let mut placed = Vec::with_capacity(names.len());
+        let (mut before, mut row) = (0, Vec::new());
+        for name in &names {
+            let shape = self.tensors[name].1.shape.clone();
+            let t = self.expect(name, &shape)?;
+            before += t.bytes();
+            let data = t.data();
+            let start = buf.len();
+            row.resize(shape[1], 0f32);
+            for r in 0..shape[0] {
+                data.to_f32_into(r * shape[1], &mut row);
+                moe_kernels::quant::quantize_row(ty, &row, &mut buf)?;
+            }
+            placed.push((name.clone(), shape, start, buf.len()));
+        }
+        let after = buf.len();
+        let shard = self.shards.len();
+        self.shards.push(Arc::new(Shard {
+            path: PathBuf::from(format!("(quantised to {ty} at load)")),
+            storage: Storage::Owned(buf),
+        }));
+        for (name, shape, start, end) in placed {
+            self.tensors.insert(
+                name,
+                (
+                    shard,
+                    TensorInfo {
+                        dtype: ty.name().to_string(),
+                        shape,
+                        start,
+                        end,
+                    },
+                ),
+            );
+        }
+        Ok((names.len(), before, after))
     }
 
     fn check_index(&self, index: &Path) -> Result<()> {

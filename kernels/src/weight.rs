@@ -1,7 +1,7 @@
 //! Borrowed weights in their checkpoint dtype: floats, or ggml's quantised blocks (GGUF files),
 //! which stay quantised in memory.
 
-use crate::quant::{dequantize_row, GgmlType};
+use crate::quant::{dequantize_row_fast as dequantize_row, GgmlType};
 use half::{bf16, f16};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

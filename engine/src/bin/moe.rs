@@ -32,13 +32,19 @@ struct Cli {
     /// f32 activations.
     #[arg(long, global = true)]
     bf16_activations: bool,
+    /// Quantise a float checkpoint's expert matrices at load (in-situ): `q8_0` or `q4_0`.
+    #[arg(long, global = true)]
+    quantize: Option<String>,
+    /// With `--quantize`, the attention projections too.
+    #[arg(long, global = true)]
+    quantize_attention: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Args, Clone)]
 struct ModelArg {
-    /// Model directory or models.toml preset (default: the embedded student model).
+    /// Model directory, GGUF file or models.toml preset (default: the embedded student model).
     #[arg(long)]
     model: Option<String>,
 }
@@ -1049,6 +1055,8 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
     let opts = LoadOptions {
         progress: Some(&mut progress),
         bf16_activations: BF16_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed),
+        quantize: QUANTIZE.get().copied().flatten(),
+        quantize_attention: QUANTIZE_ATTENTION.load(std::sync::atomic::Ordering::Relaxed),
     };
     Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
 }
@@ -1133,8 +1141,32 @@ fn main() {
 /// `--bf16-activations`, for every model this process loads (like `--threads` for its pool).
 static BF16_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `--quantize` and `--quantize-attention`, likewise.
+static QUANTIZE: std::sync::OnceLock<Option<moe_kernels::quant::GgmlType>> =
+    std::sync::OnceLock::new();
+static QUANTIZE_ATTENTION: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn run(cli: Cli) -> Result<()> {
     BF16_ACTIVATIONS.store(cli.bf16_activations, std::sync::atomic::Ordering::Relaxed);
+    let quantize = match cli.quantize.as_deref() {
+        None => None,
+        Some(q) => Some(
+            moe_kernels::quant::QUANTIZE_TYPES
+                .into_iter()
+                .find(|t| t.name().eq_ignore_ascii_case(q))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--quantize {q}: not a supported type (supported: {})",
+                        moe_kernels::quant::QUANTIZE_TYPES
+                            .map(|t| t.name().to_ascii_lowercase())
+                            .join(", ")
+                    )
+                })?,
+        ),
+    };
+    let _ = QUANTIZE.set(quantize);
+    QUANTIZE_ATTENTION.store(cli.quantize_attention, std::sync::atomic::Ordering::Relaxed);
     if cli.threads == Some(0) {
         bail!("--threads must be at least 1");
     }

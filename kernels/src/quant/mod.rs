@@ -6,9 +6,36 @@
 //! bit for bit; checked against the `gguf-mixtral-a` fixtures). Layouts: ggml's `ggml-common.h`;
 //! see `tests/fixtures/gguf-mixtral-a/README.md`, "Block layouts".
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod quantize;
 mod reference;
 
+pub use quantize::{quantize_row, QUANTIZE_TYPES};
 pub use reference::dequantize_row;
+
+/// [`dequantize_row`], vectorised where the CPU and the type allow it (the same bits).
+pub fn dequantize_row_fast(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::dot::has_avx2() {
+        let f: Option<unsafe fn(&[u8], &mut [f32])> = match t {
+            GgmlType::Q8_0 => Some(avx2::q8_0),
+            GgmlType::Q4_0 => Some(avx2::q4_0),
+            GgmlType::Q4_K => Some(avx2::q4_k),
+            GgmlType::Q5_K => Some(avx2::q5_k),
+            GgmlType::Q6_K => Some(avx2::q6_k),
+            _ => None,
+        };
+        if let Some(f) = f {
+            check_row(t, bytes.len(), out.len())?;
+            // SAFETY: AVX2 is present (checked above) and `bytes` holds exactly the blocks of
+            // `out` (checked by `check_row`).
+            unsafe { f(bytes, out) };
+            return Ok(());
+        }
+    }
+    dequantize_row(t, bytes, out)
+}
 
 use crate::KernelError;
 
@@ -187,4 +214,47 @@ pub(crate) fn check_row(t: GgmlType, bytes: usize, n: usize) -> Result<(), Kerne
     }
     let expected = (n / t.block_size()) * t.block_bytes();
     crate::check_len(OP, "bytes", bytes, expected)
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    /// Random blocks (scales finite) dequantize to the reference's bits.
+    #[test]
+    fn fast_dequantizers_give_the_reference_bits() {
+        let mut s = 12345u64;
+        let mut byte = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        };
+        // Offsets of each type's f16 scales, set to finite values.
+        let scales: &[(GgmlType, &[usize])] = &[
+            (GgmlType::Q8_0, &[0]),
+            (GgmlType::Q4_0, &[0]),
+            (GgmlType::Q4_K, &[0, 2]),
+            (GgmlType::Q5_K, &[0, 2]),
+            (GgmlType::Q6_K, &[208]),
+        ];
+        for &(t, at) in scales {
+            let blocks = 7;
+            let mut b: Vec<u8> = (0..blocks * t.block_bytes()).map(|_| byte()).collect();
+            for k in 0..blocks {
+                for &o in at {
+                    let v = half::f16::from_f32((byte() as f32 - 128.0) / 300.0);
+                    b[k * t.block_bytes() + o..][..2].copy_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+            let n = blocks * t.block_size();
+            let (mut fast, mut slow) = (vec![0f32; n], vec![0f32; n]);
+            dequantize_row_fast(t, &b, &mut fast).unwrap();
+            dequantize_row(t, &b, &mut slow).unwrap();
+            let fb: Vec<u32> = fast.iter().map(|v| v.to_bits()).collect();
+            let sb: Vec<u32> = slow.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(fb, sb, "{t}");
+            assert!(dequantize_row_fast(t, &b[1..], &mut fast).is_err());
+        }
+    }
 }
