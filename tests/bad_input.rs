@@ -287,3 +287,57 @@ fn qwen2_moe_missing_shared_expert_gate_is_named() {
     write_safetensors(&dir.join("model.safetensors"), &read_raw_tensors(model));
     load_dir(&dir).unwrap();
 }
+
+/// A config whose counts disagree with the checkpoint, or that would size buffers past any
+/// checkpoint, or whose floats are not finite in f32, is a named error before anything runs.
+#[test]
+fn configs_disagreeing_with_their_tensors_are_named_errors() {
+    let edit = |tag: &str, key: &str, value: serde_json::Value| {
+        let dir = scratch_model_dir(MODEL, tag);
+        std::fs::copy(
+            fixture(MODEL).join("model.safetensors"),
+            dir.join("model.safetensors"),
+        )
+        .unwrap();
+        let path = dir.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+        dir
+    };
+    // One layer fewer than the checkpoint holds: not a silent one-layer model.
+    let e = err_text(load_dir(&edit(
+        "fewer-layers",
+        "num_hidden_layers",
+        1.into(),
+    )));
+    assert!(
+        e.contains("model.layers.1.")
+            && e.contains("num_hidden_layers 1")
+            && e.contains("disagree"),
+        "{e}"
+    );
+    // Fewer experts than stored: the router's shape says so first.
+    let e = err_text(load_dir(&edit(
+        "fewer-experts",
+        "num_local_experts",
+        4.into(),
+    )));
+    assert!(e.contains("gate.weight") && e.contains("[4, 64]"), "{e}");
+    // Counts past any checkpoint fail before a buffer is sized from them.
+    for (tag, key, v) in [
+        ("huge-layers", "num_hidden_layers", 1_000_000_000_000u64),
+        ("huge-layers-2", "num_hidden_layers", 1 << 60),
+        ("huge-experts", "num_local_experts", 1 << 40),
+    ] {
+        let e = err_text(load_dir(&edit(tag, key, v.into())));
+        assert!(
+            e.contains(key) && e.contains("more than any checkpoint"),
+            "{e}"
+        );
+    }
+    // 1e300 is infinite in f32.
+    let e = err_text(load_dir(&edit("eps", "rms_norm_eps", 1e300.into())));
+    assert!(e.contains("rms_norm_eps") && e.contains("finite"), "{e}");
+}

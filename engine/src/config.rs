@@ -133,6 +133,10 @@ pub struct RawConfig {
     pub hidden_act: Option<String>,
 }
 
+/// The largest layer, head or expert count a config may give (DeepSeek-V3 has 256 experts and
+/// 61 layers).
+const MAX_COUNT: usize = 1 << 16;
+
 /// `Some(key)`'s value, or a named error.
 pub fn required<T: Copy>(v: Option<T>, key: &str) -> Result<T> {
     v.ok_or_else(|| Error::Config(format!("`{key}` is missing")))
@@ -145,6 +149,22 @@ impl RawConfig {
         let hidden_size = required(self.hidden_size, "hidden_size")?;
         let num_attention_heads = required(self.num_attention_heads, "num_attention_heads")?;
         let num_hidden_layers = required(self.num_hidden_layers, "num_hidden_layers")?;
+        // Nothing is sized from a count before it is bounded; the checkpoint's tensors then
+        // confirm every count (`Model::load`).
+        for (key, v) in [
+            ("num_hidden_layers", Some(num_hidden_layers)),
+            ("num_attention_heads", Some(num_attention_heads)),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("num_local_experts", self.num_local_experts),
+            ("num_experts", self.num_experts),
+            ("num_experts_per_tok", self.num_experts_per_tok),
+        ] {
+            if let Some(v) = v.filter(|&v| v > MAX_COUNT) {
+                return Err(Error::Config(format!(
+                    "`{key}` is {v}, more than any checkpoint holds (at most {MAX_COUNT})"
+                )));
+            }
+        }
         let rope_theta = self
             .rope_parameters
             .as_ref()
@@ -315,8 +335,13 @@ impl ModelConfig {
                 self.hidden_act
             ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
-            return fail("rms_norm_eps and rope_theta must be positive".into());
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite())
+            || !(self.rope_theta > 0.0 && (self.rope_theta as f32).is_finite())
+        {
+            return fail(format!(
+                "rms_norm_eps ({}) and rope_theta ({}) must be positive and finite in f32",
+                self.rms_norm_eps, self.rope_theta
+            ));
         }
         if self.sliding_window == Some(0) {
             return fail("sliding_window must be positive or null".into());

@@ -85,11 +85,13 @@ struct Loader<'a, B: Backend> {
     done: usize,
     total: usize,
     bytes: usize,
+    taken: std::collections::HashSet<String>,
 }
 
 impl<B: Backend> Loader<'_, B> {
     fn host(&mut self, name: &str, shape: &[usize]) -> Result<WeightTensor> {
         let t = self.weights.expect(name, shape)?;
+        self.taken.insert(name.to_string());
         self.done += 1;
         (self.progress)(self.done, self.total.max(self.done));
         Ok(t)
@@ -163,6 +165,7 @@ impl<B: Backend> Model<B> {
             done: 0,
             total: tensor_count(&cfg),
             bytes: 0,
+            taken: Default::default(),
         };
         let embed = ld.take("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -267,6 +270,29 @@ impl<B: Backend> Model<B> {
         } else {
             Some(ld.take("lm_head.weight", &[cfg.vocab_size, h])?)
         };
+        // A tensor the config does not account for (a layer or expert past its counts) means the
+        // config and the checkpoint disagree: running without it would be a silent wrong answer.
+        let mut unused: Vec<&str> = weights
+            .names()
+            .filter(|n| !ld.taken.contains(*n) && !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            let more = unused.len() - 1;
+            return Err(Error::Config(format!(
+                "the checkpoint holds `{}`{} that a {} model with this config.json does not use \
+                 (num_hidden_layers {}, {} experts): config and weights disagree",
+                unused[0],
+                if more > 0 {
+                    format!(" and {more} more tensors")
+                } else {
+                    String::new()
+                },
+                cfg.family,
+                cfg.num_hidden_layers,
+                cfg.moe.n_experts
+            )));
+        }
         let weight_bytes = ld.bytes;
         Ok(Model {
             rope: Rope::new(cfg.head_dim, cfg.rope_theta)
