@@ -540,7 +540,7 @@ pub fn takes_pair_tiles() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::{bf16, f16};
     use std::arch::x86_64::*;
 
@@ -557,8 +557,9 @@ mod avx2 {
     unsafe fn load_f16(p: *const f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
+    /// The lanes' sum, in the order every dot product here reduces them.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);

@@ -170,6 +170,39 @@ fn block_dots_quant(
         static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let k = w.cols;
+    // One token over a type with a fused kernel: the rows are dotted where they lie.
+    if let (1, WeightData::Quant(q)) = (n, w.data) {
+        if let Some(dot4_fused) = crate::quant::fused_dot4(q.ty) {
+            let row_bytes = q.ty.bytes_for(k).unwrap_or(0);
+            let row = |r: usize| &q.bytes[r * row_bytes..(r + 1) * row_bytes];
+            let mut tail = vec![];
+            for (r, quad) in quads_then_rows(r0, r1) {
+                let fused = if quad {
+                    dot4_fused(&x[..k], [row(r), row(r + 1), row(r + 2), row(r + 3)])
+                } else {
+                    None
+                };
+                if let Some(v) = fused {
+                    for (j, val) in v.into_iter().enumerate() {
+                        emit(0, r + j, val);
+                    }
+                } else if quad {
+                    let mut rows = vec![0f32; 4 * k];
+                    w.data.to_f32_into(r * k, &mut rows);
+                    let quad: [WeightData; 4] =
+                        std::array::from_fn(|j| WeightData::F32(&rows[j * k..(j + 1) * k]));
+                    for (j, val) in dot4(&x[..k], quad).into_iter().enumerate() {
+                        emit(0, r + j, val);
+                    }
+                } else {
+                    tail.resize(k, 0.0);
+                    w.data.to_f32_into(r * k, &mut tail);
+                    emit(0, r, dot(&x[..k], WeightData::F32(&tail)));
+                }
+            }
+            return;
+        }
+    }
     with_scratch(&ROWS, |buf| {
         buf.clear();
         buf.resize(4 * k, 0.0);
@@ -612,25 +645,41 @@ mod tests {
         ));
     }
 
-    /// Q8_0 rows: the product is the f32 product of the dequantized matrix, bit for bit, within
-    /// 1e-4 of the f64 reference, and every token gets the same bits alone as in a batch.
+    /// Quantised rows: the product is the f32 product of the dequantized matrix, bit for bit,
+    /// within 1e-4 of the f64 reference, and every token gets the same bits alone (the fused
+    /// one-token kernels) as in a batch.
     #[test]
     fn quantised_rows_multiply_as_their_dequantized_values() {
         use crate::quant::GgmlType;
+        // Q8_0, Q4_K, Q4_0 (fused one-token kernels), Q5_0 (none: the buffered path).
+        for (ty, inn, scales) in [
+            (GgmlType::Q8_0, 96usize, &[0usize][..]),
+            (GgmlType::Q4_K, 512, &[0, 2][..]),
+            (GgmlType::Q4_0, 64, &[0][..]),
+            (GgmlType::Q5_0, 64, &[0][..]),
+        ] {
+            quantised_case(ty, 13, inn, scales);
+        }
+    }
+
+    fn quantised_case(ty: crate::quant::GgmlType, out: usize, inn: usize, scales: &[usize]) {
         use crate::QuantData;
-        let (out, inn) = (13usize, 96usize);
-        let mut bytes = vec![];
         let mut s = 7u32;
         let mut next = || {
             s = s.wrapping_mul(1664525).wrapping_add(1013904223);
             s >> 8
         };
-        for _ in 0..out * inn / 32 {
-            let d = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5);
-            bytes.extend_from_slice(&d.to_bits().to_le_bytes());
-            bytes.extend((0..32).map(|_| (next() % 256) as u8));
+        let blocks = out * inn / ty.block_size();
+        let mut bytes: Vec<u8> = (0..blocks * ty.block_bytes())
+            .map(|_| (next() % 256) as u8)
+            .collect();
+        for b in 0..blocks {
+            for &o in scales {
+                let d = half::f16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5);
+                bytes[b * ty.block_bytes() + o..][..2].copy_from_slice(&d.to_bits().to_le_bytes());
+            }
         }
-        let q = QuantData::new(GgmlType::Q8_0, &bytes, out * inn).unwrap();
+        let q = QuantData::new(ty, &bytes, out * inn).unwrap();
         let mut deq = vec![0f32; out * inn];
         q.to_f32_into(0, &mut deq);
         let n = 9;
@@ -645,7 +694,7 @@ mod tests {
         let mut yr = vec![0f32; n * out];
         reference(&x, n, &plain, &mut yr).unwrap();
         for (a, b) in yq.iter().zip(&yr) {
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{ty}: {a} vs {b}");
         }
         for t in 0..n {
             let mut alone = vec![0f32; out];

@@ -215,3 +215,114 @@ pub unsafe fn q6_k(b: &[u8], y: &mut [f32]) {
         }
     }
 }
+
+/// `[x · w_r]` for four rows of Q8_0, each `x.len()` values (a multiple of 32): the blocks are
+/// dequantized in registers and summed exactly as the f32 `dot4` sums their dequantized values
+/// (one accumulator per row, eight lanes, FMA in column order, the same reduction), so the result
+/// is the bits of dequantize-then-`dot4`, without the buffer.
+///
+/// # Safety
+/// AVX2, FMA and F16C; each row holds `x.len() / 32` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q8_0(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let xp = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    // The next quad of a matrix follows these four rows: stream it in as they are read.
+    let ahead = 4 * rows[0].len();
+    for b in 0..x.len() / 32 {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let blk = rows[r].as_ptr().add(34 * b);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(ahead) as *const i8);
+            let bits = u16::from_le_bytes([*blk, *blk.add(1)]) as i32;
+            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))));
+            for g in 0..4 {
+                let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(2 + 8 * g) as *const __m128i));
+                let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(32 * b + 8 * g)), w, *a);
+            }
+        }
+    }
+    acc.map(|a| crate::dot::avx2::hsum(a))
+}
+
+/// [`dot4_q8_0`] for Q4_K rows (`x.len()` a multiple of 256), the reference's `d·sc·q − dmin·m`
+/// formed per value in registers.
+///
+/// # Safety
+/// AVX2, FMA and F16C; each row holds `x.len() / 256` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q4_k(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let xp = x.as_ptr();
+    let mask = _mm256_set1_epi32(0xF);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let ahead = 4 * rows[0].len();
+    for b in 0..x.len() / 256 {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let blk = &rows[r][144 * b..144 * (b + 1)];
+            for line in (0..144).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(ahead + line) as *const i8);
+            }
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let sc = &blk[4..16];
+            // Column order: chunk c holds columns 64c..64c+31 (low nibbles, sub-block 2c) then
+            // 64c+32..64c+63 (high nibbles, sub-block 2c+1).
+            for c in 0..4 {
+                let q = blk[16 + 32 * c..].as_ptr();
+                for (half, sub) in [(0, 2 * c), (1, 2 * c + 1)] {
+                    let (s, m) = scale_min_k4(sub, sc);
+                    let (dv, mv) = (
+                        _mm256_set1_ps(d * s as f32),
+                        _mm256_set1_ps(dmin * m as f32),
+                    );
+                    for g in 0..4 {
+                        let v = u8x8(q.add(8 * g));
+                        let nib = if half == 0 {
+                            _mm256_and_si256(v, mask)
+                        } else {
+                            _mm256_srli_epi32(v, 4)
+                        };
+                        let w = _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(nib)), mv);
+                        let col = 256 * b + 64 * c + 32 * half + 8 * g;
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(col)), w, *a);
+                    }
+                }
+            }
+        }
+    }
+    acc.map(|a| crate::dot::avx2::hsum(a))
+}
+
+/// [`dot4_q8_0`] for Q4_0 rows (`x.len()` a multiple of 32): values 0..15 of a block are the low
+/// nibbles, 16..31 the high ones, each `(nibble − 8)·d`.
+///
+/// # Safety
+/// AVX2, FMA and F16C; each row holds `x.len() / 32` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q4_0(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let xp = x.as_ptr();
+    let (mask, eight) = (_mm256_set1_epi32(0xF), _mm256_set1_epi32(8));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let ahead = 4 * rows[0].len();
+    for b in 0..x.len() / 32 {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let blk = rows[r].as_ptr().add(18 * b);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(ahead) as *const i8);
+            let d = _mm256_set1_ps(f16c_at(std::slice::from_raw_parts(blk, 2), 0));
+            let v = [u8x8(blk.add(2)), u8x8(blk.add(10))];
+            // Column order: the low nibbles of bytes 0..15, then their high nibbles.
+            for (g, q) in [
+                _mm256_and_si256(v[0], mask),
+                _mm256_and_si256(v[1], mask),
+                _mm256_srli_epi32(v[0], 4),
+                _mm256_srli_epi32(v[1], 4),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)), d);
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(32 * b + 8 * g)), w, *a);
+            }
+        }
+    }
+    acc.map(|a| crate::dot::avx2::hsum(a))
+}

@@ -14,6 +14,39 @@ mod reference;
 pub use quantize::{quantize_row, QUANTIZE_TYPES};
 pub use reference::dequantize_row;
 
+/// A dot product of one activation row with four quantised rows of type `t` that gives the bits
+/// of dequantizing the rows and taking [`crate::dot::dot4`], where the CPU and the type have one.
+pub fn fused_dot4(t: GgmlType) -> Option<FusedDot4> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::dot::has_avx2() {
+        return match t {
+            GgmlType::Q8_0 => Some(|x, r| {
+                // SAFETY: AVX2, FMA and F16C are present (checked when this was picked); every
+                // row holds the blocks of `x.len()` values (checked here).
+                rows_fit(GgmlType::Q8_0, x, &r).then(|| unsafe { avx2::dot4_q8_0(x, r) })
+            }),
+            GgmlType::Q4_K => Some(|x, r| {
+                // SAFETY: as above.
+                rows_fit(GgmlType::Q4_K, x, &r).then(|| unsafe { avx2::dot4_q4_k(x, r) })
+            }),
+            GgmlType::Q4_0 => Some(|x, r| {
+                // SAFETY: as above.
+                rows_fit(GgmlType::Q4_0, x, &r).then(|| unsafe { avx2::dot4_q4_0(x, r) })
+            }),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// Four quantised rows dotted with `x`; `None` when a row does not hold `x.len()` values.
+pub type FusedDot4 = fn(&[f32], [&[u8]; 4]) -> Option<[f32; 4]>;
+
+fn rows_fit(t: GgmlType, x: &[f32], rows: &[&[u8]; 4]) -> bool {
+    t.bytes_for(x.len())
+        .is_some_and(|b| rows.iter().all(|r| r.len() == b))
+}
+
 /// [`dequantize_row`], vectorised where the CPU and the type allow it (the same bits).
 pub fn dequantize_row_fast(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
     #[cfg(target_arch = "x86_64")]
