@@ -11,10 +11,12 @@ use moe::engine::{Engine, ModelSource};
 use moe::generate::{FinishReason, GenerateRequest, Prompt};
 use moe::models::{Model, SeqStep};
 use moe::sampling::SamplingParams;
-use moe::trace::{NoTrace, Recorder};
+use moe::trace::NoTrace;
 use moe::weights::Weights;
 use moe::ModelConfig;
-use moe_tests::{assert_close, cuda_or_skip, fixture, Golden, Tol};
+use moe_tests::{
+    assert_close, cuda_or_skip, fixture, forward_traced, pick, real_rows, Golden, Tol,
+};
 
 /// float32 folders: the README's 1e-4 suggestion, tightened (the float64 reference lands within
 /// 3.4e-6 of the goldens).
@@ -35,49 +37,6 @@ fn load_on<B: Backend>(name: &str, backend: B) -> Model<B> {
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let w = Weights::open_dir(&dir).unwrap();
     Model::load(cfg, &w, backend, &mut |_, _| {}).unwrap()
-}
-
-/// The real tokens of each row of a case, and for every real token its flat index `b·T + t`.
-fn real_rows(g: &Golden, case: &str) -> (Vec<Vec<u32>>, Vec<usize>) {
-    let ids = g.get(&format!("{case}.input_ids"));
-    let (b, t) = (ids.shape[0], ids.shape[1]);
-    let mask = g.get(&format!("{case}.attention_mask")).i;
-    let mut seqs = vec![];
-    let mut flat = vec![];
-    for r in 0..b {
-        let mut s = vec![];
-        for c in 0..t {
-            if mask[r * t + c] == 1 {
-                s.push(ids.i[r * t + c] as u32);
-                flat.push(r * t + c);
-            }
-        }
-        seqs.push(s);
-    }
-    (seqs, flat)
-}
-
-/// Rows `flat` of a `[.., cols]` tensor.
-fn pick(v: &[f32], cols: usize, flat: &[usize]) -> Vec<f32> {
-    flat.iter()
-        .flat_map(|&i| v[i * cols..(i + 1) * cols].iter().copied())
-        .collect()
-}
-
-fn run<B: Backend>(m: &Model<B>, seqs: &[Vec<u32>]) -> (Vec<Vec<f32>>, Recorder) {
-    let mut kvs: Vec<_> = seqs.iter().map(|_| m.new_kv()).collect();
-    let mut steps: Vec<SeqStep<_>> = seqs
-        .iter()
-        .zip(kvs.iter_mut())
-        .map(|(s, kv)| SeqStep {
-            tokens: s,
-            kv,
-            all_logits: true,
-        })
-        .collect();
-    let mut rec = Recorder::default();
-    let logits = m.forward(&mut steps, &mut rec).unwrap();
-    (logits, rec)
 }
 
 /// Each row's top-k sorted by expert id, with its weights permuted alike.
@@ -124,7 +83,7 @@ fn check_case<B: Backend>(
     let cfg = m.cfg.clone();
     let (h, e, k) = (cfg.hidden_size, cfg.moe.n_experts, cfg.moe.top_k);
     let (seqs, flat) = real_rows(&g, case);
-    let (logits, rec) = run(&m, &seqs);
+    let (logits, rec) = forward_traced(&m, &seqs);
     let key = |k: &str| format!("{case}.{prefix}{k}");
     let tag = |k: &str| format!("{name} {case} {prefix}{k}");
     let moe_ids: Vec<usize> = g

@@ -3,64 +3,18 @@
 //! left-padded batch of two, run here as a ragged batch).
 
 use moe::backend::{Backend, CpuBackend};
-use moe::models::{Model, SeqStep};
-use moe::trace::Recorder;
+use moe::models::Model;
 use moe::weights::Weights;
 use moe::ModelConfig;
-use moe_tests::{assert_close, cuda_or_skip, fixture, Golden, Tol};
+use moe_tests::{
+    assert_close, cuda_or_skip, fixture, forward_traced, pick, real_rows, Golden, Tol,
+};
 
 fn load_on<B: Backend>(name: &str, backend: B) -> Model<B> {
     let dir = fixture(name);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let w = Weights::open_dir(&dir).unwrap();
     Model::load(cfg, &w, backend, &mut |_, _| {}).unwrap()
-}
-
-/// The real tokens of each row of a case, and for every real token its flat index `b·T + t`.
-fn real_rows(g: &Golden, case: &str) -> (Vec<Vec<u32>>, Vec<usize>) {
-    let ids = g.get(&format!("{case}.input_ids"));
-    let (b, t) = (ids.shape[0], ids.shape[1]);
-    let mask = if g.has(&format!("{case}.attention_mask")) {
-        g.get(&format!("{case}.attention_mask")).i
-    } else {
-        vec![1; b * t]
-    };
-    let mut seqs = vec![];
-    let mut flat = vec![];
-    for r in 0..b {
-        let mut s = vec![];
-        for c in 0..t {
-            if mask[r * t + c] == 1 {
-                s.push(ids.i[r * t + c] as u32);
-                flat.push(r * t + c);
-            }
-        }
-        seqs.push(s);
-    }
-    (seqs, flat)
-}
-
-/// Rows `flat` of a `[.., cols]` golden tensor.
-fn pick(v: &[f32], cols: usize, flat: &[usize]) -> Vec<f32> {
-    flat.iter()
-        .flat_map(|&i| v[i * cols..(i + 1) * cols].iter().copied())
-        .collect()
-}
-
-fn run<B: Backend>(m: &Model<B>, seqs: &[Vec<u32>]) -> (Vec<Vec<f32>>, Recorder) {
-    let mut kvs: Vec<_> = seqs.iter().map(|_| m.new_kv()).collect();
-    let mut steps: Vec<SeqStep<_>> = seqs
-        .iter()
-        .zip(kvs.iter_mut())
-        .map(|(s, kv)| SeqStep {
-            tokens: s,
-            kv,
-            all_logits: true,
-        })
-        .collect();
-    let mut rec = Recorder::default();
-    let logits = m.forward(&mut steps, &mut rec).unwrap();
-    (logits, rec)
 }
 
 fn check_case(name: &str, case: &str, g: &Golden, tol: Tol, prefix: &str) {
@@ -77,7 +31,7 @@ fn check_case_on<B: Backend>(
 ) {
     let cfg = m.cfg.clone();
     let (seqs, flat) = real_rows(g, case);
-    let (logits, rec) = run(&m, &seqs);
+    let (logits, rec) = forward_traced(&m, &seqs);
     let key = |k: &str| format!("{case}.{prefix}{k}");
     if g.has(&key("logits")) {
         let got_logits: Vec<f32> = logits.concat();

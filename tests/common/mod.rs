@@ -222,3 +222,55 @@ pub fn scratch_model_dir(model: &str, tag: &str) -> PathBuf {
 pub fn cuda_or_skip() -> Option<moe::CudaBackend> {
     moe_kernels::cuda::or_skip(moe::CudaBackend::new(0))
 }
+
+/// The real tokens of each row of a golden case, and for every real token its flat index
+/// `b·T + t` (all tokens where the case has no attention mask).
+pub fn real_rows(g: &Golden, case: &str) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let ids = g.get(&format!("{case}.input_ids"));
+    let (b, t) = (ids.shape[0], ids.shape[1]);
+    let mask = if g.has(&format!("{case}.attention_mask")) {
+        g.get(&format!("{case}.attention_mask")).i
+    } else {
+        vec![1; b * t]
+    };
+    let mut seqs = vec![];
+    let mut flat = vec![];
+    for r in 0..b {
+        let mut s = vec![];
+        for c in 0..t {
+            if mask[r * t + c] == 1 {
+                s.push(ids.i[r * t + c] as u32);
+                flat.push(r * t + c);
+            }
+        }
+        seqs.push(s);
+    }
+    (seqs, flat)
+}
+
+/// Rows `flat` of a `[.., cols]` tensor.
+pub fn pick(v: &[f32], cols: usize, flat: &[usize]) -> Vec<f32> {
+    flat.iter()
+        .flat_map(|&i| v[i * cols..(i + 1) * cols].iter().copied())
+        .collect()
+}
+
+/// Every sequence's logits at every position in one ragged batch, with every tap recorded.
+pub fn forward_traced<B: moe::Backend>(
+    m: &moe::models::Model<B>,
+    seqs: &[Vec<u32>],
+) -> (Vec<Vec<f32>>, moe::trace::Recorder) {
+    let mut kvs: Vec<_> = seqs.iter().map(|_| m.new_kv()).collect();
+    let mut steps: Vec<moe::models::SeqStep<_>> = seqs
+        .iter()
+        .zip(kvs.iter_mut())
+        .map(|(s, kv)| moe::models::SeqStep {
+            tokens: s,
+            kv,
+            all_logits: true,
+        })
+        .collect();
+    let mut rec = moe::trace::Recorder::default();
+    let logits = m.forward(&mut steps, &mut rec).unwrap();
+    (logits, rec)
+}

@@ -154,10 +154,11 @@ fn block_dots_tokens(
     }
 }
 
-/// [`block_dots`] with quantised rows: each quad of rows is dequantized into a per-thread buffer
-/// (L1/L2-resident) and dotted with every token by the f32 kernels, for one token exactly as for
-/// many ([`dot4`] and [`dot4_tokens`] give the same bits), so a sequence's logits do not depend on
-/// its batch.
+/// [`block_dots`] with quantised rows: one token dots each quad of rows where it lies with the
+/// type's fused kernel; otherwise the quad is dequantized into a per-thread buffer (L1/L2-resident)
+/// and dotted with every token by the f32 kernels. Every way gives the bits of [`dot4`] on the
+/// dequantized rows ([`dot4_tokens`] and the fused kernels sum as it does), so a sequence's logits
+/// do not depend on its batch.
 fn block_dots_quant(
     x: &[f32],
     n: usize,
@@ -170,43 +171,26 @@ fn block_dots_quant(
         static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let k = w.cols;
-    // One token over a type with a fused kernel: the rows are dotted where they lie.
-    if let (1, WeightData::Quant(q)) = (n, w.data) {
-        if let Some(dot4_fused) = crate::quant::fused_dot4(q.ty) {
-            let row_bytes = q.ty.bytes_for(k).unwrap_or(0);
-            let row = |r: usize| &q.bytes[r * row_bytes..(r + 1) * row_bytes];
-            let mut tail = vec![];
-            for (r, quad) in quads_then_rows(r0, r1) {
-                let fused = if quad {
-                    dot4_fused(&x[..k], [row(r), row(r + 1), row(r + 2), row(r + 3)])
-                } else {
-                    None
-                };
-                if let Some(v) = fused {
-                    for (j, val) in v.into_iter().enumerate() {
-                        emit(0, r + j, val);
-                    }
-                } else if quad {
-                    let mut rows = vec![0f32; 4 * k];
-                    w.data.to_f32_into(r * k, &mut rows);
-                    let quad: [WeightData; 4] =
-                        std::array::from_fn(|j| WeightData::F32(&rows[j * k..(j + 1) * k]));
-                    for (j, val) in dot4(&x[..k], quad).into_iter().enumerate() {
-                        emit(0, r + j, val);
-                    }
-                } else {
-                    tail.resize(k, 0.0);
-                    w.data.to_f32_into(r * k, &mut tail);
-                    emit(0, r, dot(&x[..k], WeightData::F32(&tail)));
-                }
-            }
-            return;
-        }
-    }
+    // One token over a type with a fused kernel: its rows are dotted where they lie.
+    let fused = match (n, w.data) {
+        (1, WeightData::Quant(q)) => crate::quant::fused_dot4(q.ty)
+            .zip(q.ty.bytes_for(k))
+            .map(|(f, row_bytes)| (f, q.bytes, row_bytes)),
+        _ => None,
+    };
     with_scratch(&ROWS, |buf| {
         buf.clear();
         buf.resize(4 * k, 0.0);
         for (r, quad) in quads_then_rows(r0, r1) {
+            if let (true, Some((dot4_fused, bytes, rb))) = (quad, fused) {
+                let row = |j: usize| &bytes[(r + j) * rb..(r + j + 1) * rb];
+                if let Some(v) = dot4_fused(&x[..k], [row(0), row(1), row(2), row(3)]) {
+                    for (j, val) in v.into_iter().enumerate() {
+                        emit(0, r + j, val);
+                    }
+                    continue;
+                }
+            }
             let height = if quad { 4 } else { 1 };
             w.data.to_f32_into(r * k, &mut buf[..height * k]);
             if !quad {

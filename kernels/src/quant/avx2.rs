@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::reference::scale_min_k4;
 use half::f16;
 
 #[inline]
@@ -85,19 +86,6 @@ pub unsafe fn q4_0(b: &[u8], y: &mut [f32]) {
             store_mul(out[8 * g..].as_mut_ptr(), lo, d);
             store_mul(out[16 + 8 * g..].as_mut_ptr(), hi, d);
         }
-    }
-}
-
-/// Q4_K/Q5_K sub-block `j`'s six-bit scale and min.
-#[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
     }
 }
 

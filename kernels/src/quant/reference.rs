@@ -155,7 +155,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 
 /// `get_scale_min_k4`: scale and min of sub-block `j` (0..8) from the 12 packed bytes.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
