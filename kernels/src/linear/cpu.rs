@@ -635,10 +635,11 @@ mod tests {
     #[test]
     fn quantised_rows_multiply_as_their_dequantized_values() {
         use crate::quant::GgmlType;
-        // Q8_0, Q4_K, Q4_0 (fused one-token kernels), Q5_0 (none: the buffered path).
+        // Q8_0, Q4_K, Q4_0, Q6_K (fused one-token kernels), Q5_0 (none: the buffered path).
         for (ty, inn, scales) in [
             (GgmlType::Q8_0, 96usize, &[0usize][..]),
             (GgmlType::Q4_K, 512, &[0, 2][..]),
+            (GgmlType::Q6_K, 512, &[208][..]),
             (GgmlType::Q4_0, 64, &[0][..]),
             (GgmlType::Q5_0, 64, &[0][..]),
         ] {

@@ -314,3 +314,59 @@ pub unsafe fn dot4_q4_0(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
     }
     acc.map(|a| crate::dot::avx2::hsum(a))
 }
+
+/// [`dot4_q8_0`] for Q6_K rows (`x.len()` a multiple of 256): each 8-column group's 6-bit values
+/// (a nibble of `ql` and two bits of `qh`) minus 32, times `d · scale`.
+///
+/// # Safety
+/// AVX2, FMA and F16C; each row holds `x.len() / 256` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q6_k(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let xp = x.as_ptr();
+    let (mask, three, bias) = (
+        _mm256_set1_epi32(0xF),
+        _mm256_set1_epi32(3),
+        _mm256_set1_epi32(32),
+    );
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let ahead = 4 * rows[0].len();
+    for b in 0..x.len() / 256 {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let blk = &rows[r][210 * b..210 * (b + 1)];
+            for line in (0..210).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(ahead + line) as *const i8);
+            }
+            let d = f16_at(blk, 208);
+            // Column order within a half of 128: four runs of 32 (s = 0..3), each of four
+            // 8-column groups; run s reads `ql` (s even) or `ql + 32` (s odd), its low (s < 2)
+            // or high nibbles, bits 2s..2s+1 of `qh`, and scale `sc[l / 16 + 2s]`.
+            for n in 0..2 {
+                let ql = blk[64 * n..].as_ptr();
+                let qh = blk[128 + 32 * n..].as_ptr();
+                let sc = &blk[192 + 8 * n..192 + 8 * n + 8];
+                for s in 0..4 {
+                    let shift = _mm_cvtsi32_si128(2 * s as i32);
+                    for j in 0..4 {
+                        let l = 8 * j;
+                        let v = u8x8(ql.add(l + 32 * (s % 2)));
+                        let nib = if s < 2 {
+                            _mm256_and_si256(v, mask)
+                        } else {
+                            _mm256_srli_epi32(v, 4)
+                        };
+                        let hb = _mm256_slli_epi32(
+                            _mm256_and_si256(_mm256_srl_epi32(u8x8(qh.add(l)), shift), three),
+                            4,
+                        );
+                        let q = _mm256_sub_epi32(_mm256_or_si256(nib, hb), bias);
+                        let scale = _mm256_set1_ps(d * (sc[l / 16 + 2 * s] as i8) as f32);
+                        let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale);
+                        let col = 256 * b + 128 * n + 32 * s + l;
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(col)), w, *a);
+                    }
+                }
+            }
+        }
+    }
+    acc.map(|a| crate::dot::avx2::hsum(a))
+}

@@ -33,6 +33,10 @@ pub fn fused_dot4(t: GgmlType) -> Option<FusedDot4> {
                 // SAFETY: as above.
                 rows_fit(GgmlType::Q4_0, x, &r).then(|| unsafe { avx2::dot4_q4_0(x, r) })
             }),
+            GgmlType::Q6_K => Some(|x, r| {
+                // SAFETY: as above.
+                rows_fit(GgmlType::Q6_K, x, &r).then(|| unsafe { avx2::dot4_q6_k(x, r) })
+            }),
             _ => None,
         };
     }
