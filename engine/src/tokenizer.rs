@@ -231,6 +231,27 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// One token's text for display (logprob labels): a byte-level BPE piece decoded (`Ġworld` →
+    /// ` world`; part of a UTF-8 character shows as `�`), SentencePiece's `▁` as a space, a byte
+    /// token as its ASCII character; empty for an id without a token (padded vocabularies).
+    pub fn token_text(&self, id: u32) -> String {
+        let t = self.id_to_token(id).unwrap_or_default();
+        if let Some(d @ tokenizers::DecoderWrapper::ByteLevel(_)) = self.inner.get_decoder() {
+            use tokenizers::Decoder as _;
+            return d.decode(vec![t.clone()]).unwrap_or(t);
+        }
+        if let Some(hex) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return if b.is_ascii() {
+                    (b as char).to_string()
+                } else {
+                    t
+                };
+            }
+        }
+        t.replace('\u{2581}', " ")
+    }
+
     pub fn bos_token(&self) -> Option<&str> {
         self.bos_token.as_deref()
     }

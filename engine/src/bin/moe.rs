@@ -1262,7 +1262,11 @@ fn run(cli: Cli) -> Result<()> {
                     )?;
                 } else {
                     for t in &lps {
-                        let piece = engine.tokenizer.id_to_token(t.token_id).unwrap_or_default();
+                        let piece = engine
+                            .tokenizer
+                            .token_text(t.token_id)
+                            .escape_debug()
+                            .to_string();
                         let lp = t
                             .logprob
                             .map_or("      -".to_string(), |l| format!("{l:>9.4}"));
@@ -1272,7 +1276,7 @@ fn run(cli: Cli) -> Result<()> {
                             .map(|x| {
                                 format!(
                                     "{}:{:.3}",
-                                    engine.tokenizer.id_to_token(x.token_id).unwrap_or_default(),
+                                    engine.tokenizer.token_text(x.token_id).escape_debug(),
                                     x.logprob
                                 )
                             })

@@ -117,22 +117,7 @@ fn label(m: &Served, id: u32, as_ids: bool) -> String {
 /// their character; byte-level BPE pieces (GPT-2, Qwen, NeoX: `Ġworld`, `Ċ`) as the bytes they
 /// stand for (an incomplete UTF-8 sequence as U+FFFD).
 fn piece(m: &Served, id: u32) -> String {
-    let tok = m.engine.tokenizer();
-    let t = tok.id_to_token(id).unwrap_or_default();
-    if let Some(d @ tokenizers::DecoderWrapper::ByteLevel(_)) = tok.inner().get_decoder() {
-        use tokenizers::Decoder as _;
-        return d.decode(vec![t.clone()]).unwrap_or(t);
-    }
-    if let Some(hex) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
-        if let Ok(b) = u8::from_str_radix(hex, 16) {
-            return if b.is_ascii() {
-                (b as char).to_string()
-            } else {
-                t
-            };
-        }
-    }
-    t.replace('\u{2581}', " ")
+    m.engine.tokenizer().token_text(id)
 }
 
 /// One prompt's sequences, submitted together.
