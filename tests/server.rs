@@ -514,3 +514,50 @@ fn families_completions_reproduce_the_golden_text() {
         assert_eq!(tokens.concat(), prompt, "{model}: {tokens:?}");
     }
 }
+
+/// A request that would start more sequences than one request may, or one sequence that the whole
+/// KV budget cannot hold, gets a 400 naming the limit; the server goes on serving.
+#[test]
+fn requests_past_the_sequence_cap_or_the_kv_budget_are_refused() {
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": "moe-student-tiny", "prompt": vec!["hi"; 33], "n": 2, "max_tokens": 1}),
+    );
+    assert_eq!(s, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("66 sequences") && msg.contains("at most 64"),
+        "{msg}"
+    );
+    assert_eq!(v["error"]["param"], "n");
+
+    // A budget of one KV block of the student: a 200-token sequence cannot fit; 8 tokens can.
+    let engine = Engine::load(&ModelSource::Embedded).unwrap();
+    let block = moe::scheduler::kv_bytes_per_token(&engine) * moe::scheduler::KV_BLOCK;
+    let h = start(
+        vec![("moe-student-tiny".to_string(), engine)],
+        ServerConfig {
+            port: 0,
+            kv_memory: block,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let send = |max_tokens: usize| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/completions", h.url()))
+            .json(&json!({"model": "moe-student-tiny", "prompt": "hi", "max_tokens": max_tokens}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (s, v) = send(200);
+    assert_eq!(s, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("KV budget") && msg.contains(&format!("{block} bytes")),
+        "{msg}"
+    );
+    let (s, v) = send(4);
+    assert_eq!(s, 200, "{v}");
+}

@@ -129,10 +129,29 @@ pub fn run<B: Backend>(
             }
             !gone
         });
+        // A sequence the whole budget cannot hold is refused, naming both sizes, rather than
+        // admitted past the budget.
+        waiting.retain(|s| {
+            let need = blocks_for(s);
+            if need <= total_blocks {
+                return true;
+            }
+            let _ = s.events.send(SeqEvent::Error {
+                choice: s.choice,
+                message: format!(
+                    "this sequence may hold up to {} tokens ({} bytes of KV cache), more than the \
+                     server's KV budget of {} bytes (--kv-memory); lower max_tokens",
+                    need * KV_BLOCK,
+                    need * per_block,
+                    total_blocks * per_block
+                ),
+            });
+            false
+        });
         // Admission, in arrival order.
         while running.len() < cfg.max_batch {
             let Some(front) = waiting.front() else { break };
-            let need = blocks_for(front).min(total_blocks);
+            let need = blocks_for(front);
             if used_blocks + need > total_blocks {
                 break;
             }

@@ -1124,10 +1124,11 @@ fn parse_bytes(s: &str) -> Result<usize> {
     let n: f64 = num
         .parse()
         .with_context(|| format!("--kv-memory {s:?} is not a size"))?;
-    if n <= 0.0 {
-        bail!("--kv-memory must be positive");
+    let bytes = n * mult as f64;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        bail!("--kv-memory {s:?} must be a finite size of at least one byte");
     }
-    Ok((n * mult as f64) as usize)
+    Ok(bytes as usize)
 }
 
 fn main() {
@@ -1423,4 +1424,18 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn kv_memory_sizes_are_positive_and_finite() {
+        assert_eq!(parse_bytes("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("1.5G").unwrap(), 3 << 29);
+        for bad in ["nan", "inf", "0", "-1G", "0.5", "lots"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -344,6 +344,17 @@ async fn completions_inner(
     params.logprobs = want_logprobs;
     params.top_logprobs = lp.max(0) as usize;
     let n = req.common.n()?;
+    if prompts.len() * n > super::types::MAX_SEQUENCES_PER_REQUEST {
+        return Err(ApiError::bad(
+            format!(
+                "{} prompts × n {n} = {} sequences; a request may start at most {}",
+                prompts.len(),
+                prompts.len() * n,
+                super::types::MAX_SEQUENCES_PER_REQUEST
+            ),
+            Some("n"),
+        ));
+    }
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     let mut jobs = vec![];
     for p in &prompts {

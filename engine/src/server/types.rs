@@ -156,6 +156,9 @@ pub struct CompletionRequest {
 
 /// Largest `n` one request may ask for.
 pub const MAX_N: i64 = 16;
+/// Sequences one request may start (`n` × prompts): a fan-out request queues behind nobody else's
+/// small one for longer than this many sequences' admission.
+pub const MAX_SEQUENCES_PER_REQUEST: usize = 64;
 
 impl CommonParams {
     /// Sampling parameters with the OpenAI defaults (temperature 1, top_p 1); the bounds the
