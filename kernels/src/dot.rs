@@ -10,7 +10,12 @@ use half::{bf16, f16};
 /// `x · w` over `x.len()` elements.
 #[inline]
 pub fn dot(x: &[f32], w: WeightData) -> f32 {
-    debug_assert_eq!(x.len(), w.len());
+    // Checked in release builds too: the SIMD paths below read `x.len()` elements of `w`.
+    assert_eq!(
+        x.len(),
+        w.len(),
+        "dot: activation and weight row lengths differ"
+    );
     if let WeightData::Quant(q) = w {
         return dot_quant(x, q);
     }
@@ -162,6 +167,10 @@ pub fn dot4_then_next(x: &[f32], w: [WeightData; 4]) -> [f32; 4] {
 
 #[inline]
 fn dot4_impl<const PREFETCH: bool>(x: &[f32], w: [WeightData; 4]) -> [f32; 4] {
+    assert!(
+        w.iter().all(|r| r.len() == x.len()),
+        "dot4: a weight row's length differs from the activation's"
+    );
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: features checked; all four rows come from one matrix, so they share a dtype and
@@ -211,6 +220,11 @@ pub fn dot4_tokens(
     mut emit: impl FnMut(usize, [f32; 4]),
 ) {
     let k = if n == 0 { 0 } else { x.len() / n };
+    assert!(
+        k * n == x.len() && w.iter().all(|r| r.len() == k),
+        "dot4_tokens: {} activations are not {n} rows of the weight rows' length",
+        x.len()
+    );
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         let (pairs, wide) = (takes_pair_tiles(), has_avx512());
@@ -337,6 +351,11 @@ pub fn dot8_tokens_f32(
             return false;
         }
         let k = if n == 0 { 0 } else { x.len() / n };
+        assert!(
+            k * n == x.len() && w.iter().all(|r| r.len() == k),
+            "dot8_tokens_f32: {} activations are not {n} rows of the weight rows' length",
+            x.len()
+        );
         let mut out = [[0f32; 8]; OCTET_TILE];
         for_token_tiles(n, &mut out, emit, |t, step, out| {
             let xt = &x[t * k..];
@@ -1076,6 +1095,11 @@ pub fn dot4_tokens_bf16(
     mut emit: impl FnMut(usize, [f32; 4]),
 ) {
     let k = if n == 0 { 0 } else { x.len() / n };
+    assert!(
+        k * n == x.len() && w.iter().all(|r| r.len() == k),
+        "dot4_tokens_bf16: {} activations are not {n} rows of the weight rows' length",
+        x.len()
+    );
     #[cfg(target_arch = "x86_64")]
     if has_avx512_bf16() {
         let mut out = [[0f32; 4]; BF16_TILE];
