@@ -224,11 +224,8 @@ fn held_out_score<B: moe::Backend>(e: &Engine<B>, items: &[serde_json::Value]) -
 /// The student answers the held-out tasks at its published 81.0% (teacher 97.5%), greedy, 22 tokens.
 #[test]
 fn trained_pair_accuracy_on_held_out_tasks() {
-    let path = repo_path("../shared/data/tasks/eval.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!("skipping: {} not found", path.display());
-        return;
-    };
+    let path = repo_path("data/tasks/eval.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let items: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -546,7 +543,7 @@ fn cuda_greedy_and_expert_counts_equal_cpu() {
 }
 
 /// The trained student (embedded) on a CUDA device: its golden generations reproduced, and its
-/// held-out accuracy (tasks from `$MOE_EVAL_TASKS` or ../shared) within the CPU test's margin of
+/// held-out accuracy (tasks from `$MOE_EVAL_TASKS` or data/tasks) within the CPU test's margin of
 /// the published 81.0% — its bf16 weights run on tensor cores with bf16-rounded activations.
 #[test]
 fn cuda_trained_student_generations_and_accuracy() {
@@ -573,7 +570,7 @@ fn cuda_trained_student_generations_and_accuracy() {
     }
     let path = std::env::var_os("MOE_EVAL_TASKS")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_path("../shared/data/tasks/eval.jsonl"));
+        .unwrap_or_else(|| repo_path("data/tasks/eval.jsonl"));
     let Ok(text) = std::fs::read_to_string(&path) else {
         println!("skipping the accuracy part: {} not found", path.display());
         return;

@@ -13,14 +13,11 @@ fn teacher() -> ModelSource {
     ModelSource::Dir(moe_tests::repo_path("models/moe-teacher-tiny"))
 }
 
-fn seed_tasks() -> Option<PathBuf> {
-    let p = moe_tests::repo_path("../shared/data/self-instruct/seed_tasks.jsonl");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not found", p.display());
-        None
-    }
+/// The Self-Instruct seed tasks kept in the repository (Apache-2.0, `data/self-instruct/`).
+fn seed_tasks() -> PathBuf {
+    let p = moe_tests::repo_path("data/self-instruct/seed_tasks.jsonl");
+    assert!(p.is_file(), "{} is missing", p.display());
+    p
 }
 
 fn cfg(seed_tasks: &PathBuf, tag: &str) -> SelfInstructConfig {
@@ -45,7 +42,7 @@ fn read(c: &SelfInstructConfig, f: &str) -> String {
 
 #[test]
 fn runs_deterministically_and_resumes_exactly() {
-    let Some(seeds) = seed_tasks() else { return };
+    let seeds = seed_tasks();
     let client = LocalClient {
         engine: Arc::new(Engine::load(&teacher()).unwrap()),
     };
@@ -125,7 +122,7 @@ fn c_manifest(c: &SelfInstructConfig) -> serde_json::Value {
 
 #[test]
 fn runs_against_a_model_behind_moe_serve() {
-    let Some(seeds) = seed_tasks() else { return };
+    let seeds = seed_tasks();
     let h = start(
         vec![("teacher".into(), Engine::load(&teacher()).unwrap())],
         ServerConfig {
@@ -157,7 +154,7 @@ fn runs_against_a_model_behind_moe_serve() {
 #[test]
 fn alpaca_run_mechanics_and_determinism() {
     use moe::loops::alpaca::{run as alpaca, AlpacaConfig};
-    let Some(seeds) = seed_tasks() else { return };
+    let seeds = seed_tasks();
     let client = LocalClient {
         engine: Arc::new(Engine::load(&teacher()).unwrap()),
     };
@@ -245,7 +242,7 @@ fn alpaca_run_mechanics_and_determinism() {
 /// instruction's recorded Jaccard similarities stay at or below the threshold.
 #[test]
 fn self_instruct_with_minhash_dedup() {
-    let Some(seeds) = seed_tasks() else { return };
+    let seeds = seed_tasks();
     let client = LocalClient {
         engine: Arc::new(Engine::load(&teacher()).unwrap()),
     };
