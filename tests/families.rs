@@ -8,14 +8,13 @@
 
 use moe::backend::{Backend, CpuBackend};
 use moe::engine::{Engine, ModelSource};
-use moe::generate::{FinishReason, GenerateRequest, Prompt};
 use moe::models::{Model, SeqStep};
-use moe::sampling::SamplingParams;
 use moe::trace::NoTrace;
 use moe::weights::Weights;
 use moe::ModelConfig;
 use moe_tests::{
-    assert_close, cuda_or_skip, fixture, forward_traced, pick, real_rows, Golden, Tol,
+    assert_close, check_greedy_generation, cuda_or_skip, fixture, forward_traced, pick, real_rows,
+    Golden, Tol,
 };
 
 /// float32 folders: the README's 1e-4 suggestion, tightened (the float64 reference lands within
@@ -290,66 +289,6 @@ fn check_case<B: Backend>(
     }
 }
 
-fn greedy_16() -> SamplingParams {
-    SamplingParams {
-        max_tokens: 16,
-        ignore_eos: true,
-        logprobs: true,
-        top_logprobs: 8,
-        ..SamplingParams::greedy()
-    }
-}
-
-/// Greedy 16 tokens of every prompt row equal transformers' ids (`{prefix}generated_ids`), and
-/// (f32) the chosen and top-8 logprobs within 1e-4 at every step.
-fn check_generation<B: Backend>(e: &Engine<B>, name: &str, prefix: &str, logprobs: bool) {
-    let g = Golden::load(name);
-    for case in ["p0", "p1"] {
-        let (rows, _) = real_rows(&g, case);
-        let reqs: Vec<GenerateRequest> = rows
-            .iter()
-            .map(|r| GenerateRequest::new(Prompt::Tokens(r.clone()), greedy_16()))
-            .collect();
-        let out = e.generate(&reqs).unwrap();
-        let want = g.get(&format!("{case}.{prefix}generated_ids")).i;
-        for (b, c) in out.iter().enumerate() {
-            let w: Vec<u32> = want[b * 16..(b + 1) * 16]
-                .iter()
-                .map(|&x| x as u32)
-                .collect();
-            assert_eq!(c.token_ids, w, "{name} {case} row {b} greedy ids");
-            assert_eq!(c.finish_reason, FinishReason::Length);
-            if !logprobs {
-                continue;
-            }
-            let lps = c.logprobs.as_ref().unwrap();
-            let chosen = g.get(&format!("{case}.gen_chosen_logprob")).f;
-            let got: Vec<f32> = lps.iter().map(|l| l.logprob).collect();
-            let lp_tol = Tol {
-                abs: 1e-4,
-                rel: 0.0,
-            };
-            assert_close(
-                &format!("{name} {case} row {b} chosen logprob"),
-                &got,
-                &chosen[b * 16..(b + 1) * 16],
-                lp_tol,
-            );
-            let top = g.get(&format!("{case}.gen_top_logprobs")).f;
-            for (s, l) in lps.iter().enumerate() {
-                let base = (b * 16 + s) * 8;
-                let got: Vec<f32> = l.top_logprobs.iter().map(|t| t.logprob).collect();
-                assert_close(
-                    &format!("{name} {case} row {b} step {s} top-8"),
-                    &got,
-                    &top[base..base + 8],
-                    lp_tol,
-                );
-            }
-        }
-    }
-}
-
 /// Decoding a prompt's greedy continuation one token at a time through the KV cache gives the
 /// logits of recomputing the whole sequence at once, every step (f32: within 2e-5 + 1e-5 rel).
 fn check_cache_against_recompute<B: Backend>(m: &Model<B>, name: &str) {
@@ -437,7 +376,7 @@ fn f32_family(name: &str) {
     }
     report(name, &worst);
     let e = Engine::load(&ModelSource::Dir(fixture(name))).unwrap();
-    check_generation(&e, name, "", true);
+    check_greedy_generation(&e, name, "generated_ids", true);
     check_cache_against_recompute(&e.model, name);
 }
 
@@ -485,7 +424,7 @@ fn qwen3_moe_bf16_matches_transformers() {
     }
     report(name, &worst);
     let e = Engine::load(&ModelSource::Dir(fixture(name))).unwrap();
-    check_generation(&e, name, "ref_f32.", false);
+    check_greedy_generation(&e, name, "ref_f32.generated_ids", false);
 }
 
 // The same on a CUDA device (each prints `skipping: <reason>` where there is none); dense layers

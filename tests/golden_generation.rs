@@ -8,116 +8,40 @@ use moe::generate::{FinishReason, GenerateRequest, Prompt};
 use moe::sampling::SamplingParams;
 use moe::tokenizer::ChatMessage;
 use moe::Error;
-use moe_tests::{assert_close, cuda_or_skip, fixture, repo_path, Golden, Tol};
+use moe_tests::{
+    assert_close, check_greedy_generation, cuda_or_skip, fixture, greedy_16, real_rows, repo_path,
+    Golden, Tol,
+};
 
 fn engine(name: &str) -> Engine {
     Engine::load(&ModelSource::Dir(fixture(name))).unwrap()
 }
 
-fn prompt_rows(g: &Golden, case: &str) -> Vec<Vec<u32>> {
-    let ids = g.get(&format!("{case}.input_ids"));
-    let (b, t) = (ids.shape[0], ids.shape[1]);
-    let mask = if g.has(&format!("{case}.attention_mask")) {
-        g.get(&format!("{case}.attention_mask")).i
-    } else {
-        vec![1; b * t]
-    };
-    (0..b)
-        .map(|r| {
-            (0..t)
-                .filter(|&c| mask[r * t + c] == 1)
-                .map(|c| ids.i[r * t + c] as u32)
-                .collect()
-        })
-        .collect()
-}
-
-fn greedy_16() -> SamplingParams {
-    SamplingParams {
-        max_tokens: 16,
-        ignore_eos: true,
-        logprobs: true,
-        top_logprobs: 8,
-        ..SamplingParams::greedy()
-    }
-}
-
-/// Greedy ids equal to transformers', the chosen token's logprob and the top-8 logprobs within
-/// 1e-4 at every step (ids compared where the neighbouring values are more than 1e-4 apart).
-fn check_greedy(name: &str, ids_key: &str, with_logprobs: bool) {
-    let e = engine(name);
-    let g = Golden::load(name);
-    for case in ["p0", "p1"] {
-        let rows = prompt_rows(&g, case);
-        let reqs: Vec<GenerateRequest> = rows
-            .iter()
-            .map(|r| GenerateRequest::new(Prompt::Tokens(r.clone()), greedy_16()))
-            .collect();
-        let out = e.generate(&reqs).unwrap();
-        let want = g.get(&format!("{case}.{ids_key}"));
-        for (b, c) in out.iter().enumerate() {
-            let w: Vec<u32> = want.i[b * 16..(b + 1) * 16]
-                .iter()
-                .map(|&x| x as u32)
-                .collect();
-            assert_eq!(c.token_ids, w, "{name} {case} row {b} greedy ids");
-            assert_eq!(c.finish_reason, FinishReason::Length);
-            if !with_logprobs {
-                continue;
-            }
-            let lps = c.logprobs.as_ref().unwrap();
-            let chosen = g.get(&format!("{case}.gen_chosen_logprob"));
-            let got: Vec<f32> = lps.iter().map(|l| l.logprob).collect();
-            assert_close(
-                &format!("{name} {case} row {b} chosen logprob"),
-                &got,
-                &chosen.f[b * 16..(b + 1) * 16],
-                Tol {
-                    abs: 1e-4,
-                    rel: 0.0,
-                },
-            );
-            let top = g.get(&format!("{case}.gen_top_logprobs"));
-            let top_ids = g.get(&format!("{case}.gen_top_logprob_ids"));
-            for (s, l) in lps.iter().enumerate() {
-                let base = (b * 16 + s) * 8;
-                let got: Vec<f32> = l.top_logprobs.iter().map(|t| t.logprob).collect();
-                assert_close(
-                    &format!("{name} {case} row {b} step {s} top-8"),
-                    &got,
-                    &top.f[base..base + 8],
-                    Tol {
-                        abs: 1e-4,
-                        rel: 0.0,
-                    },
-                );
-                for j in 0..8 {
-                    let v = top.f[base + j];
-                    let clear = (j == 0 || top.f[base + j - 1] - v > 1e-4)
-                        && (j == 7 || v - top.f[base + j + 1] > 1e-4);
-                    if clear {
-                        assert_eq!(
-                            l.top_logprobs[j].token_id as i64,
-                            top_ids.i[base + j],
-                            "{name} {case} row {b} step {s} rank {j}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn greedy_generation_matches_transformers_f32() {
-    check_greedy("mixtral-tiny-f32", "generated_ids", true);
-    check_greedy("mixtral-small-f32", "generated_ids", true);
+    check_greedy_generation(
+        &engine("mixtral-tiny-f32"),
+        "mixtral-tiny-f32",
+        "generated_ids",
+        true,
+    );
+    check_greedy_generation(
+        &engine("mixtral-small-f32"),
+        "mixtral-small-f32",
+        "generated_ids",
+        true,
+    );
 }
 
 /// Computing in f32 from bf16 weights reproduces transformers' f32 run on the widened weights.
 #[test]
 fn greedy_generation_of_bf16_checkpoint_matches_the_f32_reference() {
-    check_greedy("mixtral-tiny-bf16", "ref_f32.generated_ids", false);
+    check_greedy_generation(
+        &engine("mixtral-tiny-bf16"),
+        "mixtral-tiny-bf16",
+        "ref_f32.generated_ids",
+        false,
+    );
 }
 
 #[derive(serde::Deserialize)]
@@ -334,7 +258,7 @@ fn stop_strings_end_generation_and_are_left_out() {
 fn prompt_logprobs_match_the_golden_logits() {
     let e = engine("mixtral-tiny-f32");
     let g = Golden::load("mixtral-tiny-f32");
-    let ids = prompt_rows(&g, "p0").remove(0);
+    let ids = real_rows(&g, "p0").0.remove(0);
     let lps = e.prompt_logprobs(&Prompt::Tokens(ids.clone()), 3).unwrap();
     let logits = g.get("p0.logits");
     let v = 32000;
@@ -473,7 +397,8 @@ fn cuda_greedy_and_expert_counts_equal_cpu() {
         let cpu = engine(name);
         let g = Golden::load(name);
         for case in ["p0", "p1"] {
-            let reqs: Vec<GenerateRequest> = prompt_rows(&g, case)
+            let reqs: Vec<GenerateRequest> = real_rows(&g, case)
+                .0
                 .into_iter()
                 .map(|r| GenerateRequest::new(Prompt::Tokens(r), greedy_16()))
                 .collect();
@@ -513,7 +438,8 @@ fn cuda_greedy_and_expert_counts_equal_cpu() {
         .into_iter()
         .enumerate()
         {
-            let reqs: Vec<GenerateRequest> = prompt_rows(&g, "p0")
+            let reqs: Vec<GenerateRequest> = real_rows(&g, "p0")
+                .0
                 .into_iter()
                 .enumerate()
                 .map(|(j, r)| {

@@ -274,3 +274,86 @@ pub fn forward_traced<B: moe::Backend>(
     let logits = m.forward(&mut steps, &mut rec).unwrap();
     (logits, rec)
 }
+
+/// Greedy decoding of 16 tokens past any end-of-sequence token, with the top-8 logprobs of each
+/// step (how the goldens' generations were made).
+pub fn greedy_16() -> moe::SamplingParams {
+    moe::SamplingParams {
+        max_tokens: 16,
+        ignore_eos: true,
+        logprobs: true,
+        top_logprobs: 8,
+        ..moe::SamplingParams::greedy()
+    }
+}
+
+/// Greedy ids equal to transformers', the chosen token's logprob and the top-8 logprobs within
+/// 1e-4 at every step (ids compared where the neighbouring values are more than 1e-4 apart).
+pub fn check_greedy_generation<B: moe::Backend>(
+    e: &moe::Engine<B>,
+    name: &str,
+    ids_key: &str,
+    with_logprobs: bool,
+) {
+    use moe::generate::{FinishReason, GenerateRequest, Prompt};
+    let g = Golden::load(name);
+    for case in ["p0", "p1"] {
+        let (rows, _) = real_rows(&g, case);
+        let reqs: Vec<GenerateRequest> = rows
+            .iter()
+            .map(|r| GenerateRequest::new(Prompt::Tokens(r.clone()), greedy_16()))
+            .collect();
+        let out = e.generate(&reqs).unwrap();
+        let want = g.get(&format!("{case}.{ids_key}"));
+        for (b, c) in out.iter().enumerate() {
+            let w: Vec<u32> = want.i[b * 16..(b + 1) * 16]
+                .iter()
+                .map(|&x| x as u32)
+                .collect();
+            assert_eq!(c.token_ids, w, "{name} {case} row {b} greedy ids");
+            assert_eq!(c.finish_reason, FinishReason::Length);
+            if !with_logprobs {
+                continue;
+            }
+            let lps = c.logprobs.as_ref().unwrap();
+            let chosen = g.get(&format!("{case}.gen_chosen_logprob"));
+            let got: Vec<f32> = lps.iter().map(|l| l.logprob).collect();
+            assert_close(
+                &format!("{name} {case} row {b} chosen logprob"),
+                &got,
+                &chosen.f[b * 16..(b + 1) * 16],
+                Tol {
+                    abs: 1e-4,
+                    rel: 0.0,
+                },
+            );
+            let top = g.get(&format!("{case}.gen_top_logprobs"));
+            let top_ids = g.get(&format!("{case}.gen_top_logprob_ids"));
+            for (s, l) in lps.iter().enumerate() {
+                let base = (b * 16 + s) * 8;
+                let got: Vec<f32> = l.top_logprobs.iter().map(|t| t.logprob).collect();
+                assert_close(
+                    &format!("{name} {case} row {b} step {s} top-8"),
+                    &got,
+                    &top.f[base..base + 8],
+                    Tol {
+                        abs: 1e-4,
+                        rel: 0.0,
+                    },
+                );
+                for j in 0..8 {
+                    let v = top.f[base + j];
+                    let clear = (j == 0 || top.f[base + j - 1] - v > 1e-4)
+                        && (j == 7 || v - top.f[base + j + 1] > 1e-4);
+                    if clear {
+                        assert_eq!(
+                            l.top_logprobs[j].token_id as i64,
+                            top_ids.i[base + j],
+                            "{name} {case} row {b} step {s} rank {j}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

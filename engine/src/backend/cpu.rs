@@ -322,26 +322,36 @@ impl Backend for CpuBackend {
             return Err(shape_err("dense MLP experts", mlp.len(), 1));
         };
         let n = x.rows;
-        // Every token to the one expert: the grouped expert kernel runs the dense MLP.
-        let dispatch = permute::run(&vec![0; n], 1, 1)?;
-        let mats = [ExpertMats {
-            w1: e.w1.mat(),
-            w3: e.w3.mat(),
-            w2: e.w2.mat(),
-        }];
-        let mut out = vec![0f32; n * x.cols];
-        expert_ffn::cpu::run(&x.data, x.cols, &dispatch, &mats, &mut out)?;
-        let mut weights = vec![1f32; n];
-        if let Some(g) = gate {
-            linear::cpu::run(&x.data, n, &g.mat(), &mut weights)?;
-            for w in &mut weights {
-                *w = 1.0 / (1.0 + (-*w).exp());
+        // Every token to the one expert: the grouped expert kernel runs the dense MLP, in the MoE
+        // block's per-thread buffers (a warm decode step allocates nothing here either).
+        with_scratch(&MOE_SCRATCH, |s| {
+            refill(&mut s.expert_ids, n, 0);
+            permute::run_into(&s.expert_ids, 1, 1, &mut s.dispatch)?;
+            let mats = [ExpertMats {
+                w1: e.w1.mat(),
+                w3: e.w3.mat(),
+                w2: e.w2.mat(),
+            }];
+            refill(&mut s.expert_out, n * x.cols, 0.0);
+            expert_ffn::cpu::run(&x.data, x.cols, &s.dispatch, &mats, &mut s.expert_out)?;
+            refill(&mut s.weights, n, 1.0);
+            if let Some(g) = gate {
+                linear::cpu::run(&x.data, n, &g.mat(), &mut s.weights)?;
+                for w in &mut s.weights {
+                    *w = 1.0 / (1.0 + (-*w).exp());
+                }
             }
-        }
-        combine::run(&out, residual.cols, &dispatch, &weights, &mut residual.data)?;
-        Ok(FfnTrace {
-            gate: (taps.gate && gate.is_some()).then(|| weights.clone()),
-            output: taps.output.then_some(out),
+            combine::run(
+                &s.expert_out,
+                residual.cols,
+                &s.dispatch,
+                &s.weights,
+                &mut residual.data,
+            )?;
+            Ok(FfnTrace {
+                gate: (taps.gate && gate.is_some()).then(|| s.weights.clone()),
+                output: taps.output.then(|| s.expert_out.clone()),
+            })
         })
     }
 

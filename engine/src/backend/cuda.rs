@@ -187,11 +187,29 @@ impl Backend for CudaBackend {
         let w1 = stack(&|x| &x.w1, ffn, hidden)?;
         let w3 = stack(&|x| &x.w3, ffn, hidden)?;
         let w2 = stack(&|x| &x.w2, hidden, ffn)?;
-        Ok(MoeLayerExperts(ExpertStack::new(w1, w3, w2, e)?))
+        // A dense MLP (one expert) runs as a MoE block: its zero router row and scratch counters
+        // are made here, once, not per call.
+        let dense = if e == 1 {
+            Some(DenseRouting {
+                zero_gate: DevMat::upload(
+                    &self.gpu,
+                    &[moe_kernels::WeightData::F32(&vec![0f32; hidden])],
+                    1,
+                    hidden,
+                )?,
+                stats: self.gpu.alloc(8 * stats_words(1))?,
+            })
+        } else {
+            None
+        };
+        Ok(MoeLayerExperts {
+            stack: ExpertStack::new(w1, w3, w2, e)?,
+            dense,
+        })
     }
 
     fn experts_bytes(&self, e: &MoeLayerExperts) -> usize {
-        e.0.bytes()
+        e.stack.bytes()
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<CudaAct> {
@@ -399,7 +417,7 @@ impl Backend for CudaBackend {
         residual: &mut CudaAct,
         taps: MoeTaps,
     ) -> Result<MoeTrace> {
-        let ex = &experts.0;
+        let ex = &experts.stack;
         if gate.rows != p.n_experts || ex.n_experts != p.n_experts || x.cols != ex.hidden {
             return Err(shape_err("moe experts", gate.rows, p.n_experts));
         }
@@ -452,17 +470,13 @@ impl Backend for CudaBackend {
         residual: &mut CudaAct,
         taps: FfnTaps,
     ) -> Result<FfnTrace> {
-        let ex = &mlp.0;
-        if ex.n_experts != 1 || x.cols != ex.hidden {
+        let ex = &mlp.stack;
+        let Some(DenseRouting { zero_gate, stats }) = &mlp.dense else {
             return Err(shape_err("dense MLP experts", ex.n_experts, 1));
+        };
+        if x.cols != ex.hidden {
+            return Err(shape_err("dense MLP width", x.cols, ex.hidden));
         }
-        let zero_gate = DevMat::upload(
-            &self.gpu,
-            &[moe_kernels::WeightData::F32(&vec![0f32; x.cols])],
-            1,
-            x.cols,
-        )?;
-        let stats = self.gpu.alloc(8 * stats_words(1))?;
         let run = |router: &DevMat, scoring: Scoring, out: &mut CudaAct| -> Result<()> {
             stats.zero()?;
             let p = RouterTopK {
@@ -489,11 +503,11 @@ impl Backend for CudaBackend {
         let mut trace = FfnTrace::default();
         if taps.output {
             let mut out = self.zeros(x.rows, x.cols)?;
-            run(&zero_gate, Scoring::Softmax, &mut out)?;
+            run(zero_gate, Scoring::Softmax, &mut out)?;
             trace.output = Some(self.to_host(&out)?);
         }
         match gate {
-            None => run(&zero_gate, Scoring::Softmax, residual)?,
+            None => run(zero_gate, Scoring::Softmax, residual)?,
             Some(g) => {
                 run(g, Scoring::Sigmoid, residual)?;
                 if taps.gate {
@@ -613,7 +627,18 @@ impl Backend for CudaBackend {
 }
 
 /// One layer's experts on the device.
-pub struct MoeLayerExperts(pub ExpertStack);
+pub struct MoeLayerExperts {
+    pub stack: ExpertStack,
+    /// For one expert (a dense MLP or a shared expert): what runs it as a MoE block.
+    dense: Option<DenseRouting>,
+}
+
+/// A zero router row `[1, hidden]` (every token's weight `softmax([0]) = 1`) and the router's
+/// counters, which nobody reads.
+struct DenseRouting {
+    zero_gate: DevMat,
+    stats: DevBuf,
+}
 
 #[cfg(test)]
 mod tests {

@@ -545,11 +545,12 @@ impl<B: Backend> Model<B> {
                 cfg.rms_norm_eps,
                 &mut normed,
             )?;
-            let mlp_key = format!("layer.{l}.mlp_out");
-            let before_ffn = if tracing && trace.wants(&mlp_key) {
-                Some(b.to_host(&x)?)
-            } else {
-                None
+            // The feed-forward output is the residual's change (a tap only; no key is formatted
+            // for a pass that records nothing).
+            let mlp_key = tracing.then(|| format!("layer.{l}.mlp_out"));
+            let before_ffn = match &mlp_key {
+                Some(key) if trace.wants(key) => Some(b.to_host(&x)?),
+                _ => None,
             };
             match &layer.ffn {
                 FeedForward::Dense(mlp) => {
@@ -559,10 +560,10 @@ impl<B: Backend> Model<B> {
                     self.moe_block(l, m, &normed, &mut x, &mut stats, trace, tracing)?;
                 }
             }
-            if let Some(before) = before_ffn {
+            if let (Some(before), Some(key)) = (before_ffn, &mlp_key) {
                 let after = b.to_host(&x)?;
                 let out: Vec<f32> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-                trace.record(&mlp_key, h, &out);
+                trace.record(key, h, &out);
             }
             if tracing {
                 tap(trace, &format!("layer.{l}.hidden_out"), &x, h)?;
