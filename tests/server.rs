@@ -561,3 +561,171 @@ fn requests_past_the_sequence_cap_or_the_kv_budget_are_refused() {
     let (s, v) = send(4);
     assert_eq!(s, 200, "{v}");
 }
+
+/// Counts scheduler steps and, per finished sequence, the step it finished in.
+#[derive(Default)]
+struct StepCounter {
+    steps: std::sync::atomic::AtomicUsize,
+    finished: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+impl moe::scheduler::SchedulerObserver for StepCounter {
+    fn first_token(&self, _: f64) {}
+    fn next_token(&self, _: f64) {}
+    fn finished(&self, _prompt: usize, generated: usize) {
+        // `stepped` follows a step's `finished` calls: this is step `steps + 1`.
+        let step = self.steps.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        self.finished.lock().unwrap().push((generated, step));
+    }
+    fn stepped(&self) {
+        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A fan-out request fills the queue (16 sequences × 32 tokens, batch of 4: first come, first
+/// served would hold anything after it for about 128 steps); a one-token request sent once it is
+/// running finishes within a few steps, long before the fan-out's first wave ends.
+#[test]
+fn a_small_request_is_not_queued_behind_a_fan_out_request() {
+    use moe::generate::{GenerateRequest, Prompt};
+    use moe::scheduler::{run, SchedulerConfig, SchedulerGauges, SeqEvent, Submission};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let engine = Arc::new(Engine::load(&ModelSource::Embedded).unwrap());
+    let counter = Arc::new(StepCounter::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (e, c) = (engine.clone(), counter.clone());
+    let cfg = SchedulerConfig {
+        max_batch: 4,
+        kv_bytes: 1 << 30,
+    };
+    let thread =
+        std::thread::spawn(move || run(e, cfg, rx, Arc::new(SchedulerGauges::default()), c));
+    let request = |max_tokens: usize| {
+        let params = moe::SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        GenerateRequest::new(Prompt::Text("What is 2 plus 2?".into()), params)
+    };
+    let (big_tx, big_rx) = tokio::sync::mpsc::unbounded_channel();
+    for choice in 0..16 {
+        tx.send(Submission {
+            request_id: 1,
+            choice,
+            request: request(32),
+            events: big_tx.clone(),
+            submitted: Instant::now(),
+        })
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter.steps.load(SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the fan-out request never ran");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let sent_at = counter.steps.load(SeqCst);
+    let (small_tx, mut small_rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Submission {
+        request_id: 2,
+        choice: 0,
+        request: request(1),
+        events: small_tx,
+        submitted: Instant::now(),
+    })
+    .unwrap();
+    loop {
+        match small_rx.try_recv() {
+            Ok(SeqEvent::Done { .. }) => break,
+            Ok(SeqEvent::Error { message, .. }) => panic!("{message}"),
+            Ok(SeqEvent::Token { .. }) => {}
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the small request never finished"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    let finished = counter.finished.lock().unwrap().clone();
+    let small_step = finished.iter().find(|f| f.0 == 1).unwrap().1;
+    let big_done = finished.iter().filter(|f| f.0 == 32).count();
+    assert!(
+        small_step <= sent_at + 3,
+        "sent during step {}, finished in step {small_step}",
+        sent_at + 1
+    );
+    assert_eq!(
+        big_done, 0,
+        "the fan-out's first wave ended first: {finished:?}"
+    );
+    // The fan-out request still gets all its answers.
+    drop(tx);
+    let mut big_rx = big_rx;
+    drop(big_tx);
+    let mut done = 0;
+    while let Some(ev) = big_rx.blocking_recv() {
+        if let SeqEvent::Done { completion, .. } = ev {
+            assert_eq!(completion.token_ids.len(), 32);
+            done += 1;
+        }
+    }
+    assert_eq!(done, 16);
+    thread.join().unwrap();
+}
+
+/// `--max-sequences-per-request` sets the cap; past it, a 400 names the count and the limit.
+#[test]
+fn the_sequence_cap_is_configurable() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            max_sequences_per_request: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let send = |body: Value, path: &str| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", h.url()))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (s, v) = send(
+        json!({"prompt": ["a", "b"], "n": 2, "max_tokens": 1}),
+        "/v1/completions",
+    );
+    assert_error(s, &v, 400, Some("n"));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("4 sequences") && msg.contains("at most 2"),
+        "{msg}"
+    );
+    let (s, v) = send(
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 3, "max_tokens": 1}),
+        "/v1/chat/completions",
+    );
+    assert_error(s, &v, 400, Some("n"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("3 sequences"));
+    let (s, v) = send(
+        json!({"prompt": ["a", "b"], "max_tokens": 1}),
+        "/v1/completions",
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    h.shutdown();
+}

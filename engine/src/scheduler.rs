@@ -3,6 +3,12 @@
 //! (prefills and decode steps mixed), and sends each new token to its requester. Sequences join
 //! and leave at token boundaries; a requester that has gone away frees its slot at the next step.
 //!
+//! Admission is fair between requests: the next sequence to start comes from the waiting request
+//! with the fewest running sequences (arrival order among equals), so requests take turns and a
+//! newcomer starts ahead of the rest of a fan-out request's queue. Without preemption a full batch
+//! of one request's long sequences would still hold a newcomer back until one of them ends, so a
+//! request that already runs sequences leaves the batch's last slot to requests that run none.
+//!
 //! The KV budget is counted in blocks of [`KV_BLOCK`] tokens: a sequence reserves the blocks for
 //! its prompt plus its `max_tokens` when admitted, so a running sequence never runs out; when the
 //! budget is spent, new sequences wait in the queue.
@@ -10,7 +16,7 @@
 use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::generate::{Completion, GenerateRequest, Sequence, Step};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -39,6 +45,9 @@ pub enum SeqEvent {
 
 /// One sequence to run; `choice` tags its events (a request with `n` > 1 submits `n`).
 pub struct Submission {
+    /// The HTTP request it belongs to (every prompt and choice of one request share it): the
+    /// unit that admission is fair between.
+    pub request_id: u64,
     pub choice: usize,
     pub request: GenerateRequest,
     pub events: UnboundedSender<SeqEvent>,
@@ -60,6 +69,8 @@ pub trait SchedulerObserver: Send + Sync {
     /// A later token `itl_s` seconds after the previous one.
     fn next_token(&self, itl_s: f64);
     fn finished(&self, prompt_tokens: usize, generated: usize);
+    /// One forward over the running batch is done (after its `finished` calls).
+    fn stepped(&self) {}
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +82,7 @@ pub struct SchedulerConfig {
 
 struct Running<'t, K> {
     seq: Sequence<'t, K>,
+    request_id: u64,
     choice: usize,
     events: UnboundedSender<SeqEvent>,
     blocks: usize,
@@ -148,19 +160,38 @@ pub fn run<B: Backend>(
             });
             false
         });
-        // Admission, in arrival order.
+        // Fair admission (see the module doc).
+        let reserve = usize::from(cfg.max_batch > 1);
+        let mut held: HashMap<u64, usize> = HashMap::new();
+        for r in &running {
+            *held.entry(r.request_id).or_default() += 1;
+        }
         while running.len() < cfg.max_batch {
-            let Some(front) = waiting.front() else { break };
-            let need = blocks_for(front);
+            let Some((i, holds)) = waiting
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, held.get(&s.request_id).copied().unwrap_or(0)))
+                .min_by_key(|&(i, h)| (h, i))
+            else {
+                break;
+            };
+            if holds > 0 && running.len() + reserve >= cfg.max_batch {
+                break;
+            }
+            // The chosen sequence waits for KV blocks rather than being overtaken, so a long one
+            // is not starved by a stream of short ones.
+            let need = blocks_for(&waiting[i]);
             if used_blocks + need > total_blocks {
                 break;
             }
-            let s = waiting.pop_front().expect("front exists");
+            let s = waiting.remove(i).expect("index from the queue");
             match engine.start_sequence(&s.request) {
                 Ok(seq) => {
                     used_blocks += need;
+                    *held.entry(s.request_id).or_default() += 1;
                     running.push(Running {
                         seq,
+                        request_id: s.request_id,
                         choice: s.choice,
                         events: s.events,
                         blocks: need,
@@ -235,6 +266,7 @@ pub fn run<B: Backend>(
         running = still;
         gauges.running.store(running.len(), Ordering::Relaxed);
         gauges.kv_blocks_used.store(used_blocks, Ordering::Relaxed);
+        observer.stepped();
     }
 }
 

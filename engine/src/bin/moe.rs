@@ -133,6 +133,10 @@ enum Command {
         /// max_tokens of a request that gives none.
         #[arg(long, default_value_t = 256)]
         default_max_tokens: usize,
+        /// Sequences (prompts × n) one request may start.
+        #[arg(long, default_value_t = moe::server::types::MAX_SEQUENCES_PER_REQUEST,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_sequences_per_request: usize,
     },
     /// Collaborative loops: models teaching models.
     Loop {
@@ -1317,6 +1321,7 @@ fn run(cli: Cli) -> Result<()> {
             max_batch,
             kv_memory,
             default_max_tokens,
+            max_sequences_per_request,
         } => {
             let kv_memory = parse_bytes(&kv_memory)?;
             let names: Vec<Option<String>> = if model.is_empty() {
@@ -1330,6 +1335,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_batch,
                 kv_memory,
                 default_max_tokens,
+                max_sequences_per_request,
                 handle_signals: true,
                 ..Default::default()
             };

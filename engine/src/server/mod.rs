@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// Sequences (prompts × n) one request may start.
+    pub max_sequences_per_request: usize,
     /// Shut down gracefully on SIGINT/SIGTERM: stop accepting, let in-flight requests finish.
     pub handle_signals: bool,
 }
@@ -46,6 +48,7 @@ impl Default for ServerConfig {
             kv_memory: 1 << 30,
             max_body: 4 << 20,
             default_max_tokens: 256,
+            max_sequences_per_request: types::MAX_SEQUENCES_PER_REQUEST,
             handle_signals: false,
         }
     }

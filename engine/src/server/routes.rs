@@ -127,8 +127,32 @@ struct Job {
     n: usize,
 }
 
+/// A fresh id for one HTTP request's sequences (the scheduler's unit of fairness).
+fn next_request_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A request may start at most `--max-sequences-per-request` sequences (prompts × n).
+fn check_sequences(state: &AppState, prompts: usize, n: usize) -> Result<(), ApiError> {
+    let limit = state.config.max_sequences_per_request;
+    if prompts * n > limit {
+        return Err(ApiError::bad(
+            format!(
+                "{prompts} prompts × n {n} = {} sequences; a request may start at most {limit} \
+                 (--max-sequences-per-request)",
+                prompts * n
+            ),
+            Some("n"),
+        ));
+    }
+    Ok(())
+}
+
 fn submit(
     m: &Served,
+    request_id: u64,
     prompt_ids: Vec<u32>,
     params: &crate::SamplingParams,
     n: usize,
@@ -146,6 +170,7 @@ fn submit(
         request.return_experts = return_experts;
         sender
             .send(Submission {
+                request_id,
                 choice,
                 request,
                 events: tx.clone(),
@@ -250,10 +275,19 @@ async fn chat_inner(
     params.logprobs = req.logprobs;
     params.top_logprobs = top as usize;
     let n = req.common.n()?;
+    check_sequences(state, 1, n)?;
     let ids = m.engine.prompt_ids(&Prompt::Chat(msgs))?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
-    let job = submit(m, ids, &params, n, None, req.common.return_experts)?;
+    let job = submit(
+        m,
+        next_request_id(),
+        ids,
+        &params,
+        n,
+        None,
+        req.common.return_experts,
+    )?;
     let id = request_id("chatcmpl");
     let model = m.name.clone();
     let include_usage = req
@@ -344,19 +378,10 @@ async fn completions_inner(
     params.logprobs = want_logprobs;
     params.top_logprobs = lp.max(0) as usize;
     let n = req.common.n()?;
-    if prompts.len() * n > super::types::MAX_SEQUENCES_PER_REQUEST {
-        return Err(ApiError::bad(
-            format!(
-                "{} prompts × n {n} = {} sequences; a request may start at most {}",
-                prompts.len(),
-                prompts.len() * n,
-                super::types::MAX_SEQUENCES_PER_REQUEST
-            ),
-            Some("n"),
-        ));
-    }
+    check_sequences(state, prompts.len(), n)?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     let mut jobs = vec![];
+    let seq_request = next_request_id();
     for p in &prompts {
         let ids = m.engine.prompt_ids(p)?;
         let mut params = params.clone();
@@ -364,6 +389,7 @@ async fn completions_inner(
         let prompt_lp = (req.echo && want_logprobs).then_some(params.top_logprobs);
         jobs.push(submit(
             m,
+            seq_request,
             ids,
             &params,
             n,

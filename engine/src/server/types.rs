@@ -156,8 +156,8 @@ pub struct CompletionRequest {
 
 /// Largest `n` one request may ask for.
 pub const MAX_N: i64 = 16;
-/// Sequences one request may start (`n` × prompts): a fan-out request queues behind nobody else's
-/// small one for longer than this many sequences' admission.
+/// Sequences one request may start (`n` × prompts) unless `--max-sequences-per-request` says
+/// otherwise: bounds the queue and memory one request can take.
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 64;
 
 impl CommonParams {
