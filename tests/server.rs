@@ -729,3 +729,250 @@ fn the_sequence_cap_is_configurable() {
     assert_eq!(v["choices"].as_array().unwrap().len(), 2);
     h.shutdown();
 }
+
+/// A server with these timeouts, in seconds: (header, body, idle).
+fn timed_server(header: u64, body: u64, idle: u64) -> ServerHandle {
+    let secs = std::time::Duration::from_secs;
+    start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            header_timeout: secs(header),
+            body_timeout: secs(body),
+            idle_timeout: secs(idle),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it, waiting at most 30 s
+/// (every timeout that should close it here is 1 s; the others are 60 s).
+fn read_until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    sock.write_all(bytes).unwrap();
+    let mut got = vec![];
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the connection stayed open ({e}); read so far: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_half_sent_header_is_cut_off_after_the_header_timeout() {
+    let h = timed_server(1, 60, 60);
+    let got = read_until_closed(h.addr, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n");
+    assert_eq!(got, "", "a half-sent header got an answer");
+    // Others are still served.
+    let r = reqwest::blocking::get(format!("{}/health", h.url())).unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    h.shutdown();
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let h = timed_server(60, 60, 1);
+    // One complete request on a keep-alive connection, answered; then silence.
+    let got = read_until_closed(h.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with(r#""status":"ok"}"#), "{got}");
+    assert!(!got.contains("connection: close"), "{got}");
+    h.shutdown();
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_a_408_and_the_connection_closes() {
+    let h = timed_server(60, 1, 60);
+    let got = read_until_closed(
+        h.addr,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"",
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    let body: Value = serde_json::from_str(&got[got.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_error(408, &body, 408, None);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--body-timeout"),
+        "{body}"
+    );
+    h.shutdown();
+}
+
+/// `moe serve` started as a process, with its address; stderr is piped.
+fn spawn_moe(args: &[&str]) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(moe_tests::moe_bin())
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("moe serve did not start");
+        }
+    };
+    let addr = line
+        .strip_prefix("listening on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// Waits at most `secs` for the process to end; kills it and fails past that.
+fn wait_exit(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM: a stream in flight runs to its end, a half-sent request (its header timeout 60 s)
+/// is cut off when the 3 s shutdown timeout ends, and the process exits 0.
+#[test]
+fn sigterm_drains_in_flight_requests_then_ends_within_the_shutdown_timeout() {
+    let (mut child, addr) = spawn_moe(&["--shutdown-timeout", "3", "--header-timeout", "60"]);
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let body = json!({"prompt": "[INST] What is 5 plus 5? [/INST]", "max_tokens": 64,
+                      "ignore_eos": true, "stream": true})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    signal(&child, "-TERM");
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(rest.contains("data: [DONE]"), "the stream was cut: {rest}");
+    let status = wait_exit(&mut child, 30, "after SIGTERM");
+    assert!(status.success(), "{status}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("1 connection(s) still open"), "{err}");
+    drop(half);
+}
+
+/// A second signal exits at once, without waiting out a 60 s shutdown timeout.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (mut child, addr) = spawn_moe(&["--shutdown-timeout", "60", "--header-timeout", "60"]);
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    signal(&child, "-TERM");
+    // The first signal is being handled once the drain is announced.
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("shutting down"), "{line}");
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, 30, "after a second SIGTERM");
+    assert_eq!(status.code(), Some(1), "{status}");
+    drop(half);
+}
+
+/// `max_connections`: past the limit a connection waits (in the kernel's backlog) until one
+/// closes; a limit past the open-file limit is refused at start.
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            max_connections: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let first = std::net::TcpStream::connect(h.addr).unwrap();
+    // The idle first connection holds the one slot: a second is not served while it is open.
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/health", h.url()))
+        .timeout(std::time::Duration::from_millis(500))
+        .send();
+    assert!(r.is_err(), "a second connection was served: {r:?}");
+    drop(first);
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/health", h.url()))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    h.shutdown();
+
+    let refused = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            max_connections: Some(usize::MAX / 2),
+            ..Default::default()
+        },
+    );
+    let msg = refused
+        .err()
+        .expect("a limit past RLIMIT_NOFILE")
+        .to_string();
+    assert!(msg.contains("RLIMIT_NOFILE"), "{msg}");
+}

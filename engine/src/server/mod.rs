@@ -6,6 +6,7 @@
 //! never block on the engine and the engine never blocks on a client: events go through unbounded
 //! channels, and a client that disconnects closes its channel, which frees its batch slot.
 
+mod conn;
 mod metrics;
 mod routes;
 pub mod types;
@@ -21,6 +22,7 @@ use metrics::{ModelMetrics, RequestCounters};
 use std::net::SocketAddr;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -35,8 +37,24 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Sequences (prompts × n) one request may start.
     pub max_sequences_per_request: usize,
-    /// Shut down gracefully on SIGINT/SIGTERM: stop accepting, let in-flight requests finish.
+    /// A request head must be complete this long after its first byte.
+    pub header_timeout: Duration,
+    /// A request body must be complete this long after its head.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections at most; `None`: 1024, or fewer where the file-descriptor limit is lower.
+    pub max_connections: Option<usize>,
+    /// On shutdown, in-flight requests get this long to finish before their connections close.
+    pub shutdown_timeout: Duration,
+    /// Shut down gracefully on SIGINT/SIGTERM (stop accepting, drain for at most
+    /// `shutdown_timeout`); a second signal exits at once.
     pub handle_signals: bool,
+}
+
+/// The default connection limit: 1024, or the file-descriptor room where that is smaller.
+pub fn default_max_connections() -> usize {
+    conn::descriptor_room().map_or(1024, |room| room.clamp(1, 1024))
 }
 
 impl Default for ServerConfig {
@@ -49,6 +67,11 @@ impl Default for ServerConfig {
             max_body: 4 << 20,
             default_max_tokens: 256,
             max_sequences_per_request: types::MAX_SEQUENCES_PER_REQUEST,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            shutdown_timeout: Duration::from_secs(10),
             handle_signals: false,
         }
     }
@@ -164,6 +187,30 @@ pub fn start<B: Backend>(
             "no model to serve",
         ));
     }
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let max_connections = match config.max_connections {
+        None => default_max_connections(),
+        Some(0) => return Err(invalid("--max-connections must be at least 1".into())),
+        Some(n) => match conn::descriptor_room() {
+            Some(room) if n > room => {
+                return Err(invalid(format!(
+                    "--max-connections {n} does not fit the open-file limit (RLIMIT_NOFILE, \
+                     less 64 descriptors kept for the process): at most {room}; raise it with \
+                     `ulimit -n`"
+                )))
+            }
+            _ => n,
+        },
+    };
+    for (name, d) in [
+        ("--header-timeout", config.header_timeout),
+        ("--body-timeout", config.body_timeout),
+        ("--idle-timeout", config.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(format!("{name} must be above zero")));
+        }
+    }
     let mut served = vec![];
     for (name, engine) in models {
         let engine = Arc::new(engine);
@@ -210,20 +257,57 @@ pub fn start<B: Backend>(
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let signals = config.handle_signals;
+    let limits = conn::Limits {
+        header: config.header_timeout,
+        idle: config.idle_timeout,
+    };
+    let drain_for = config.shutdown_timeout;
     let app = routes::router(state);
     let thread = std::thread::Builder::new()
         .name("http-server".into())
         .spawn(move || {
             rt.block_on(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        tokio::select! {
-                            _ = rx => {}
-                            _ = shutdown_signal(), if signals => {}
-                        }
-                    })
-                    .await;
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+                let accept = tokio::spawn(conn::accept_loop(
+                    listener,
+                    app,
+                    limits,
+                    stop_rx,
+                    slots.clone(),
+                ));
+                tokio::select! {
+                    _ = rx => {}
+                    _ = shutdown_signal(), if signals => {
+                        eprintln!(
+                            "shutting down: finishing in-flight requests for up to {:?} \
+                             (a second signal exits now)",
+                            drain_for
+                        );
+                        tokio::spawn(async {
+                            shutdown_signal().await;
+                            eprintln!("second signal: exiting now");
+                            std::process::exit(1);
+                        });
+                    }
+                }
+                let _ = stop_tx.send(true);
+                let _ = accept.await;
+                // Every connection hands its permit back when it closes.
+                let all = max_connections.min(u32::MAX as usize) as u32;
+                if tokio::time::timeout(drain_for, slots.acquire_many(all))
+                    .await
+                    .is_err()
+                {
+                    eprintln!(
+                        "shutdown: {} connection(s) still open after {:?}; closing them",
+                        max_connections - slots.available_permits(),
+                        drain_for
+                    );
+                }
             });
+            // Connections still open are dropped with the runtime, which closes them.
+            rt.shutdown_timeout(Duration::from_millis(500));
         })?;
     Ok(ServerHandle {
         addr,

@@ -33,8 +33,71 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/stats/experts", get(expert_stats))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Reads the whole request body within `--body-timeout` (a client that stops sending gets a 408
+/// and its connection closed instead of holding it open) and up to 16× `--max-body` (a 413
+/// past that); the handlers then parse the buffered bytes.
+async fn read_body_in_time(
+    State(state): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    let cap = state.config.max_body.saturating_mul(16);
+    let timeout = state.config.body_timeout;
+    let read = async {
+        let mut buf = Vec::new();
+        let mut data = body.into_data_stream();
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad(format!("could not read the request body: {e}"), None)
+            })?;
+            if buf.len() + chunk.len() > cap {
+                return Err(ApiError {
+                    status: 413,
+                    message: format!(
+                        "the request body is over {cap} bytes; the limit is {} bytes",
+                        state.config.max_body
+                    ),
+                    kind: "invalid_request_error",
+                    param: None,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    let err = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(buf)) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(buf));
+            return next.run(req).await;
+        }
+        Ok(Err(e)) => e,
+        Err(_) => ApiError {
+            status: 408,
+            message: format!(
+                "the request body did not arrive within {:?} (--body-timeout)",
+                timeout
+            ),
+            kind: "invalid_request_error",
+            param: None,
+        },
+    };
+    let mut resp = err.into_response();
+    // The rest of the body may still be on its way: end the connection rather than read it.
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 impl IntoResponse for ApiError {
