@@ -976,3 +976,139 @@ fn connections_past_the_limit_wait_for_a_free_slot() {
         .to_string();
     assert!(msg.contains("RLIMIT_NOFILE"), "{msg}");
 }
+
+/// The embedded model answers to its preset name (`student`, as the README's examples use); a
+/// model loaded from a directory answers to that path as given; `/v1/models` lists the primary
+/// ids only.
+#[test]
+fn served_models_answer_to_their_preset_names_and_paths() {
+    let q = |model: &str| {
+        post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "What is 24 plus 17?"}], "temperature": 0}),
+        )
+    };
+    let (s, v) = q("student");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "41");
+    assert_eq!(v["model"], "moe-student-tiny");
+    let path = fixture("mixtral-tiny-f32").display().to_string();
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": path, "prompt": "Hello", "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "mixtral-tiny-f32");
+    let (s, v) = q("teacher");
+    assert_error(s, &v, 404, Some("model"));
+}
+
+#[test]
+fn tokenize_detokenize_and_tokenizer_info_as_vllm_serves_them() {
+    let (s, v) = post("/tokenize", &json!({"prompt": "What is 24 plus 17?"}));
+    assert_eq!(s, 200, "{v}");
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    let engine = Engine::load(&ModelSource::Embedded).unwrap();
+    assert_eq!(
+        tokens,
+        engine
+            .tokenizer
+            .encode("What is 24 plus 17?", true)
+            .unwrap()
+    );
+    assert_eq!(v["count"], tokens.len());
+    assert_eq!(v["max_model_len"], engine.info.context_length);
+    let (_, plain) = post(
+        "/tokenize",
+        &json!({"prompt": "What is 24 plus 17?", "add_special_tokens": false}),
+    );
+    assert_eq!(plain["count"], tokens.len() - 1, "{plain}");
+    let (s, v) = post("/detokenize", &json!({"tokens": plain["tokens"]}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["prompt"], "What is 24 plus 17?");
+    // Chat messages through the template: the ids the chat endpoint prefills.
+    let msgs = json!([{"role": "user", "content": "What is 24 plus 17?"}]);
+    let (s, v) = post("/tokenize", &json!({"model": "student", "messages": msgs}));
+    assert_eq!(s, 200, "{v}");
+    let (_, c) = post(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 1}),
+    );
+    assert_eq!(v["count"], c["usage"]["prompt_tokens"]);
+    // Bad input: a 400 naming the problem.
+    let (s, v) = post("/detokenize", &json!({"tokens": [1, 99999]}));
+    assert_error(s, &v, 400, Some("tokens"));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("99999"),
+        "{v}"
+    );
+    let (s, v) = post("/detokenize", &json!({"tokens": [-1]}));
+    assert_error(s, &v, 400, Some("tokens"));
+    let (s, v) = post("/tokenize", &json!({}));
+    assert_error(s, &v, 400, Some("prompt"));
+    let info: Value = reqwest::blocking::get(format!("{}/tokenizer_info", server()))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["eos_token"], "</s>", "{info}");
+    assert!(info["chat_template"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert_eq!(info["max_model_len"], engine.info.context_length);
+}
+
+#[test]
+fn unknown_routes_get_a_json_404_naming_the_path() {
+    let r = reqwest::blocking::get(format!("{}/v1/nope", server())).unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v: Value = r.json().unwrap();
+    assert_error(404, &v, 404, None);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("/v1/nope"),
+        "{v}"
+    );
+    let r = reqwest::blocking::Client::new()
+        .delete(format!("{}/v1/completions", server()))
+        .send()
+        .unwrap();
+    let s = r.status().as_u16();
+    let v: Value = r.json().unwrap();
+    assert_error(s, &v, 405, None);
+}
+
+/// A held-back token (here `4`, a prefix of the stop string `4z`) sends no empty chunk: the
+/// first chunk is the role with empty content, every later one carries text, and only the last
+/// (with the finish reason) may have an empty delta.
+#[test]
+fn streaming_sends_no_empty_delta_before_the_end() {
+    let lines = sse_lines(&chat(
+        "What is 24 plus 17?",
+        json!({"temperature": 0, "stream": true, "stop": ["4z"]}),
+    ));
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "41");
+    for c in &chunks[1..] {
+        let ch = &c["choices"][0];
+        let content = ch["delta"]["content"].as_str().unwrap_or("");
+        assert!(
+            !content.is_empty() || !ch["finish_reason"].is_null(),
+            "an empty chunk before the end: {c}"
+        );
+    }
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+}

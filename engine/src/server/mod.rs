@@ -112,6 +112,8 @@ impl<B: Backend> ServedEngine for Engine<B> {
 /// A served model: its engine, the channel to its scheduler thread and its metrics.
 pub(crate) struct Served {
     pub name: String,
+    /// Other names a request may use for it (see [`aliases`]).
+    pub aliases: Vec<String>,
     pub engine: Arc<dyn ServedEngine>,
     pub submit: std::sync::Mutex<Sender<Submission>>,
     pub metrics: Arc<ModelMetrics>,
@@ -129,18 +131,62 @@ impl AppState {
     pub fn model(&self, name: Option<&str>) -> Result<&Served, types::ApiError> {
         match name {
             None | Some("") => Ok(&self.models[0]),
-            Some(n) => self.models.iter().find(|m| m.name == n).ok_or_else(|| {
-                let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-                types::ApiError::not_found(
-                    format!(
-                        "model `{n}` is not served here (models: {})",
-                        names.join(", ")
-                    ),
-                    Some("model"),
-                )
-            }),
+            Some(n) => self
+                .models
+                .iter()
+                .find(|m| m.name == n)
+                .or_else(|| {
+                    self.models
+                        .iter()
+                        .find(|m| m.aliases.iter().any(|a| a == n))
+                })
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                    types::ApiError::not_found(
+                        format!(
+                            "model `{n}` is not served here (models: {})",
+                            names.join(", ")
+                        ),
+                        Some("model"),
+                    )
+                }),
         }
     }
+}
+
+/// The names a served model answers to besides `name`: its own name (the directory or file
+/// stem, `moe-student-tiny` for the embedded model), the path it was loaded from as given (as
+/// vLLM serves a model under its path), and every preset in `models.toml` naming the same
+/// checkpoint (`student` for the embedded model, which is built from that preset's directory).
+fn aliases(name: &str, info: &ModelInfo) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    let mut add = |a: String| {
+        if a != name && !a.is_empty() && !out.contains(&a) {
+            out.push(a);
+        }
+    };
+    add(info.name.clone());
+    let embedded = info.source == "embedded";
+    let path = (!embedded).then(|| std::path::PathBuf::from(&info.source));
+    if let Some(p) = &path {
+        add(info.source.clone());
+        if let Some(stem) = p.file_stem() {
+            add(stem.to_string_lossy().into_owned());
+        }
+    }
+    let canonical = path.as_ref().and_then(|p| p.canonicalize().ok());
+    if let Ok(presets) = crate::presets::Presets::discover() {
+        for (preset, p) in &presets.presets {
+            let same = match &canonical {
+                Some(c) => p.path.canonicalize().ok().as_ref() == Some(c),
+                None => embedded && p.path.file_name().is_some_and(|f| *f == *info.name),
+            };
+            if same {
+                add(preset.clone());
+            }
+        }
+    }
+    out
 }
 
 /// A running server.
@@ -229,12 +275,33 @@ pub fn start<B: Backend>(
             .name(format!("engine-{name}"))
             .spawn(move || scheduler::run(e, cfg, rx, gauges, m))?;
         served.push(Served {
+            aliases: aliases(&name, engine.info()),
             kv_block_bytes: scheduler::kv_bytes_per_token(&engine) * scheduler::KV_BLOCK,
             name,
             engine: engine as Arc<dyn ServedEngine>,
             submit: std::sync::Mutex::new(tx),
             metrics,
         });
+    }
+    // A name two models answer to picks neither: those requests must use the primary name.
+    let claimed = |a: &str, me: usize| {
+        served
+            .iter()
+            .enumerate()
+            .any(|(j, m)| j != me && (m.name == a || m.aliases.iter().any(|b| b == a)))
+    };
+    let keep: Vec<Vec<String>> = (0..served.len())
+        .map(|i| {
+            served[i]
+                .aliases
+                .iter()
+                .filter(|a| !claimed(a, i))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    for (m, k) in served.iter_mut().zip(keep) {
+        m.aliases = k;
     }
     let names: Vec<String> = served.iter().map(|m| m.name.clone()).collect();
     let state = Arc::new(AppState {

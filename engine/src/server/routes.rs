@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +33,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/stats/experts", get(expert_stats))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_body_in_time,
@@ -677,9 +682,16 @@ impl StreamState {
                     _ => Value::Null,
                 };
                 let finish = finish_str(step.finish_reason);
+                // A token whose text is held back (part of a UTF-8 character or of a possible
+                // stop string) says nothing yet: no empty chunk unless it ends the choice or
+                // carries the token's logprobs.
+                if step.text.is_empty() && finish.is_null() && lp.is_null() {
+                    return self.after_event();
+                }
                 let choices = match self.kind {
                     Kind::Chat => {
-                        let delta = if step.text.is_empty() {
+                        // Only the closing chunk has an empty delta, as OpenAI's does.
+                        let delta = if step.text.is_empty() && !finish.is_null() && lp.is_null() {
                             json!({})
                         } else {
                             json!({"content": step.text})
@@ -701,6 +713,11 @@ impl StreamState {
                 self.finished = self.job.n;
             }
         }
+        self.after_event();
+    }
+
+    /// Closes the stream once every choice is done.
+    fn after_event(&mut self) {
         if self.finished == self.job.n && !self.ended {
             self.ended = true;
             if self.include_usage {
@@ -825,4 +842,142 @@ async fn expert_stats(State(state): St) -> Response {
     .await
     .unwrap_or_default();
     Json(json!({"models": v})).into_response()
+}
+
+/// Unknown paths get an OpenAI-style 404 naming the path, not an empty body.
+async fn no_route(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(
+        format!(
+            "no endpoint at {} (endpoints: /v1/chat/completions, /v1/completions, /v1/models, \
+             /tokenize, /detokenize, /tokenizer_info, /health, /metrics, /v1/stats/experts)",
+            uri.path()
+        ),
+        None,
+    )
+    .into_response()
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    ApiError {
+        status: 405,
+        message: format!("{} does not take {method}", uri.path()),
+        kind: "invalid_request_error",
+        param: None,
+    }
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizeRequest {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<InMessage>>,
+    add_special_tokens: Option<bool>,
+    #[serde(default = "yes")]
+    add_generation_prompt: bool,
+    #[serde(default)]
+    return_token_strs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// vLLM's `/tokenize`: a `prompt` (special tokens added unless `add_special_tokens: false`) or
+/// chat `messages` through the chat template (`add_generation_prompt`, default true; special
+/// tokens not added again unless asked) → `{tokens, count, max_model_len, token_strs}`.
+async fn tokenize(State(state): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = (|| {
+        let req: TokenizeRequest = parse(body, state.config.max_body)?;
+        let m = state.model(req.model.as_deref())?;
+        let tok = m.engine.tokenizer();
+        let ids = match (&req.prompt, &req.messages) {
+            (Some(p), None) => tok.encode(p, req.add_special_tokens.unwrap_or(true))?,
+            (None, Some(msgs)) => {
+                let msgs: Vec<_> = msgs.iter().map(|x| x.to_chat()).collect::<Result<_, _>>()?;
+                let text = tok.apply_chat_template(&msgs, req.add_generation_prompt)?;
+                tok.encode(&text, req.add_special_tokens.unwrap_or(false))?
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    "give either `prompt` (a string) or `messages`",
+                    Some("prompt"),
+                ))
+            }
+        };
+        let strs = req.return_token_strs.then(|| {
+            ids.iter()
+                .map(|&i| tok.id_to_token(i).unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        Ok(Json(json!({
+            "tokens": ids, "count": ids.len(), "max_model_len": m.engine.info().context_length,
+            "token_strs": strs,
+        }))
+        .into_response())
+    })();
+    finish_request(&state, "tokenize", r)
+}
+
+#[derive(serde::Deserialize)]
+struct DetokenizeRequest {
+    model: Option<String>,
+    tokens: Vec<i64>,
+}
+
+/// vLLM's `/detokenize`: `{tokens}` → `{prompt}` (special tokens kept, as transformers'
+/// `decode` does by default); an id outside the tokenizer's vocabulary is a 400 naming it.
+async fn detokenize(State(state): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = (|| {
+        let req: DetokenizeRequest = parse(body, state.config.max_body)?;
+        let m = state.model(req.model.as_deref())?;
+        let tok = m.engine.tokenizer();
+        let mut ids = Vec::with_capacity(req.tokens.len());
+        for &t in &req.tokens {
+            match u32::try_from(t)
+                .ok()
+                .filter(|&i| tok.id_to_token(i).is_some())
+            {
+                Some(i) => ids.push(i),
+                None => {
+                    return Err(ApiError::bad(
+                        format!(
+                            "token id {t} is not in the tokenizer's vocabulary (ids 0 to {})",
+                            tok.vocab_size().saturating_sub(1)
+                        ),
+                        Some("tokens"),
+                    ))
+                }
+            }
+        }
+        Ok(Json(json!({"prompt": tok.decode(&ids, false)?})).into_response())
+    })();
+    finish_request(&state, "detokenize", r)
+}
+
+/// vLLM's `/tokenizer_info`: the tokenizer's configuration, so a client (lm-evaluation-harness's
+/// remote tokenizer) can work without downloading it. `?model=` picks a model.
+async fn tokenizer_info(
+    State(state): St,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let r = (|| {
+        let m = state.model(q.get("model").map(String::as_str))?;
+        let tok = m.engine.tokenizer();
+        Ok(Json(json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model": m.name,
+            "bos_token": tok.bos_token(),
+            "eos_token": tok.eos_token(),
+            "bos_token_id": tok.bos_id(),
+            "eos_token_id": tok.eos_id(),
+            "add_bos_token": tok.add_bos_token(),
+            "chat_template": tok.chat_template(),
+            "vocab_size": tok.vocab_size(),
+            "model_max_length": m.engine.info().context_length,
+            "max_model_len": m.engine.info().context_length,
+        }))
+        .into_response())
+    })();
+    finish_request(&state, "tokenizer_info", r)
 }
