@@ -600,6 +600,7 @@ fn a_small_request_is_not_queued_behind_a_fan_out_request() {
     let cfg = SchedulerConfig {
         max_batch: 4,
         kv_bytes: 1 << 30,
+        panic_if: None,
     };
     let thread =
         std::thread::spawn(move || run(e, cfg, rx, Arc::new(SchedulerGauges::default()), c));
@@ -1111,4 +1112,140 @@ fn streaming_sends_no_empty_delta_before_the_end() {
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         "stop"
     );
+}
+
+/// The prompt the injected fault (`panic_if`) fires on.
+const POISON: [u32; 5] = [1, 5, 6, 7, 8];
+
+fn poisoned() -> moe::scheduler::PanicIf {
+    moe::scheduler::PanicIf(std::sync::Arc::new(|ids: &[u32]| ids.starts_with(&POISON)))
+}
+
+/// A panic in a step with three fresh sequences: the two innocent ones start again, take their
+/// first step alone and finish with the same tokens as a clean run; the poisoned one alone gets
+/// an internal error.
+#[test]
+fn a_panicking_step_fails_only_the_sequence_that_panics_again() {
+    use moe::generate::{GenerateRequest, Prompt};
+    use moe::scheduler::{run, SchedulerConfig, SchedulerGauges, SeqEvent, Submission};
+    use std::sync::Arc;
+
+    let engine = Arc::new(Engine::load(&ModelSource::Embedded).unwrap());
+    let params = moe::SamplingParams {
+        temperature: 0.0,
+        max_tokens: 12,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompts = [
+        Prompt::Text("What is 24 plus 17?".into()),
+        Prompt::Tokens(POISON.to_vec()),
+        Prompt::Text("What is 2 times 3?".into()),
+    ];
+    let clean: Vec<Vec<u32>> = [&prompts[0], &prompts[2]]
+        .iter()
+        .map(|p| {
+            engine
+                .generate(&[GenerateRequest::new((*p).clone(), params.clone())])
+                .unwrap()[0]
+                .token_ids
+                .clone()
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut receivers = vec![];
+    // All three are queued before the scheduler starts: they share its first step.
+    for (i, p) in prompts.iter().enumerate() {
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Submission {
+            request_id: i as u64,
+            choice: 0,
+            request: GenerateRequest::new(p.clone(), params.clone()),
+            events: etx,
+            submitted: std::time::Instant::now(),
+        })
+        .unwrap();
+        receivers.push(erx);
+    }
+    drop(tx);
+    let cfg = SchedulerConfig {
+        max_batch: 8,
+        kv_bytes: 1 << 30,
+        panic_if: Some(poisoned()),
+    };
+    let e = engine.clone();
+    let thread = std::thread::spawn(move || {
+        run(
+            e,
+            cfg,
+            rx,
+            Arc::new(SchedulerGauges::default()),
+            Arc::new(StepCounter::default()),
+        )
+    });
+    let mut outcomes = vec![];
+    for mut erx in receivers {
+        let mut outcome = None;
+        while let Some(ev) = erx.blocking_recv() {
+            match ev {
+                SeqEvent::Done { completion, .. } => outcome = Some(Ok(completion.token_ids)),
+                SeqEvent::Error {
+                    message, internal, ..
+                } => outcome = Some(Err((message, internal))),
+                SeqEvent::Token { .. } => {}
+            }
+        }
+        outcomes.push(outcome.expect("an outcome"));
+    }
+    thread.join().unwrap();
+    assert_eq!(outcomes[0], Ok(clean[0].clone()));
+    assert_eq!(outcomes[2], Ok(clean[1].clone()));
+    match &outcomes[1] {
+        Err((message, true)) => assert!(message.contains("injected fault"), "{message}"),
+        other => panic!("the poisoned sequence: {other:?}"),
+    }
+}
+
+/// Over HTTP a panic is a 500 with an OpenAI body of type `internal_error` (plain and streamed),
+/// and the server goes on serving.
+#[test]
+fn a_panic_in_a_step_is_a_500_internal_error() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            panic_if: Some(poisoned()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .post(format!("{}/v1/completions", h.url()))
+        .json(&json!({"prompt": POISON, "max_tokens": 4}))
+        .send()
+        .unwrap();
+    let s = r.status().as_u16();
+    let v: Value = r.json().unwrap();
+    assert_error(s, &v, 500, None);
+    assert_eq!(v["error"]["type"], "internal_error", "{v}");
+    let r = client
+        .post(format!("{}/v1/completions", h.url()))
+        .json(&json!({"prompt": POISON, "max_tokens": 4, "stream": true}))
+        .send()
+        .unwrap();
+    let text = r.text().unwrap();
+    assert!(text.contains(r#""type":"internal_error""#), "{text}");
+    let r = client
+        .post(format!("{}/v1/chat/completions", h.url()))
+        .json(&chat("What is 24 plus 17?", json!({"temperature": 0})))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "41");
+    h.shutdown();
 }

@@ -40,6 +40,8 @@ pub enum SeqEvent {
     Error {
         choice: usize,
         message: String,
+        /// A failure of the server (a panic or a failed step), not of the request.
+        internal: bool,
     },
 }
 
@@ -73,16 +75,57 @@ pub trait SchedulerObserver: Send + Sync {
     fn stepped(&self) {}
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub max_batch: usize,
     /// KV memory budget in bytes.
     pub kv_bytes: usize,
+    /// Tests only: a step panics when this holds for one of its sequences' ids (prompt, then
+    /// generated), standing in for a bug.
+    pub panic_if: Option<PanicIf>,
+}
+
+/// See [`SchedulerConfig::panic_if`].
+#[derive(Clone)]
+pub struct PanicIf(pub Arc<dyn Fn(&[u32]) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for PanicIf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PanicIf(..)")
+    }
+}
+
+/// Runs one step, a panic in it caught and reported as an error message.
+fn guarded_step<B: Backend>(
+    engine: &Engine<B>,
+    cfg: &SchedulerConfig,
+    seqs: &mut [&mut Sequence<B::Kv>],
+) -> Result<Vec<Step>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Some(p) = &cfg.panic_if {
+            if seqs.iter().any(|s| (p.0)(&s.context)) {
+                panic!("injected fault (SchedulerConfig::panic_if)");
+            }
+        }
+        engine.step(seqs)
+    }))
+    .map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        format!("internal error while running the batch: {what}")
+    })?
+    .map_err(|e| format!("internal error while running the batch: {e}"))
 }
 
 struct Running<'t, K> {
     seq: Sequence<'t, K>,
     request_id: u64,
+    /// Kept until the first token is sent: a sequence that has sent nothing can be started
+    /// again after a step fails.
+    request: Option<GenerateRequest>,
     choice: usize,
     events: UnboundedSender<SeqEvent>,
     blocks: usize,
@@ -112,6 +155,7 @@ pub fn run<B: Backend>(
         .store(total_blocks, Ordering::Relaxed);
     let mut used_blocks = 0usize;
     let mut waiting: VecDeque<Submission> = VecDeque::new();
+    let mut retry: VecDeque<Running<B::Kv>> = VecDeque::new();
     let mut running: Vec<Running<B::Kv>> = Vec::new();
     let blocks_for = |s: &Submission| -> usize {
         // An upper bound before tokenising: the engine caps prompt + max_tokens at the context.
@@ -123,7 +167,7 @@ pub fn run<B: Backend>(
     };
     loop {
         // Wait for work when idle; otherwise take whatever has arrived.
-        if running.is_empty() && waiting.is_empty() {
+        if running.is_empty() && waiting.is_empty() && retry.is_empty() {
             match rx.recv() {
                 Ok(s) => waiting.push_back(s),
                 Err(_) => return,
@@ -150,6 +194,7 @@ pub fn run<B: Backend>(
             }
             let _ = s.events.send(SeqEvent::Error {
                 choice: s.choice,
+                internal: false,
                 message: format!(
                     "this sequence may hold up to {} tokens ({} bytes of KV cache), more than the \
                      server's KV budget of {} bytes (--kv-memory); lower max_tokens",
@@ -160,6 +205,34 @@ pub fn run<B: Backend>(
             });
             false
         });
+        // Sequences started again after a failed step run their first step alone: the one that
+        // fails again fails by itself, the others join the batch.
+        while let Some(mut r) = retry.pop_front() {
+            if r.events.is_closed() {
+                used_blocks -= r.blocks;
+                continue;
+            }
+            match guarded_step(engine, &cfg, &mut [&mut r.seq]) {
+                Ok(steps) => {
+                    let step = steps.into_iter().next().expect("one sequence, one step");
+                    deliver(&mut r, step, &*observer);
+                    if r.seq.is_finished() {
+                        used_blocks -= r.blocks;
+                        complete(r, &*observer);
+                    } else {
+                        running.push(r);
+                    }
+                }
+                Err(message) => {
+                    used_blocks -= r.blocks;
+                    let _ = r.events.send(SeqEvent::Error {
+                        choice: r.choice,
+                        message,
+                        internal: true,
+                    });
+                }
+            }
+        }
         // Fair admission (see the module doc).
         let reserve = usize::from(cfg.max_batch > 1);
         let mut held: HashMap<u64, usize> = HashMap::new();
@@ -192,6 +265,7 @@ pub fn run<B: Backend>(
                     running.push(Running {
                         seq,
                         request_id: s.request_id,
+                        request: Some(s.request),
                         choice: s.choice,
                         events: s.events,
                         blocks: need,
@@ -203,6 +277,7 @@ pub fn run<B: Backend>(
                     let _ = s.events.send(SeqEvent::Error {
                         choice: s.choice,
                         message: e.to_string(),
+                        internal: false,
                     });
                 }
             }
@@ -214,38 +289,40 @@ pub fn run<B: Backend>(
             continue;
         }
         let mut refs: Vec<&mut Sequence<B::Kv>> = running.iter_mut().map(|r| &mut r.seq).collect();
-        // A panic inside a step (a bug) ends the sequences in it, not the engine thread.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step(&mut refs)))
-                .unwrap_or_else(|_| {
-                    Err(crate::Error::InvalidRequest(
-                        "internal error while running the batch".into(),
-                    ))
-                });
-        match result {
+        // A panic inside a step (a bug) or a failed step ends the sequences in it that had sent
+        // tokens (their state is not to be trusted), not the engine thread; those that had sent
+        // nothing start again and take their first step alone.
+        match guarded_step(engine, &cfg, &mut refs) {
             Ok(steps) => {
-                let now = Instant::now();
                 for (r, step) in running.iter_mut().zip(steps) {
-                    match r.last_token {
-                        None => observer.first_token(now.duration_since(r.submitted).as_secs_f64()),
-                        Some(t) => observer.next_token(now.duration_since(t).as_secs_f64()),
-                    }
-                    r.last_token = Some(now);
-                    let _ = r.events.send(SeqEvent::Token {
-                        choice: r.choice,
-                        step,
-                    });
+                    deliver(r, step, &*observer);
                 }
             }
-            Err(e) => {
-                // A failed step ends the sequences in it; the engine keeps serving.
-                for r in running.drain(..) {
-                    let _ = r.events.send(SeqEvent::Error {
-                        choice: r.choice,
-                        message: e.to_string(),
-                    });
+            Err(message) => {
+                let batch = running.len();
+                for mut r in running.drain(..) {
+                    let again = match &r.request {
+                        Some(req) if batch > 1 && !r.events.is_closed() => {
+                            engine.start_sequence(req).ok()
+                        }
+                        _ => None,
+                    };
+                    match again {
+                        Some(seq) => {
+                            r.seq = seq;
+                            retry.push_back(r);
+                        }
+                        None => {
+                            used_blocks -= r.blocks;
+                            let _ = r.events.send(SeqEvent::Error {
+                                choice: r.choice,
+                                message: message.clone(),
+                                internal: true,
+                            });
+                        }
+                    }
                 }
-                used_blocks = 0;
+                observer.stepped();
                 continue;
             }
         }
@@ -253,12 +330,7 @@ pub fn run<B: Backend>(
         for r in running.drain(..) {
             if r.seq.is_finished() {
                 used_blocks -= r.blocks;
-                let c = r.seq.into_completion();
-                observer.finished(c.prompt_ids.len(), c.token_ids.len());
-                let _ = r.events.send(SeqEvent::Done {
-                    choice: r.choice,
-                    completion: Box::new(c),
-                });
+                complete(r, &*observer);
             } else {
                 still.push(r);
             }
@@ -268,6 +340,31 @@ pub fn run<B: Backend>(
         gauges.kv_blocks_used.store(used_blocks, Ordering::Relaxed);
         observer.stepped();
     }
+}
+
+/// Sends a finished sequence's completion.
+fn complete<K>(r: Running<K>, observer: &dyn SchedulerObserver) {
+    let c = r.seq.into_completion();
+    observer.finished(c.prompt_ids.len(), c.token_ids.len());
+    let _ = r.events.send(SeqEvent::Done {
+        choice: r.choice,
+        completion: Box::new(c),
+    });
+}
+
+/// Sends a sequence's new token and times it.
+fn deliver<K>(r: &mut Running<K>, step: Step, observer: &dyn SchedulerObserver) {
+    let now = Instant::now();
+    match r.last_token {
+        None => observer.first_token(now.duration_since(r.submitted).as_secs_f64()),
+        Some(t) => observer.next_token(now.duration_since(t).as_secs_f64()),
+    }
+    r.last_token = Some(now);
+    r.request = None;
+    let _ = r.events.send(SeqEvent::Token {
+        choice: r.choice,
+        step,
+    });
 }
 
 /// The prompt's length in tokens for budgeting: exact for token prompts, a bound from the text

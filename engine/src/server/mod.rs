@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// On shutdown, in-flight requests get this long to finish before their connections close.
     pub shutdown_timeout: Duration,
+    /// Tests only: see [`scheduler::SchedulerConfig::panic_if`].
+    pub panic_if: Option<scheduler::PanicIf>,
     /// Shut down gracefully on SIGINT/SIGTERM (stop accepting, drain for at most
     /// `shutdown_timeout`); a second signal exits at once.
     pub handle_signals: bool,
@@ -72,6 +74,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
             shutdown_timeout: Duration::from_secs(10),
+            panic_if: None,
             handle_signals: false,
         }
     }
@@ -269,6 +272,7 @@ pub fn start<B: Backend>(
         let cfg = SchedulerConfig {
             max_batch: config.max_batch.max(1),
             kv_bytes: config.kv_memory,
+            panic_if: config.panic_if.clone(),
         };
         let (e, m) = (engine.clone(), metrics.clone());
         std::thread::Builder::new()

@@ -259,7 +259,9 @@ async fn collect(job: &mut Job) -> Result<Vec<Completion>, ApiError> {
                 done[choice] = Some(*completion);
                 left -= 1;
             }
-            Some(SeqEvent::Error { message, .. }) => return Err(ApiError::bad(message, None)),
+            Some(SeqEvent::Error {
+                message, internal, ..
+            }) => return Err(ApiError::from_event(message, internal)),
             Some(SeqEvent::Token { .. }) => {}
             None => return Err(ApiError::internal("the engine dropped the request")),
         }
@@ -706,9 +708,12 @@ impl StreamState {
                 self.queue.push_back(e);
             }
             SeqEvent::Done { .. } => self.finished += 1,
-            SeqEvent::Error { message, .. } => {
+            SeqEvent::Error {
+                message, internal, ..
+            } => {
                 self.queue.push_back(
-                    Event::default().data(ApiError::bad(message, None).body().to_string()),
+                    Event::default()
+                        .data(ApiError::from_event(message, internal).body().to_string()),
                 );
                 self.finished = self.job.n;
             }

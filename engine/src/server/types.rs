@@ -38,8 +38,17 @@ impl ApiError {
         ApiError {
             status: 500,
             message: message.into(),
-            kind: "server_error",
+            kind: "internal_error",
             param: None,
+        }
+    }
+
+    /// A scheduler error: the server's failure (500) or the request's (400).
+    pub fn from_event(message: String, internal: bool) -> Self {
+        if internal {
+            Self::internal(message)
+        } else {
+            Self::bad(message, None)
         }
     }
 
