@@ -561,3 +561,691 @@ fn requests_past_the_sequence_cap_or_the_kv_budget_are_refused() {
     let (s, v) = send(4);
     assert_eq!(s, 200, "{v}");
 }
+
+/// Counts scheduler steps and, per finished sequence, the step it finished in.
+#[derive(Default)]
+struct StepCounter {
+    steps: std::sync::atomic::AtomicUsize,
+    finished: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+impl moe::scheduler::SchedulerObserver for StepCounter {
+    fn first_token(&self, _: f64) {}
+    fn next_token(&self, _: f64) {}
+    fn finished(&self, _prompt: usize, generated: usize) {
+        // `stepped` follows a step's `finished` calls: this is step `steps + 1`.
+        let step = self.steps.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        self.finished.lock().unwrap().push((generated, step));
+    }
+    fn stepped(&self) {
+        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A fan-out request fills the queue (16 sequences × 32 tokens, batch of 4: first come, first
+/// served would hold anything after it for about 128 steps); a one-token request sent once it is
+/// running finishes within a few steps, long before the fan-out's first wave ends.
+#[test]
+fn a_small_request_is_not_queued_behind_a_fan_out_request() {
+    use moe::generate::{GenerateRequest, Prompt};
+    use moe::scheduler::{run, SchedulerConfig, SchedulerGauges, SeqEvent, Submission};
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let engine = Arc::new(Engine::load(&ModelSource::Embedded).unwrap());
+    let counter = Arc::new(StepCounter::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (e, c) = (engine.clone(), counter.clone());
+    let cfg = SchedulerConfig {
+        max_batch: 4,
+        kv_bytes: 1 << 30,
+        panic_if: None,
+    };
+    let thread =
+        std::thread::spawn(move || run(e, cfg, rx, Arc::new(SchedulerGauges::default()), c));
+    let request = |max_tokens: usize| {
+        let params = moe::SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        GenerateRequest::new(Prompt::Text("What is 2 plus 2?".into()), params)
+    };
+    let (big_tx, big_rx) = tokio::sync::mpsc::unbounded_channel();
+    for choice in 0..16 {
+        tx.send(Submission {
+            request_id: 1,
+            choice,
+            request: request(32),
+            events: big_tx.clone(),
+            submitted: Instant::now(),
+        })
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter.steps.load(SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the fan-out request never ran");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let sent_at = counter.steps.load(SeqCst);
+    let (small_tx, mut small_rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Submission {
+        request_id: 2,
+        choice: 0,
+        request: request(1),
+        events: small_tx,
+        submitted: Instant::now(),
+    })
+    .unwrap();
+    loop {
+        match small_rx.try_recv() {
+            Ok(SeqEvent::Done { .. }) => break,
+            Ok(SeqEvent::Error { message, .. }) => panic!("{message}"),
+            Ok(SeqEvent::Token { .. }) => {}
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the small request never finished"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    let finished = counter.finished.lock().unwrap().clone();
+    let small_step = finished.iter().find(|f| f.0 == 1).unwrap().1;
+    let big_done = finished.iter().filter(|f| f.0 == 32).count();
+    assert!(
+        small_step <= sent_at + 3,
+        "sent during step {}, finished in step {small_step}",
+        sent_at + 1
+    );
+    assert_eq!(
+        big_done, 0,
+        "the fan-out's first wave ended first: {finished:?}"
+    );
+    // The fan-out request still gets all its answers.
+    drop(tx);
+    let mut big_rx = big_rx;
+    drop(big_tx);
+    let mut done = 0;
+    while let Some(ev) = big_rx.blocking_recv() {
+        if let SeqEvent::Done { completion, .. } = ev {
+            assert_eq!(completion.token_ids.len(), 32);
+            done += 1;
+        }
+    }
+    assert_eq!(done, 16);
+    thread.join().unwrap();
+}
+
+/// `--max-sequences-per-request` sets the cap; past it, a 400 names the count and the limit.
+#[test]
+fn the_sequence_cap_is_configurable() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            max_sequences_per_request: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let send = |body: Value, path: &str| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", h.url()))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (s, v) = send(
+        json!({"prompt": ["a", "b"], "n": 2, "max_tokens": 1}),
+        "/v1/completions",
+    );
+    assert_error(s, &v, 400, Some("n"));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("4 sequences") && msg.contains("at most 2"),
+        "{msg}"
+    );
+    let (s, v) = send(
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 3, "max_tokens": 1}),
+        "/v1/chat/completions",
+    );
+    assert_error(s, &v, 400, Some("n"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("3 sequences"));
+    let (s, v) = send(
+        json!({"prompt": ["a", "b"], "max_tokens": 1}),
+        "/v1/completions",
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    h.shutdown();
+}
+
+/// A server with these timeouts, in seconds: (header, body, idle).
+fn timed_server(header: u64, body: u64, idle: u64) -> ServerHandle {
+    let secs = std::time::Duration::from_secs;
+    start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            header_timeout: secs(header),
+            body_timeout: secs(body),
+            idle_timeout: secs(idle),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it, waiting at most 30 s
+/// (every timeout that should close it here is 1 s; the others are 60 s).
+fn read_until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    sock.write_all(bytes).unwrap();
+    let mut got = vec![];
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the connection stayed open ({e}); read so far: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_half_sent_header_is_cut_off_after_the_header_timeout() {
+    let h = timed_server(1, 60, 60);
+    let got = read_until_closed(h.addr, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n");
+    assert_eq!(got, "", "a half-sent header got an answer");
+    // Others are still served.
+    let r = reqwest::blocking::get(format!("{}/health", h.url())).unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    h.shutdown();
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let h = timed_server(60, 60, 1);
+    // One complete request on a keep-alive connection, answered; then silence.
+    let got = read_until_closed(h.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with(r#""status":"ok"}"#), "{got}");
+    assert!(!got.contains("connection: close"), "{got}");
+    h.shutdown();
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_a_408_and_the_connection_closes() {
+    let h = timed_server(60, 1, 60);
+    let got = read_until_closed(
+        h.addr,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\"",
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    let body: Value = serde_json::from_str(&got[got.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_error(408, &body, 408, None);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--body-timeout"),
+        "{body}"
+    );
+    h.shutdown();
+}
+
+/// `moe serve` started as a process, with its address; stderr is piped.
+fn spawn_moe(args: &[&str]) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(moe_tests::moe_bin())
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("moe serve did not start");
+        }
+    };
+    let addr = line
+        .strip_prefix("listening on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// Waits at most `secs` for the process to end; kills it and fails past that.
+fn wait_exit(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM: a stream in flight runs to its end, a half-sent request (its header timeout 60 s)
+/// is cut off when the 3 s shutdown timeout ends, and the process exits 0.
+#[test]
+fn sigterm_drains_in_flight_requests_then_ends_within_the_shutdown_timeout() {
+    let (mut child, addr) = spawn_moe(&["--shutdown-timeout", "3", "--header-timeout", "60"]);
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let body = json!({"prompt": "[INST] What is 5 plus 5? [/INST]", "max_tokens": 64,
+                      "ignore_eos": true, "stream": true})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    signal(&child, "-TERM");
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(rest.contains("data: [DONE]"), "the stream was cut: {rest}");
+    let status = wait_exit(&mut child, 30, "after SIGTERM");
+    assert!(status.success(), "{status}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("1 connection(s) still open"), "{err}");
+    drop(half);
+}
+
+/// A second signal exits at once, without waiting out a 60 s shutdown timeout.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (mut child, addr) = spawn_moe(&["--shutdown-timeout", "60", "--header-timeout", "60"]);
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    signal(&child, "-TERM");
+    // The first signal is being handled once the drain is announced.
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("shutting down"), "{line}");
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, 30, "after a second SIGTERM");
+    assert_eq!(status.code(), Some(1), "{status}");
+    drop(half);
+}
+
+/// `max_connections`: past the limit a connection waits (in the kernel's backlog) until one
+/// closes; a limit past the open-file limit is refused at start.
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            max_connections: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let first = std::net::TcpStream::connect(h.addr).unwrap();
+    // The idle first connection holds the one slot: a second is not served while it is open.
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/health", h.url()))
+        .timeout(std::time::Duration::from_millis(500))
+        .send();
+    assert!(r.is_err(), "a second connection was served: {r:?}");
+    drop(first);
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{}/health", h.url()))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    h.shutdown();
+
+    let refused = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            max_connections: Some(usize::MAX / 2),
+            ..Default::default()
+        },
+    );
+    let msg = refused
+        .err()
+        .expect("a limit past RLIMIT_NOFILE")
+        .to_string();
+    assert!(msg.contains("RLIMIT_NOFILE"), "{msg}");
+}
+
+/// The embedded model answers to its preset name (`student`, as the README's examples use); a
+/// model loaded from a directory answers to that path as given; `/v1/models` lists the primary
+/// ids only.
+#[test]
+fn served_models_answer_to_their_preset_names_and_paths() {
+    let q = |model: &str| {
+        post(
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "What is 24 plus 17?"}], "temperature": 0}),
+        )
+    };
+    let (s, v) = q("student");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "41");
+    assert_eq!(v["model"], "moe-student-tiny");
+    let path = fixture("mixtral-tiny-f32").display().to_string();
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": path, "prompt": "Hello", "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "mixtral-tiny-f32");
+    let (s, v) = q("teacher");
+    assert_error(s, &v, 404, Some("model"));
+}
+
+#[test]
+fn tokenize_detokenize_and_tokenizer_info_as_vllm_serves_them() {
+    let (s, v) = post("/tokenize", &json!({"prompt": "What is 24 plus 17?"}));
+    assert_eq!(s, 200, "{v}");
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    let engine = Engine::load(&ModelSource::Embedded).unwrap();
+    assert_eq!(
+        tokens,
+        engine
+            .tokenizer
+            .encode("What is 24 plus 17?", true)
+            .unwrap()
+    );
+    assert_eq!(v["count"], tokens.len());
+    assert_eq!(v["max_model_len"], engine.info.context_length);
+    let (_, plain) = post(
+        "/tokenize",
+        &json!({"prompt": "What is 24 plus 17?", "add_special_tokens": false}),
+    );
+    assert_eq!(plain["count"], tokens.len() - 1, "{plain}");
+    let (s, v) = post("/detokenize", &json!({"tokens": plain["tokens"]}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["prompt"], "What is 24 plus 17?");
+    // Chat messages through the template: the ids the chat endpoint prefills.
+    let msgs = json!([{"role": "user", "content": "What is 24 plus 17?"}]);
+    let (s, v) = post("/tokenize", &json!({"model": "student", "messages": msgs}));
+    assert_eq!(s, 200, "{v}");
+    let (_, c) = post(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 1}),
+    );
+    assert_eq!(v["count"], c["usage"]["prompt_tokens"]);
+    // Bad input: a 400 naming the problem.
+    let (s, v) = post("/detokenize", &json!({"tokens": [1, 99999]}));
+    assert_error(s, &v, 400, Some("tokens"));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("99999"),
+        "{v}"
+    );
+    let (s, v) = post("/detokenize", &json!({"tokens": [-1]}));
+    assert_error(s, &v, 400, Some("tokens"));
+    let (s, v) = post("/tokenize", &json!({}));
+    assert_error(s, &v, 400, Some("prompt"));
+    let info: Value = reqwest::blocking::get(format!("{}/tokenizer_info", server()))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["eos_token"], "</s>", "{info}");
+    assert!(info["chat_template"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert_eq!(info["max_model_len"], engine.info.context_length);
+}
+
+#[test]
+fn unknown_routes_get_a_json_404_naming_the_path() {
+    let r = reqwest::blocking::get(format!("{}/v1/nope", server())).unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v: Value = r.json().unwrap();
+    assert_error(404, &v, 404, None);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("/v1/nope"),
+        "{v}"
+    );
+    let r = reqwest::blocking::Client::new()
+        .delete(format!("{}/v1/completions", server()))
+        .send()
+        .unwrap();
+    let s = r.status().as_u16();
+    let v: Value = r.json().unwrap();
+    assert_error(s, &v, 405, None);
+}
+
+/// A held-back token (here `4`, a prefix of the stop string `4z`) sends no empty chunk: the
+/// first chunk is the role with empty content, every later one carries text, and only the last
+/// (with the finish reason) may have an empty delta.
+#[test]
+fn streaming_sends_no_empty_delta_before_the_end() {
+    let lines = sse_lines(&chat(
+        "What is 24 plus 17?",
+        json!({"temperature": 0, "stream": true, "stop": ["4z"]}),
+    ));
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "41");
+    for c in &chunks[1..] {
+        let ch = &c["choices"][0];
+        let content = ch["delta"]["content"].as_str().unwrap_or("");
+        assert!(
+            !content.is_empty() || !ch["finish_reason"].is_null(),
+            "an empty chunk before the end: {c}"
+        );
+    }
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+}
+
+/// The prompt the injected fault (`panic_if`) fires on.
+const POISON: [u32; 5] = [1, 5, 6, 7, 8];
+
+fn poisoned() -> moe::scheduler::PanicIf {
+    moe::scheduler::PanicIf(std::sync::Arc::new(|ids: &[u32]| ids.starts_with(&POISON)))
+}
+
+/// A panic in a step with three fresh sequences: the two innocent ones start again, take their
+/// first step alone and finish with the same tokens as a clean run; the poisoned one alone gets
+/// an internal error.
+#[test]
+fn a_panicking_step_fails_only_the_sequence_that_panics_again() {
+    use moe::generate::{GenerateRequest, Prompt};
+    use moe::scheduler::{run, SchedulerConfig, SchedulerGauges, SeqEvent, Submission};
+    use std::sync::Arc;
+
+    let engine = Arc::new(Engine::load(&ModelSource::Embedded).unwrap());
+    let params = moe::SamplingParams {
+        temperature: 0.0,
+        max_tokens: 12,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompts = [
+        Prompt::Text("What is 24 plus 17?".into()),
+        Prompt::Tokens(POISON.to_vec()),
+        Prompt::Text("What is 2 times 3?".into()),
+    ];
+    let clean: Vec<Vec<u32>> = [&prompts[0], &prompts[2]]
+        .iter()
+        .map(|p| {
+            engine
+                .generate(&[GenerateRequest::new((*p).clone(), params.clone())])
+                .unwrap()[0]
+                .token_ids
+                .clone()
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut receivers = vec![];
+    // All three are queued before the scheduler starts: they share its first step.
+    for (i, p) in prompts.iter().enumerate() {
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Submission {
+            request_id: i as u64,
+            choice: 0,
+            request: GenerateRequest::new(p.clone(), params.clone()),
+            events: etx,
+            submitted: std::time::Instant::now(),
+        })
+        .unwrap();
+        receivers.push(erx);
+    }
+    drop(tx);
+    let cfg = SchedulerConfig {
+        max_batch: 8,
+        kv_bytes: 1 << 30,
+        panic_if: Some(poisoned()),
+    };
+    let e = engine.clone();
+    let thread = std::thread::spawn(move || {
+        run(
+            e,
+            cfg,
+            rx,
+            Arc::new(SchedulerGauges::default()),
+            Arc::new(StepCounter::default()),
+        )
+    });
+    let mut outcomes = vec![];
+    for mut erx in receivers {
+        let mut outcome = None;
+        while let Some(ev) = erx.blocking_recv() {
+            match ev {
+                SeqEvent::Done { completion, .. } => outcome = Some(Ok(completion.token_ids)),
+                SeqEvent::Error {
+                    message, internal, ..
+                } => outcome = Some(Err((message, internal))),
+                SeqEvent::Token { .. } => {}
+            }
+        }
+        outcomes.push(outcome.expect("an outcome"));
+    }
+    thread.join().unwrap();
+    assert_eq!(outcomes[0], Ok(clean[0].clone()));
+    assert_eq!(outcomes[2], Ok(clean[1].clone()));
+    match &outcomes[1] {
+        Err((message, true)) => assert!(message.contains("injected fault"), "{message}"),
+        other => panic!("the poisoned sequence: {other:?}"),
+    }
+}
+
+/// Over HTTP a panic is a 500 with an OpenAI body of type `internal_error` (plain and streamed),
+/// and the server goes on serving.
+#[test]
+fn a_panic_in_a_step_is_a_500_internal_error() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            panic_if: Some(poisoned()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .post(format!("{}/v1/completions", h.url()))
+        .json(&json!({"prompt": POISON, "max_tokens": 4}))
+        .send()
+        .unwrap();
+    let s = r.status().as_u16();
+    let v: Value = r.json().unwrap();
+    assert_error(s, &v, 500, None);
+    assert_eq!(v["error"]["type"], "internal_error", "{v}");
+    let r = client
+        .post(format!("{}/v1/completions", h.url()))
+        .json(&json!({"prompt": POISON, "max_tokens": 4, "stream": true}))
+        .send()
+        .unwrap();
+    let text = r.text().unwrap();
+    assert!(text.contains(r#""type":"internal_error""#), "{text}");
+    let r = client
+        .post(format!("{}/v1/chat/completions", h.url()))
+        .json(&chat("What is 24 plus 17?", json!({"temperature": 0})))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "41");
+    h.shutdown();
+}

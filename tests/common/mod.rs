@@ -18,6 +18,27 @@ pub fn fixture(name: &str) -> PathBuf {
     }
 }
 
+/// The `moe` binary: `$MOE_BIN`, else `target/release/moe` (`cargo build --release -p
+/// moe-engine --bin moe`; a test crate's build does not build another package's binaries).
+pub fn moe_bin() -> PathBuf {
+    let bin = match std::env::var_os("MOE_BIN") {
+        Some(b) => PathBuf::from(b),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+                PathBuf::from,
+            );
+            target.join("release").join("moe")
+        }
+    };
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --release -p moe-engine --bin moe` or set MOE_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// A path from the repository root (`$MOE_REPO_ROOT` when set).
 pub fn repo_path(rel: &str) -> PathBuf {
     match std::env::var_os("MOE_REPO_ROOT") {

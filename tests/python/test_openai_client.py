@@ -90,3 +90,18 @@ def test_bad_requests_raise(client):
         client.chat.completions.create(model="nope", messages=ask("x"))
     r = client.chat.completions.create(model="moe-student-tiny", messages=ask("What is 24 plus 17?"), temperature=0)
     assert r.choices[0].message.content == "41"
+
+
+def test_preset_name_is_served(client):
+    # The README's examples say model="student"; the embedded default is that model.
+    r = client.chat.completions.create(model="student", messages=ask("What is 24 plus 17?"), temperature=0)
+    assert r.choices[0].message.content == "41"
+    assert r.model == "moe-student-tiny"
+
+
+def test_stream_first_chunk_is_role_and_no_empty_delta_follows(client):
+    chunks = list(client.chat.completions.create(model="student", messages=ask("What is 24 plus 17?"), temperature=0, stream=True, stop=["4z"]))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.content == ""
+    for c in chunks[1:-1]:
+        assert c.choices[0].delta.content, c

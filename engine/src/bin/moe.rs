@@ -133,6 +133,25 @@ enum Command {
         /// max_tokens of a request that gives none.
         #[arg(long, default_value_t = 256)]
         default_max_tokens: usize,
+        /// Sequences (prompts × n) one request may start.
+        #[arg(long, default_value_t = moe::server::types::MAX_SEQUENCES_PER_REQUEST,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_sequences_per_request: usize,
+        /// Seconds a request head may take from its first byte.
+        #[arg(long, default_value = "30", value_parser = parse_secs)]
+        header_timeout: std::time::Duration,
+        /// Seconds a request body may take after its head.
+        #[arg(long, default_value = "60", value_parser = parse_secs)]
+        body_timeout: std::time::Duration,
+        /// Seconds a keep-alive connection may sit idle.
+        #[arg(long, default_value = "60", value_parser = parse_secs)]
+        idle_timeout: std::time::Duration,
+        /// Open connections at most (default: 1024, or the open-file limit less 64).
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+        #[arg(long, default_value = "10", value_parser = parse_secs)]
+        shutdown_timeout: std::time::Duration,
     },
     /// Collaborative loops: models teaching models.
     Loop {
@@ -1061,6 +1080,14 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
     Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
 }
 
+/// Seconds, above zero (fractions allowed), as a duration.
+fn parse_secs(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() && x < 1e9 => Ok(std::time::Duration::from_secs_f64(x)),
+        _ => Err(format!("`{s}` is not a number of seconds above zero")),
+    }
+}
+
 /// Loads every model with `load` and starts the server on them.
 fn serve_on<B: Backend>(
     names: &[Option<String>],
@@ -1317,6 +1344,12 @@ fn run(cli: Cli) -> Result<()> {
             max_batch,
             kv_memory,
             default_max_tokens,
+            max_sequences_per_request,
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+            max_connections,
+            shutdown_timeout,
         } => {
             let kv_memory = parse_bytes(&kv_memory)?;
             let names: Vec<Option<String>> = if model.is_empty() {
@@ -1330,6 +1363,12 @@ fn run(cli: Cli) -> Result<()> {
                 max_batch,
                 kv_memory,
                 default_max_tokens,
+                max_sequences_per_request,
+                header_timeout,
+                body_timeout,
+                idle_timeout,
+                max_connections,
+                shutdown_timeout,
                 handle_signals: true,
                 ..Default::default()
             };

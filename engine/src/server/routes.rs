@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,8 +33,76 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/stats/experts", get(expert_stats))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Reads the whole request body within `--body-timeout` (a client that stops sending gets a 408
+/// and its connection closed instead of holding it open) and up to 16× `--max-body` (a 413
+/// past that); the handlers then parse the buffered bytes.
+async fn read_body_in_time(
+    State(state): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    let cap = state.config.max_body.saturating_mul(16);
+    let timeout = state.config.body_timeout;
+    let read = async {
+        let mut buf = Vec::new();
+        let mut data = body.into_data_stream();
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad(format!("could not read the request body: {e}"), None)
+            })?;
+            if buf.len() + chunk.len() > cap {
+                return Err(ApiError {
+                    status: 413,
+                    message: format!(
+                        "the request body is over {cap} bytes; the limit is {} bytes",
+                        state.config.max_body
+                    ),
+                    kind: "invalid_request_error",
+                    param: None,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    let err = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(buf)) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(buf));
+            return next.run(req).await;
+        }
+        Ok(Err(e)) => e,
+        Err(_) => ApiError {
+            status: 408,
+            message: format!(
+                "the request body did not arrive within {:?} (--body-timeout)",
+                timeout
+            ),
+            kind: "invalid_request_error",
+            param: None,
+        },
+    };
+    let mut resp = err.into_response();
+    // The rest of the body may still be on its way: end the connection rather than read it.
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 impl IntoResponse for ApiError {
@@ -127,8 +195,32 @@ struct Job {
     n: usize,
 }
 
+/// A fresh id for one HTTP request's sequences (the scheduler's unit of fairness).
+fn next_request_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A request may start at most `--max-sequences-per-request` sequences (prompts × n).
+fn check_sequences(state: &AppState, prompts: usize, n: usize) -> Result<(), ApiError> {
+    let limit = state.config.max_sequences_per_request;
+    if prompts * n > limit {
+        return Err(ApiError::bad(
+            format!(
+                "{prompts} prompts × n {n} = {} sequences; a request may start at most {limit} \
+                 (--max-sequences-per-request)",
+                prompts * n
+            ),
+            Some("n"),
+        ));
+    }
+    Ok(())
+}
+
 fn submit(
     m: &Served,
+    request_id: u64,
     prompt_ids: Vec<u32>,
     params: &crate::SamplingParams,
     n: usize,
@@ -146,6 +238,7 @@ fn submit(
         request.return_experts = return_experts;
         sender
             .send(Submission {
+                request_id,
                 choice,
                 request,
                 events: tx.clone(),
@@ -166,7 +259,9 @@ async fn collect(job: &mut Job) -> Result<Vec<Completion>, ApiError> {
                 done[choice] = Some(*completion);
                 left -= 1;
             }
-            Some(SeqEvent::Error { message, .. }) => return Err(ApiError::bad(message, None)),
+            Some(SeqEvent::Error {
+                message, internal, ..
+            }) => return Err(ApiError::from_event(message, internal)),
             Some(SeqEvent::Token { .. }) => {}
             None => return Err(ApiError::internal("the engine dropped the request")),
         }
@@ -250,10 +345,19 @@ async fn chat_inner(
     params.logprobs = req.logprobs;
     params.top_logprobs = top as usize;
     let n = req.common.n()?;
+    check_sequences(state, 1, n)?;
     let ids = m.engine.prompt_ids(&Prompt::Chat(msgs))?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
-    let job = submit(m, ids, &params, n, None, req.common.return_experts)?;
+    let job = submit(
+        m,
+        next_request_id(),
+        ids,
+        &params,
+        n,
+        None,
+        req.common.return_experts,
+    )?;
     let id = request_id("chatcmpl");
     let model = m.name.clone();
     let include_usage = req
@@ -344,19 +448,10 @@ async fn completions_inner(
     params.logprobs = want_logprobs;
     params.top_logprobs = lp.max(0) as usize;
     let n = req.common.n()?;
-    if prompts.len() * n > super::types::MAX_SEQUENCES_PER_REQUEST {
-        return Err(ApiError::bad(
-            format!(
-                "{} prompts × n {n} = {} sequences; a request may start at most {}",
-                prompts.len(),
-                prompts.len() * n,
-                super::types::MAX_SEQUENCES_PER_REQUEST
-            ),
-            Some("n"),
-        ));
-    }
+    check_sequences(state, prompts.len(), n)?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     let mut jobs = vec![];
+    let seq_request = next_request_id();
     for p in &prompts {
         let ids = m.engine.prompt_ids(p)?;
         let mut params = params.clone();
@@ -364,6 +459,7 @@ async fn completions_inner(
         let prompt_lp = (req.echo && want_logprobs).then_some(params.top_logprobs);
         jobs.push(submit(
             m,
+            seq_request,
             ids,
             &params,
             n,
@@ -588,9 +684,16 @@ impl StreamState {
                     _ => Value::Null,
                 };
                 let finish = finish_str(step.finish_reason);
+                // A token whose text is held back (part of a UTF-8 character or of a possible
+                // stop string) says nothing yet: no empty chunk unless it ends the choice or
+                // carries the token's logprobs.
+                if step.text.is_empty() && finish.is_null() && lp.is_null() {
+                    return self.after_event();
+                }
                 let choices = match self.kind {
                     Kind::Chat => {
-                        let delta = if step.text.is_empty() {
+                        // Only the closing chunk has an empty delta, as OpenAI's does.
+                        let delta = if step.text.is_empty() && !finish.is_null() && lp.is_null() {
                             json!({})
                         } else {
                             json!({"content": step.text})
@@ -605,13 +708,21 @@ impl StreamState {
                 self.queue.push_back(e);
             }
             SeqEvent::Done { .. } => self.finished += 1,
-            SeqEvent::Error { message, .. } => {
+            SeqEvent::Error {
+                message, internal, ..
+            } => {
                 self.queue.push_back(
-                    Event::default().data(ApiError::bad(message, None).body().to_string()),
+                    Event::default()
+                        .data(ApiError::from_event(message, internal).body().to_string()),
                 );
                 self.finished = self.job.n;
             }
         }
+        self.after_event();
+    }
+
+    /// Closes the stream once every choice is done.
+    fn after_event(&mut self) {
         if self.finished == self.job.n && !self.ended {
             self.ended = true;
             if self.include_usage {
@@ -736,4 +847,142 @@ async fn expert_stats(State(state): St) -> Response {
     .await
     .unwrap_or_default();
     Json(json!({"models": v})).into_response()
+}
+
+/// Unknown paths get an OpenAI-style 404 naming the path, not an empty body.
+async fn no_route(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(
+        format!(
+            "no endpoint at {} (endpoints: /v1/chat/completions, /v1/completions, /v1/models, \
+             /tokenize, /detokenize, /tokenizer_info, /health, /metrics, /v1/stats/experts)",
+            uri.path()
+        ),
+        None,
+    )
+    .into_response()
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    ApiError {
+        status: 405,
+        message: format!("{} does not take {method}", uri.path()),
+        kind: "invalid_request_error",
+        param: None,
+    }
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenizeRequest {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<InMessage>>,
+    add_special_tokens: Option<bool>,
+    #[serde(default = "yes")]
+    add_generation_prompt: bool,
+    #[serde(default)]
+    return_token_strs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// vLLM's `/tokenize`: a `prompt` (special tokens added unless `add_special_tokens: false`) or
+/// chat `messages` through the chat template (`add_generation_prompt`, default true; special
+/// tokens not added again unless asked) → `{tokens, count, max_model_len, token_strs}`.
+async fn tokenize(State(state): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = (|| {
+        let req: TokenizeRequest = parse(body, state.config.max_body)?;
+        let m = state.model(req.model.as_deref())?;
+        let tok = m.engine.tokenizer();
+        let ids = match (&req.prompt, &req.messages) {
+            (Some(p), None) => tok.encode(p, req.add_special_tokens.unwrap_or(true))?,
+            (None, Some(msgs)) => {
+                let msgs: Vec<_> = msgs.iter().map(|x| x.to_chat()).collect::<Result<_, _>>()?;
+                let text = tok.apply_chat_template(&msgs, req.add_generation_prompt)?;
+                tok.encode(&text, req.add_special_tokens.unwrap_or(false))?
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    "give either `prompt` (a string) or `messages`",
+                    Some("prompt"),
+                ))
+            }
+        };
+        let strs = req.return_token_strs.then(|| {
+            ids.iter()
+                .map(|&i| tok.id_to_token(i).unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        Ok(Json(json!({
+            "tokens": ids, "count": ids.len(), "max_model_len": m.engine.info().context_length,
+            "token_strs": strs,
+        }))
+        .into_response())
+    })();
+    finish_request(&state, "tokenize", r)
+}
+
+#[derive(serde::Deserialize)]
+struct DetokenizeRequest {
+    model: Option<String>,
+    tokens: Vec<i64>,
+}
+
+/// vLLM's `/detokenize`: `{tokens}` → `{prompt}` (special tokens kept, as transformers'
+/// `decode` does by default); an id outside the tokenizer's vocabulary is a 400 naming it.
+async fn detokenize(State(state): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = (|| {
+        let req: DetokenizeRequest = parse(body, state.config.max_body)?;
+        let m = state.model(req.model.as_deref())?;
+        let tok = m.engine.tokenizer();
+        let mut ids = Vec::with_capacity(req.tokens.len());
+        for &t in &req.tokens {
+            match u32::try_from(t)
+                .ok()
+                .filter(|&i| tok.id_to_token(i).is_some())
+            {
+                Some(i) => ids.push(i),
+                None => {
+                    return Err(ApiError::bad(
+                        format!(
+                            "token id {t} is not in the tokenizer's vocabulary (ids 0 to {})",
+                            tok.vocab_size().saturating_sub(1)
+                        ),
+                        Some("tokens"),
+                    ))
+                }
+            }
+        }
+        Ok(Json(json!({"prompt": tok.decode(&ids, false)?})).into_response())
+    })();
+    finish_request(&state, "detokenize", r)
+}
+
+/// vLLM's `/tokenizer_info`: the tokenizer's configuration, so a client (lm-evaluation-harness's
+/// remote tokenizer) can work without downloading it. `?model=` picks a model.
+async fn tokenizer_info(
+    State(state): St,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let r = (|| {
+        let m = state.model(q.get("model").map(String::as_str))?;
+        let tok = m.engine.tokenizer();
+        Ok(Json(json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model": m.name,
+            "bos_token": tok.bos_token(),
+            "eos_token": tok.eos_token(),
+            "bos_token_id": tok.bos_id(),
+            "eos_token_id": tok.eos_id(),
+            "add_bos_token": tok.add_bos_token(),
+            "chat_template": tok.chat_template(),
+            "vocab_size": tok.vocab_size(),
+            "model_max_length": m.engine.info().context_length,
+            "max_model_len": m.engine.info().context_length,
+        }))
+        .into_response())
+    })();
+    finish_request(&state, "tokenizer_info", r)
 }

@@ -38,8 +38,17 @@ impl ApiError {
         ApiError {
             status: 500,
             message: message.into(),
-            kind: "server_error",
+            kind: "internal_error",
             param: None,
+        }
+    }
+
+    /// A scheduler error: the server's failure (500) or the request's (400).
+    pub fn from_event(message: String, internal: bool) -> Self {
+        if internal {
+            Self::internal(message)
+        } else {
+            Self::bad(message, None)
         }
     }
 
@@ -156,8 +165,8 @@ pub struct CompletionRequest {
 
 /// Largest `n` one request may ask for.
 pub const MAX_N: i64 = 16;
-/// Sequences one request may start (`n` × prompts): a fan-out request queues behind nobody else's
-/// small one for longer than this many sequences' admission.
+/// Sequences one request may start (`n` × prompts) unless `--max-sequences-per-request` says
+/// otherwise: bounds the queue and memory one request can take.
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 64;
 
 impl CommonParams {
