@@ -229,8 +229,8 @@ fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
     // generation_config.json's end-of-sequence ids join config.json's (Qwen lists `<|im_end|>`
     // only there).
     let gen = dir.join("generation_config.json");
-    if gen.is_file() {
-        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
+    if gen.exists() {
+        let text = crate::weights::read_regular_string(&gen)?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", gen.display())))?;
         let ids: Vec<u32> = match &v["eos_token_id"] {

@@ -277,7 +277,7 @@ impl Gguf {
     /// Memory-maps and parses `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::weights::open_regular(&path)?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let storage = if len == 0 {
             Storage::Owned(Vec::new())

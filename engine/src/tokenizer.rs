@@ -106,10 +106,12 @@ impl Tokenizer {
     /// (where newer transformers save the template) is used when the config has no template.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
+        let json = crate::weights::read_regular(&tj)?;
         let tc = dir.join("tokenizer_config.json");
-        let config = if tc.is_file() {
-            let bytes = std::fs::read(&tc).map_err(|e| Error::io(&tc, e))?;
+        // Optional files that exist must be regular files too: `is_file()` would skip a FIFO
+        // silently, and reading one would block.
+        let config = if tc.exists() {
+            let bytes = crate::weights::read_regular(&tc)?;
             let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
                 path: tc.clone(),
                 message: e.to_string(),
@@ -130,8 +132,8 @@ impl Tokenizer {
         })?;
         if tok.chat_template.is_none() {
             let jinja = dir.join("chat_template.jinja");
-            if jinja.is_file() {
-                let t = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+            if jinja.exists() {
+                let t = crate::weights::read_regular_string(&jinja)?;
                 tok.chat_template = Some(t);
             }
         }

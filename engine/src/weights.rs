@@ -225,25 +225,153 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor
     Ok(out)
 }
 
+/// What a non-regular file is, for [`Error::NotRegularFile`].
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
+}
+
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_kind(meta.file_type()),
+        })
+    }
+}
+
+/// Opens a model file (checkpoint, index, config, tokenizer, GGUF) for reading, refusing anything
+/// but a regular file after symlinks: `open` of a FIFO blocks until a writer appears, and a
+/// device such as `/dev/zero` reads without end.
+pub fn open_regular(path: &Path) -> Result<std::fs::File> {
+    check_regular(
+        path,
+        &std::fs::metadata(path).map_err(|e| Error::io(path, e))?,
+    )?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    // Should the path be swapped for a FIFO after the check, the open still returns at once;
+    // the flag changes nothing for a regular file.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NONBLOCK);
+    let file = opts.open(path).map_err(|e| Error::io(path, e))?;
+    // What was opened is what gets read: check the open file itself too.
+    check_regular(path, &file.metadata().map_err(|e| Error::io(path, e))?)?;
+    Ok(file)
+}
+
+/// The bytes of a model file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular(path)?, &mut out)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(out)
+}
+
+/// The text of a model file (see [`open_regular`]); not UTF-8 is an I/O error naming the file.
+pub fn read_regular_string(path: &Path) -> Result<String> {
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut open_regular(path)?, &mut out)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(out)
+}
+
+/// A name from a file, cut short for an error message (a tensor name may be megabytes).
+fn short(name: &str) -> String {
+    match name.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_string(),
+    }
+}
+
+/// `model.safetensors.index.json`'s `weight_map` as (tensor, shard file name) pairs. A file name
+/// must stay inside the model directory: relative, with no `..`, so an index cannot point the
+/// loader at another file on the machine. The check is on the name, not on the canonical path,
+/// because shards may be symlinks out of the directory by the directory owner's choice (the
+/// Hugging Face cache links every snapshot file into `../../blobs/`).
+fn read_index(index: &Path) -> Result<Vec<(String, String)>> {
+    let text = read_regular_string(index)?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: index.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Json {
+            path: index.to_path_buf(),
+            message: "no `weight_map` object".into(),
+        })?;
+    let mut out = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            bad(
+                index,
+                format!(
+                    "weight_map entry for `{}` is not a file name",
+                    short(tensor)
+                ),
+            )
+        })?;
+        let inside = !file.is_empty()
+            && Path::new(file).components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+        if !inside {
+            return Err(bad(
+                index,
+                format!(
+                    "weight_map entry for `{}` points outside the model directory",
+                    short(tensor)
+                ),
+            ));
+        }
+        // `./a.safetensors` and `a.safetensors` are one shard, mapped once.
+        let clean: PathBuf = Path::new(file)
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        out.push((tensor.clone(), clean.to_string_lossy().into_owned()));
+    }
+    Ok(out)
+}
+
 impl Weights {
     /// The shards of a HuggingFace model directory: those listed by
     /// `model.safetensors.index.json`, else `model.safetensors`, else every `*.safetensors`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-                path: index.clone(),
-                message: e.to_string(),
-            })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Json {
-                    path: index.clone(),
-                    message: "no `weight_map` object".into(),
-                })?;
-            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        let index_path = dir.join("model.safetensors.index.json");
+        let index = if index_path.exists() {
+            Some(read_index(&index_path)?)
+        } else {
+            None
+        };
+        let files: Vec<PathBuf> = if let Some(index) = &index {
+            let mut names: Vec<&str> = index.iter().map(|(_, f)| f.as_str()).collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|f| dir.join(f)).collect()
@@ -263,7 +391,7 @@ impl Weights {
         }
         let mut shards = Vec::new();
         for path in files {
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let file = open_regular(&path)?;
             // SAFETY: the map is read-only. A checkpoint rewritten while it is mapped may change
             // under us (as with every mmap-based loader); we only promise not to write to it.
             let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
@@ -276,8 +404,8 @@ impl Weights {
             shards.push((path, Storage::Mmap(mmap)));
         }
         let w = Self::from_storages(shards)?;
-        if index.exists() {
-            w.check_index(&index)?;
+        if let Some(index) = &index {
+            w.check_index(&index_path, index)?;
         }
         Ok(w)
     }
@@ -405,33 +533,22 @@ impl Weights {
         Ok((names.len(), before, after))
     }
 
-    fn check_index(&self, index: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: index.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) {
-            for (name, file) in map {
-                match self.tensors.get(name) {
-                    None => {
-                        return Err(Error::MissingTensor {
-                            name: name.clone(),
-                            searched: format!(
-                                "{} (listed by {})",
-                                file.as_str().unwrap_or("?"),
-                                index.display()
-                            ),
-                        })
-                    }
-                    Some((s, _)) => {
-                        let actual = &self.shards[*s].path;
-                        if actual.file_name().and_then(|f| f.to_str()) != file.as_str() {
-                            return Err(bad(
-                                actual,
-                                format!("tensor `{name}` is here, but the index puts it in {file}"),
-                            ));
-                        }
+    fn check_index(&self, index: &Path, entries: &[(String, String)]) -> Result<()> {
+        for (name, file) in entries {
+            match self.tensors.get(name) {
+                None => {
+                    return Err(Error::MissingTensor {
+                        name: name.clone(),
+                        searched: format!("{file} (listed by {})", index.display()),
+                    })
+                }
+                Some((s, _)) => {
+                    let actual = &self.shards[*s].path;
+                    if !actual.ends_with(file) {
+                        return Err(bad(
+                            actual,
+                            format!("tensor `{name}` is here, but the index puts it in {file}"),
+                        ));
                     }
                 }
             }
