@@ -77,6 +77,115 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// Runs a `tokenizers` call, a panic inside it becoming a named error. A backstop only: the
+/// crate indexes its own tables with `[]` and trusts `tokenizer.json` to be consistent; the
+/// checks in [`check_post_processor`] refuse the inconsistencies known to reach those indexes.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let msg: String = msg.chars().take(200).collect();
+        tok_err(format!(
+            "{what} failed inside the tokenizers library ({msg}): tokenizer.json is inconsistent"
+        ))
+    })
+}
+
+/// Checks that every special token `tokenizer.json`'s post-processor adds exists: a template
+/// naming a token its `special_tokens` do not define panics in `tokenizers` at the first encode,
+/// and ids past the vocabulary would reach the model's embedding.
+fn check_post_processor(pp: &serde_json::Value, tok: &tokenizers::Tokenizer) -> Result<()> {
+    let vocab = tok.get_vocab_size(true);
+    let fail = |m: String| {
+        Err(tok_err(format!(
+            "invalid tokenizer.json: post_processor: {m}"
+        )))
+    };
+    let short = |s: &str| s.chars().take(80).collect::<String>();
+    let check_id = |what: &str, id: Option<u64>| -> Result<()> {
+        match id {
+            Some(id) if (id as usize) < vocab => Ok(()),
+            Some(id) => fail(format!(
+                "{what} has id {id}, outside the vocabulary (size {vocab})"
+            )),
+            None => fail(format!("{what} has no id")),
+        }
+    };
+    match pp.get("type").and_then(|t| t.as_str()) {
+        Some("TemplateProcessing") => {
+            let empty = serde_json::Map::new();
+            let specials = pp
+                .get("special_tokens")
+                .and_then(|s| s.as_object())
+                .unwrap_or(&empty);
+            for (name, t) in specials {
+                let what = format!("special token `{}`", short(name));
+                let ids = t.get("ids").and_then(|v| v.as_array());
+                let tokens = t.get("tokens").and_then(|v| v.as_array());
+                let (Some(ids), Some(tokens)) = (ids, tokens) else {
+                    return fail(format!("{what} has no `ids` and `tokens` lists"));
+                };
+                if ids.len() != tokens.len() {
+                    return fail(format!(
+                        "{what} has {} ids and {} tokens",
+                        ids.len(),
+                        tokens.len()
+                    ));
+                }
+                for id in ids {
+                    check_id(&what, id.as_u64())?;
+                }
+                for t in tokens {
+                    let t = t.as_str().unwrap_or_default();
+                    if tok.token_to_id(t).is_none() {
+                        return fail(format!(
+                            "{what} adds token `{}`, which is not in the vocabulary",
+                            short(t)
+                        ));
+                    }
+                }
+            }
+            for key in ["single", "pair"] {
+                let pieces = pp.get(key).and_then(|v| v.as_array());
+                for piece in pieces.into_iter().flatten() {
+                    if let Some(id) = piece
+                        .get("SpecialToken")
+                        .and_then(|s| s.get("id"))
+                        .and_then(|s| s.as_str())
+                    {
+                        if !specials.contains_key(id) {
+                            return fail(format!(
+                                "the `{key}` template names special token `{}`, which \
+                                 `special_tokens` does not define",
+                                short(id)
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Some(kind @ ("BertProcessing" | "RobertaProcessing")) => {
+            for key in ["sep", "cls"] {
+                let id = pp.get(key).and_then(|v| v.get(1)).and_then(|v| v.as_u64());
+                check_id(&format!("{kind}'s `{key}` token"), id)?;
+            }
+            Ok(())
+        }
+        Some("Sequence") => {
+            let processors = pp.get("processors").and_then(|v| v.as_array());
+            for p in processors.into_iter().flatten() {
+                check_post_processor(p, tok)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A special token in `tokenizer_config.json`: a string, or an `AddedToken` object
 /// (`{"content": ..., "__type": "AddedToken", ...}`); null or absent means unset.
 fn special_token(v: Option<&serde_json::Value>) -> Option<String> {
@@ -154,7 +263,22 @@ impl Tokenizer {
     }
 
     fn build(tokenizer_json: &[u8], config: Option<&serde_json::Value>) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        let json: serde_json::Value = serde_json::from_slice(tokenizer_json)
+            .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
+        let mut inner = no_panic("loading tokenizer.json", || {
+            tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        })?
+        .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
+        if let Some(pp) = json.get("post_processor") {
+            check_post_processor(pp, &inner)?;
+        }
+        // `padding` and `truncation` are settings for batched training inputs: applied to the
+        // engine's own encodes, `Fixed` padding to 10^9 allocates gigabytes per prompt and a
+        // truncation block silently cuts every prompt short. transformers' `apply_chat_template`
+        // and the engine's context check decide lengths instead.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
         if let Some(c) = config {
             if !c.is_object() {
@@ -207,17 +331,17 @@ impl Tokenizer {
 
     /// With `add_special_tokens`, the post-processor's tokens are added (`<s>` first for Mistral).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode_fast(text, add_special_tokens)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec())
+        Ok(no_panic("encoding", || {
+            self.inner.encode_fast(text, add_special_tokens)
+        })?
+        .map_err(tok_err)?
+        .get_ids()
+        .to_vec())
     }
 
     /// Ids outside the vocabulary are skipped, as `tokenizers` (and transformers) skip them.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(tok_err)
+        no_panic("decoding", || self.inner.decode(ids, skip_special_tokens))?.map_err(tok_err)
     }
 
     /// Vocabulary size including added tokens.
