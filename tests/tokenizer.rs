@@ -459,3 +459,54 @@ fn padding_and_truncation_in_tokenizer_json_do_not_apply() {
     assert_eq!(t.encode(text, true).unwrap(), want);
     assert_eq!(t.encode(text, false).unwrap(), want[1..]);
 }
+
+// ---- Hostile chat templates ----
+
+#[track_caller]
+fn template_limit(template: &str) {
+    let t = Tokenizer::from_dir(&fixture("mixtral-small-f32"))
+        .unwrap()
+        .with_chat_template(template.into());
+    let t0 = std::time::Instant::now();
+    match t.apply_chat_template(&[ChatMessage::user("hi")], true) {
+        Ok(s) => panic!("rendered {} bytes", s.len()),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("chat template exceeded its evaluation limit"),
+                "{m}"
+            );
+        }
+    }
+    eprintln!("stopped after {:?}", t0.elapsed());
+}
+
+/// A template that would run 10^8 loop iterations, or write a gigabyte, stops at the limit with
+/// a named error instead of running for minutes or exhausting memory.
+#[test]
+fn runaway_chat_templates_stop_at_the_evaluation_limit() {
+    template_limit(
+        "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+    );
+    template_limit("{% for i in range(100000) %}{% for m in messages %}{{ m.content }}{% endfor %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+    // Few instructions, much output: 100 × 10 MB.
+    template_limit("{% for i in range(100) %}{{ 'x' * 10000000 }}{% endfor %}");
+}
+
+/// The limit leaves room for long real conversations: 20 000 turns through the Qwen fixtures'
+/// ChatML template (with its per-message loops) render in full.
+#[test]
+fn long_conversations_render_within_the_limit() {
+    let t = Tokenizer::from_dir(&fixture("qwen3_moe-tiny-f32")).unwrap();
+    let messages: Vec<ChatMessage> = (0..20_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                ChatMessage::user(format!("question {i}"))
+            } else {
+                ChatMessage::assistant(format!("answer {i}"))
+            }
+        })
+        .collect();
+    let text = t.apply_chat_template(&messages, true).unwrap();
+    assert!(text.contains("question 19998") && text.contains("answer 19999"));
+}

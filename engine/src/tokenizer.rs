@@ -441,7 +441,27 @@ impl Tokenizer {
                 ctx.insert(name, Value::from(t.as_str()));
             }
         }
-        self.env.render_str(template, ctx).map_err(template_error)
+        let template = self
+            .env
+            .template_from_str(template)
+            .map_err(template_error)?;
+        let mut out = CappedOutput {
+            bytes: Vec::new(),
+            over: false,
+        };
+        let limit = || {
+            Error::ChatTemplate(format!(
+                "chat template exceeded its evaluation limit ({TEMPLATE_FUEL} instructions, \
+                 {TEMPLATE_OUTPUT_LIMIT} bytes of output)"
+            ))
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| Error::ChatTemplate("rendered text is not UTF-8".into())),
+            Err(_) if out.over => Err(limit()),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(limit()),
+            Err(e) => Err(template_error(e)),
+        }
     }
 
     /// Renders, then encodes without adding special tokens again (the template writes `<s>`),
@@ -489,6 +509,37 @@ impl minijinja::value::Object for MessageObject {
     }
 }
 
+/// Instructions one chat-template render may execute. Templates come with the model, and
+/// minijinja runs loops as long as they say (nested `range(10000)` loops run 10^8 iterations);
+/// a real template spends a few hundred per message, so this leaves room for conversations of
+/// tens of thousands of messages and stops a runaway one within about a second.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Bytes of text one chat-template render may write: far past any context window's prompt
+/// (a million tokens is a few MB), far short of exhausting memory.
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 64 << 20;
+
+/// The rendered text, refusing writes past [`TEMPLATE_OUTPUT_LIMIT`] (which ends the render).
+struct CappedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > TEMPLATE_OUTPUT_LIMIT {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What `raise_exception` raised, carried as the source of the template error.
 #[derive(Debug)]
 struct RaisedException(String);
@@ -519,6 +570,7 @@ fn template_error(e: minijinja::Error) -> Error {
 /// The environment transformers renders chat templates in, as far as minijinja goes.
 fn template_env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
