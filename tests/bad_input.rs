@@ -496,3 +496,61 @@ fn symlinked_shards_in_the_hugging_face_cache_layout_load() {
     let e = moe::Engine::load(&moe::ModelSource::Dir(snap)).unwrap();
     assert_eq!(e.config().num_hidden_layers, 4);
 }
+
+// ---- Checkpoints that change on disk after load ----
+
+/// With `no_mmap` the weights live in private memory: the checkpoint truncated to nothing (and
+/// then deleted) after load changes nothing, and generation still matches transformers' goldens.
+#[test]
+fn no_mmap_weights_survive_the_checkpoint_being_truncated() {
+    let dir = small_copy("no-mmap");
+    let opts = moe::LoadOptions {
+        no_mmap: true,
+        ..Default::default()
+    };
+    let e =
+        moe::Engine::load_with(&moe::ModelSource::Dir(dir.clone()), moe::CpuBackend, opts).unwrap();
+    let shard = dir.join("model.safetensors");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    moe_tests::check_greedy_generation(&e, "mixtral-small-f32", "generated_ids", true);
+    std::fs::remove_file(&shard).unwrap();
+    moe_tests::check_greedy_generation(&e, "mixtral-small-f32", "generated_ids", true);
+}
+
+/// A GGUF file read with `no_mmap` gives exactly what the mapped file gives (tensor data at the
+/// same alignment), and survives the file being truncated after load.
+#[test]
+fn no_mmap_gguf_matches_the_mapped_file() {
+    let src = fixture("gguf-mixtral-a").join("gguf-mixtral-a.Q4_K_M.gguf");
+    let copy = std::env::temp_dir().join(format!("moe-test-{}-no-mmap.gguf", std::process::id()));
+    std::fs::copy(&src, &copy).unwrap();
+    let generate = |e: &moe::Engine| {
+        let req = moe::GenerateRequest::new(
+            moe::Prompt::Tokens(vec![1, 391, 442, 373, 274]),
+            moe_tests::greedy_16(),
+        );
+        let c = e.generate(&[req]).unwrap().remove(0);
+        let lps: Vec<f32> = c.logprobs.unwrap().iter().map(|l| l.logprob).collect();
+        (c.token_ids, lps)
+    };
+    let want = generate(&moe::Engine::load(&moe::ModelSource::Gguf(src)).unwrap());
+    let opts = moe::LoadOptions {
+        no_mmap: true,
+        ..Default::default()
+    };
+    let e = moe::Engine::load_with(&moe::ModelSource::Gguf(copy.clone()), moe::CpuBackend, opts)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(generate(&e), want);
+    std::fs::remove_file(&copy).unwrap();
+}

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 /// Bytes of one shard: a read-only mmap, or data compiled into the binary.
 pub enum Storage {
-    Mmap(memmap2::Mmap),
+    Mmap(Mapped),
+    /// Read into private memory at load (`LoadOptions::no_mmap`).
+    Read(AlignedBytes),
     Static(&'static [u8]),
     /// A GGUF file (mapped), its tensors renamed to the family's Hugging Face names.
     Gguf(crate::gguf::Gguf),
@@ -25,11 +27,80 @@ pub enum Storage {
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mmap(m) => m,
+            Storage::Mmap(m) => m.bytes(),
+            Storage::Read(b) => b.bytes(),
             Storage::Static(s) => s,
             Storage::Gguf(g) => g.bytes(),
             Storage::Owned(v) => v,
         }
+    }
+}
+
+/// A file mapped read-only, known to the SIGBUS handler (see [`crate::sigbus`]) while mapped.
+pub struct Mapped {
+    map: memmap2::Mmap,
+    _registration: crate::sigbus::Registration,
+}
+
+impl Mapped {
+    pub fn new(path: &Path, file: &std::fs::File) -> Result<Self> {
+        // SAFETY: the map is read-only. A checkpoint rewritten while it is mapped may change
+        // under us (as with every mmap-based loader); we only promise not to write to it. One
+        // truncated while mapped raises SIGBUS on the next read of a lost page, which the
+        // registration below turns into a message naming the file (or use `no_mmap`).
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
+        // Ask for 2 MiB page-cache folios mapped by one page-table entry each: a decode step
+        // streams hundreds of MB, and 4 KiB pages cost a TLB miss and a prefetcher restart
+        // every 4 KiB; a cold read also becomes 2 MiB requests instead of fault-sized ones.
+        // Only a hint: kernels without file-backed huge pages refuse it, and nothing changes.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let _registration = crate::sigbus::register(path, &map);
+        Ok(Mapped { map, _registration })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// 64 bytes aligned to 64: the unit of [`AlignedBytes`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+// SAFETY: a byte array with no padding (size 64 = alignment 64); every bit pattern is valid.
+unsafe impl bytemuck::Zeroable for Line {}
+unsafe impl bytemuck::Pod for Line {}
+
+/// A whole file read into private memory, 64-byte aligned like a map's page-aligned start, so
+/// the tensors inside keep the alignment their element types need.
+pub struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Reads all of `file` (the file at `path`). A file that shrinks while being read is an error
+    /// naming it.
+    pub fn read(path: &Path, file: &mut std::fs::File) -> Result<Self> {
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let len = usize::try_from(len)
+            .map_err(|_| bad(path, format!("{len} bytes do not fit in memory")))?;
+        let mut lines = bytemuck::allocation::zeroed_vec::<Line>(len.div_ceil(64));
+        let buf = &mut bytemuck::cast_slice_mut::<Line, u8>(&mut lines)[..len];
+        std::io::Read::read_exact(file, buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad(path, "the file shrank while it was being read")
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        Ok(AlignedBytes { lines, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len]
     }
 }
 
@@ -364,6 +435,13 @@ impl Weights {
     /// The shards of a HuggingFace model directory: those listed by
     /// `model.safetensors.index.json`, else `model.safetensors`, else every `*.safetensors`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
+        Self::open_dir_with(dir, true)
+    }
+
+    /// [`Weights::open_dir`], with `mmap` false reading every shard into private memory instead
+    /// of mapping it: the checkpoint may then change or vanish on disk without affecting the
+    /// process, at the cost of reading it all at load and holding it in RAM.
+    pub fn open_dir_with(dir: &Path, mmap: bool) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let index = if index_path.exists() {
             Some(read_index(&index_path)?)
@@ -391,17 +469,13 @@ impl Weights {
         }
         let mut shards = Vec::new();
         for path in files {
-            let file = open_regular(&path)?;
-            // SAFETY: the map is read-only. A checkpoint rewritten while it is mapped may change
-            // under us (as with every mmap-based loader); we only promise not to write to it.
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            // Ask for 2 MiB page-cache folios mapped by one page-table entry each: a decode step
-            // streams hundreds of MB, and 4 KiB pages cost a TLB miss and a prefetcher restart
-            // every 4 KiB; a cold read also becomes 2 MiB requests instead of fault-sized ones.
-            // Only a hint: kernels without file-backed huge pages refuse it, and nothing changes.
-            #[cfg(target_os = "linux")]
-            let _ = mmap.advise(memmap2::Advice::HugePage);
-            shards.push((path, Storage::Mmap(mmap)));
+            let mut file = open_regular(&path)?;
+            let storage = if mmap {
+                Storage::Mmap(Mapped::new(&path, &file)?)
+            } else {
+                Storage::Read(AlignedBytes::read(&path, &mut file)?)
+            };
+            shards.push((path, storage));
         }
         let w = Self::from_storages(shards)?;
         if let Some(index) = &index {
