@@ -510,3 +510,25 @@ fn long_conversations_render_within_the_limit() {
     let text = t.apply_chat_template(&messages, true).unwrap();
     assert!(text.contains("question 19998") && text.contains("answer 19999"));
 }
+
+/// Found by tests/fuzz.rs: a BPE `continuing_subword_prefix` longer than a merge's second token
+/// panicked inside `tokenizers` at load; a template raising an empty message gave an empty error.
+#[test]
+fn fuzz_findings_are_named_errors() {
+    let mut v = small_json();
+    v["model"]["continuing_subword_prefix"] = "@@@@@@@@@@@@@@@@".into();
+    tokenizer_err(
+        &v,
+        "does not start with continuing_subword_prefix `@@@@@@@@@@@@@@@@`",
+    );
+    let t = from_json(&small_json())
+        .unwrap()
+        .with_chat_template("{{ raise_exception('') }}".into());
+    let e = t
+        .apply_chat_template(&[ChatMessage::user("x")], true)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "chat template: the chat template raised an error with no message"
+    );
+}

@@ -94,6 +94,39 @@ fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     })
 }
 
+/// With a `continuing_subword_prefix`, `tokenizers` builds each BPE merge by cutting the prefix
+/// off its second token unchecked: a second token shorter than the prefix panics at load, and
+/// one that does not start with it is cut inside a character. Every second token must start
+/// with the prefix.
+fn check_bpe_merges(model: &serde_json::Value) -> Result<()> {
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let merges = model.get("merges").and_then(|m| m.as_array());
+    for m in merges.into_iter().flatten() {
+        let second = match m {
+            serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+            serde_json::Value::Array(a) => a.get(1).and_then(|b| b.as_str()),
+            _ => None,
+        };
+        if let Some(b) = second {
+            if !b.starts_with(prefix) {
+                let b: String = b.chars().take(80).collect();
+                return Err(tok_err(format!(
+                    "invalid tokenizer.json: model: merge token `{b}` does not start with \
+                     continuing_subword_prefix `{}`",
+                    prefix.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that every special token `tokenizer.json`'s post-processor adds exists: a template
 /// naming a token its `special_tokens` do not define panics in `tokenizers` at the first encode,
 /// and ids past the vocabulary would reach the model's embedding.
@@ -265,6 +298,9 @@ impl Tokenizer {
     fn build(tokenizer_json: &[u8], config: Option<&serde_json::Value>) -> Result<Self> {
         let json: serde_json::Value = serde_json::from_slice(tokenizer_json)
             .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
+        if let Some(model) = json.get("model") {
+            check_bpe_merges(model)?;
+        }
         let mut inner = no_panic("loading tokenizer.json", || {
             tokenizers::Tokenizer::from_bytes(tokenizer_json)
         })?
@@ -556,6 +592,11 @@ fn template_error(e: minijinja::Error) -> Error {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<RaisedException>() {
+            if r.0.trim().is_empty() {
+                return Error::ChatTemplate(
+                    "the chat template raised an error with no message".into(),
+                );
+            }
             return Error::ChatTemplate(r.0.clone());
         }
         src = s.source();
