@@ -341,3 +341,216 @@ fn configs_disagreeing_with_their_tensors_are_named_errors() {
     let e = err_text(load_dir(&edit("eps", "rms_norm_eps", 1e300.into())));
     assert!(e.contains("rms_norm_eps") && e.contains("finite"), "{e}");
 }
+
+// ---- Files that are not regular files, and indexes pointing elsewhere ----
+
+/// A scratch copy of the small fixture with its weights (config, tokenizer and checkpoint).
+fn small_copy(tag: &str) -> std::path::PathBuf {
+    let dir = scratch_model_dir("mixtral-small-f32", tag);
+    std::fs::copy(
+        fixture("mixtral-small-f32").join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    dir
+}
+
+fn engine_err(source: moe::ModelSource) -> String {
+    match moe::Engine::load(&source) {
+        Ok(_) => panic!("expected an error loading {source:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
+}
+
+/// Each file the loader reads, replaced by a FIFO (with no writer: an `open` of it would block
+/// forever) or by a directory, is refused by name before it is opened.
+#[test]
+fn fifos_and_directories_named_like_model_files_are_named_errors() {
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "model.safetensors.index.json",
+    ] {
+        let dir = small_copy(&format!("fifo-{name}"));
+        mkfifo(&dir.join(name));
+        let e = engine_err(moe::ModelSource::Dir(dir.clone()));
+        assert!(
+            e.contains(name) && e.contains("is a FIFO, not a regular file"),
+            "{name}: {e}"
+        );
+    }
+    let dir = small_copy("dir-shard");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = engine_err(moe::ModelSource::Dir(dir.clone()));
+    assert!(
+        e.contains("model.safetensors") && e.contains("is a directory, not a regular file"),
+        "{e}"
+    );
+    // A symlink to a FIFO is judged by what it points at.
+    let dir = small_copy("fifo-link");
+    mkfifo(&dir.join("elsewhere"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", dir.join("model.safetensors")).unwrap();
+    let e = engine_err(moe::ModelSource::Dir(dir.clone()));
+    assert!(e.contains("is a FIFO"), "{e}");
+    // A GGUF path.
+    let gguf = dir.join("fifo.gguf");
+    mkfifo(&gguf);
+    let e = engine_err(moe::ModelSource::Gguf(gguf));
+    assert!(e.contains("fifo.gguf") && e.contains("is a FIFO"), "{e}");
+}
+
+fn write_index(dir: &Path, entries: &[(&str, serde_json::Value)]) {
+    let mut map = serde_json::Map::new();
+    for t in read_raw_tensors("mixtral-small-f32") {
+        map.insert(t.name, "model.safetensors".into());
+    }
+    for (name, file) in entries {
+        map.insert(name.to_string(), file.clone());
+    }
+    let v = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), v.to_string()).unwrap();
+}
+
+/// `weight_map` names a shard outside the directory: refused before that file is opened, with
+/// a message naming the index and the tensor and nothing of the file pointed at.
+#[test]
+fn index_entries_outside_the_model_directory_are_refused() {
+    let dir = small_copy("index-escape");
+    // A readable file outside the directory whose text must not reach the message.
+    let outside = dir.parent().unwrap().join(format!(
+        "moe-test-{}-secret.safetensors",
+        std::process::id()
+    ));
+    std::fs::write(&outside, b"SECRET-CONTENT not a checkpoint").unwrap();
+    let absolute = outside.display().to_string();
+    let dotdot = format!("../{}", outside.file_name().unwrap().to_str().unwrap());
+    for entry in [
+        absolute.as_str(),
+        dotdot.as_str(),
+        "sub/../../x.safetensors",
+        "",
+    ] {
+        write_index(&dir, &[("model.norm.weight", entry.into())]);
+        let e = engine_err(moe::ModelSource::Dir(dir.clone()));
+        assert!(
+            e.contains("model.safetensors.index.json")
+                && e.contains(
+                    "weight_map entry for `model.norm.weight` points outside the model directory"
+                ),
+            "{entry:?}: {e}"
+        );
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+    write_index(&dir, &[("model.norm.weight", 7.into())]);
+    let e = engine_err(moe::ModelSource::Dir(dir.clone()));
+    assert!(
+        e.contains("weight_map entry for `model.norm.weight` is not a file name"),
+        "{e}"
+    );
+    // An entry inside the directory is one more name of the same shard.
+    write_index(&dir, &[("model.norm.weight", "./model.safetensors".into())]);
+    moe::Engine::load(&moe::ModelSource::Dir(dir.clone())).unwrap();
+    write_index(&dir, &[("model.norm.weight", "other.safetensors".into())]);
+    let e = engine_err(moe::ModelSource::Dir(dir.clone()));
+    assert!(e.contains("other.safetensors"), "{e}");
+    std::fs::remove_file(&outside).unwrap();
+}
+
+/// Shards that are symlinks out of the directory (the Hugging Face cache's layout:
+/// `snapshots/<rev>/model.safetensors -> ../../blobs/<hash>`) still load: the directory's owner
+/// placed them, unlike a name inside the index.
+#[test]
+fn symlinked_shards_in_the_hugging_face_cache_layout_load() {
+    let root = scratch_model_dir("mixtral-small-f32", "hf-cache");
+    let blobs = root.join("blobs");
+    let snap = root.join("snapshots").join("rev");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(fixture("mixtral-small-f32").join(f), blobs.join(f)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{f}"), snap.join(f)).unwrap();
+    }
+    write_index(&snap, &[]);
+    let e = moe::Engine::load(&moe::ModelSource::Dir(snap)).unwrap();
+    assert_eq!(e.config().num_hidden_layers, 4);
+}
+
+// ---- Checkpoints that change on disk after load ----
+
+/// With `no_mmap` the weights live in private memory: the checkpoint truncated to nothing (and
+/// then deleted) after load changes nothing, and generation still matches transformers' goldens.
+#[test]
+fn no_mmap_weights_survive_the_checkpoint_being_truncated() {
+    let dir = small_copy("no-mmap");
+    let opts = moe::LoadOptions {
+        no_mmap: true,
+        ..Default::default()
+    };
+    let e =
+        moe::Engine::load_with(&moe::ModelSource::Dir(dir.clone()), moe::CpuBackend, opts).unwrap();
+    let shard = dir.join("model.safetensors");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    moe_tests::check_greedy_generation(&e, "mixtral-small-f32", "generated_ids", true);
+    std::fs::remove_file(&shard).unwrap();
+    moe_tests::check_greedy_generation(&e, "mixtral-small-f32", "generated_ids", true);
+}
+
+/// A GGUF file read with `no_mmap` gives exactly what the mapped file gives (tensor data at the
+/// same alignment), and survives the file being truncated after load.
+#[test]
+fn no_mmap_gguf_matches_the_mapped_file() {
+    let src = fixture("gguf-mixtral-a").join("gguf-mixtral-a.Q4_K_M.gguf");
+    let copy = std::env::temp_dir().join(format!("moe-test-{}-no-mmap.gguf", std::process::id()));
+    std::fs::copy(&src, &copy).unwrap();
+    let generate = |e: &moe::Engine| {
+        let req = moe::GenerateRequest::new(
+            moe::Prompt::Tokens(vec![1, 391, 442, 373, 274]),
+            moe_tests::greedy_16(),
+        );
+        let c = e.generate(&[req]).unwrap().remove(0);
+        let lps: Vec<f32> = c.logprobs.unwrap().iter().map(|l| l.logprob).collect();
+        (c.token_ids, lps)
+    };
+    let want = generate(&moe::Engine::load(&moe::ModelSource::Gguf(src)).unwrap());
+    let opts = moe::LoadOptions {
+        no_mmap: true,
+        ..Default::default()
+    };
+    let e = moe::Engine::load_with(&moe::ModelSource::Gguf(copy.clone()), moe::CpuBackend, opts)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(generate(&e), want);
+    std::fs::remove_file(&copy).unwrap();
+}

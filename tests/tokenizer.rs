@@ -364,3 +364,171 @@ fn chatml_template_of_the_qwen_fixtures() {
         Err(Error::ChatTemplate(m)) if m.contains("no chat_template")
     ));
 }
+
+// ---- Hostile tokenizer.json files (edited copies of the small fixture) ----
+
+fn small_json() -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(fixture("mixtral-small-f32").join("tokenizer.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+fn from_json(v: &serde_json::Value) -> Result<Tokenizer, Error> {
+    Tokenizer::from_bytes(v.to_string().as_bytes(), None)
+}
+
+#[track_caller]
+fn tokenizer_err(v: &serde_json::Value, needle: &str) {
+    match from_json(v) {
+        Ok(t) => panic!("accepted; encodes to {:?}", t.encode("Hello world", true)),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(matches!(e, Error::Tokenizer(_)), "{m}");
+            assert!(m.contains(needle), "expected `{needle}` in: {m}");
+        }
+    }
+}
+
+/// A post-processor naming a special token that is not defined (the `tokenizers` crate panics
+/// at the first encode with such a file), or one past the vocabulary, is refused at load.
+#[test]
+fn post_processor_special_tokens_must_exist() {
+    let mut v = small_json();
+    v["post_processor"]["single"][0]["SpecialToken"]["id"] = "<nope>".into();
+    tokenizer_err(
+        &v,
+        "the `single` template names special token `<nope>`, which `special_tokens` does not define",
+    );
+    let mut v = small_json();
+    v["post_processor"]["pair"][2]["SpecialToken"]["id"] = "[SEP]".into();
+    tokenizer_err(&v, "the `pair` template names special token `[SEP]`");
+    let mut v = small_json();
+    v["post_processor"]["special_tokens"]["<s>"]["ids"] = serde_json::json!([100000]);
+    tokenizer_err(
+        &v,
+        "special token `<s>` has id 100000, outside the vocabulary (size 512)",
+    );
+    let mut v = small_json();
+    v["post_processor"]["special_tokens"]["<s>"]["ids"] = serde_json::json!([1, 1]);
+    tokenizer_err(&v, "special token `<s>` has 2 ids and 1 tokens");
+    let mut v = small_json();
+    v["post_processor"]["special_tokens"]["<s>"]["tokens"] = serde_json::json!(["<zz>"]);
+    tokenizer_err(&v, "adds token `<zz>`, which is not in the vocabulary");
+    // Inside a Sequence too.
+    let mut v = small_json();
+    let mut inner = v["post_processor"].clone();
+    inner["single"][0]["SpecialToken"]["id"] = "<nope>".into();
+    v["post_processor"] = serde_json::json!({"type": "Sequence", "processors": [inner]});
+    tokenizer_err(&v, "special token `<nope>`");
+    let mut v = small_json();
+    v["post_processor"] =
+        serde_json::json!({"type": "BertProcessing", "sep": ["</s>", 2], "cls": ["<s>", 70000]});
+    tokenizer_err(
+        &v,
+        "BertProcessing's `cls` token has id 70000, outside the vocabulary",
+    );
+    // The unedited file loads and adds `<s>`.
+    let t = from_json(&small_json()).unwrap();
+    assert_eq!(t.encode("Hello", true).unwrap()[0], 1);
+}
+
+/// `padding` and `truncation` in tokenizer.json are training-batch settings: the engine's encodes
+/// ignore them (padding to a fixed 10^9 would allocate gigabytes per prompt; truncation would cut
+/// every prompt to its first token).
+#[test]
+fn padding_and_truncation_in_tokenizer_json_do_not_apply() {
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let want = from_json(&small_json())
+        .unwrap()
+        .encode(text, true)
+        .unwrap();
+    assert!(want.len() > 5, "{want:?}");
+    let mut v = small_json();
+    v["padding"] = serde_json::json!({
+        "strategy": {"Fixed": 1_000_000_000u64}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": "<unk>"
+    });
+    let t = from_json(&v).unwrap();
+    assert_eq!(t.encode(text, true).unwrap(), want);
+    let mut v = small_json();
+    v["truncation"] = serde_json::json!({
+        "direction": "Right", "max_length": 1, "strategy": "LongestFirst", "stride": 0
+    });
+    let t = from_json(&v).unwrap();
+    assert_eq!(t.encode(text, true).unwrap(), want);
+    assert_eq!(t.encode(text, false).unwrap(), want[1..]);
+}
+
+// ---- Hostile chat templates ----
+
+#[track_caller]
+fn template_limit(template: &str) {
+    let t = Tokenizer::from_dir(&fixture("mixtral-small-f32"))
+        .unwrap()
+        .with_chat_template(template.into());
+    let t0 = std::time::Instant::now();
+    match t.apply_chat_template(&[ChatMessage::user("hi")], true) {
+        Ok(s) => panic!("rendered {} bytes", s.len()),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("chat template exceeded its evaluation limit"),
+                "{m}"
+            );
+        }
+    }
+    eprintln!("stopped after {:?}", t0.elapsed());
+}
+
+/// A template that would run 10^8 loop iterations, or write a gigabyte, stops at the limit with
+/// a named error instead of running for minutes or exhausting memory.
+#[test]
+fn runaway_chat_templates_stop_at_the_evaluation_limit() {
+    template_limit(
+        "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+    );
+    template_limit("{% for i in range(100000) %}{% for m in messages %}{{ m.content }}{% endfor %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+    // Few instructions, much output: 100 × 10 MB.
+    template_limit("{% for i in range(100) %}{{ 'x' * 10000000 }}{% endfor %}");
+}
+
+/// The limit leaves room for long real conversations: 20 000 turns through the Qwen fixtures'
+/// ChatML template (with its per-message loops) render in full.
+#[test]
+fn long_conversations_render_within_the_limit() {
+    let t = Tokenizer::from_dir(&fixture("qwen3_moe-tiny-f32")).unwrap();
+    let messages: Vec<ChatMessage> = (0..20_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                ChatMessage::user(format!("question {i}"))
+            } else {
+                ChatMessage::assistant(format!("answer {i}"))
+            }
+        })
+        .collect();
+    let text = t.apply_chat_template(&messages, true).unwrap();
+    assert!(text.contains("question 19998") && text.contains("answer 19999"));
+}
+
+/// Found by tests/fuzz.rs: a BPE `continuing_subword_prefix` longer than a merge's second token
+/// panicked inside `tokenizers` at load; a template raising an empty message gave an empty error.
+#[test]
+fn fuzz_findings_are_named_errors() {
+    let mut v = small_json();
+    v["model"]["continuing_subword_prefix"] = "@@@@@@@@@@@@@@@@".into();
+    tokenizer_err(
+        &v,
+        "does not start with continuing_subword_prefix `@@@@@@@@@@@@@@@@`",
+    );
+    let t = from_json(&small_json())
+        .unwrap()
+        .with_chat_template("{{ raise_exception('') }}".into());
+    let e = t
+        .apply_chat_template(&[ChatMessage::user("x")], true)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "chat template: the chat template raised an error with no message"
+    );
+}

@@ -50,6 +50,11 @@ pub struct LoadOptions<'a> {
     /// projections) of a float checkpoint to this ggml type at load (in-situ quantisation).
     pub quantize: Option<moe_kernels::quant::GgmlType>,
     pub quantize_attention: bool,
+    /// Read checkpoint files into private memory instead of mapping them. A mapped file that is
+    /// truncated or rewritten while the model runs changes under it (a truncation kills the
+    /// process with SIGBUS, which [`crate::sigbus`] names); a read one cannot, at the cost of a
+    /// full read at load and resident memory for all of it.
+    pub no_mmap: bool,
 }
 
 /// What was loaded and how long it took.
@@ -118,11 +123,11 @@ impl<B: Backend> Engine<B> {
                 });
             }
             ModelSource::Dir(dir) => {
-                let (cfg, w, tok) = open_dir(dir)?;
+                let (cfg, w, tok) = open_dir(dir, !opts.no_mmap)?;
                 (dir_name(dir), dir.display().to_string(), cfg, w, tok, None)
             }
             ModelSource::Gguf(file) => {
-                let (cfg, w, tok) = crate::models::gguf::open(file)?;
+                let (cfg, w, tok) = crate::models::gguf::open_with(file, !opts.no_mmap)?;
                 let name = file
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -133,9 +138,9 @@ impl<B: Backend> Engine<B> {
                 let presets = Presets::discover()?;
                 let p = presets.get(name)?.clone();
                 let opened = if p.path.extension().is_some_and(|e| e == "gguf") {
-                    crate::models::gguf::open(&p.path)
+                    crate::models::gguf::open_with(&p.path, !opts.no_mmap)
                 } else {
-                    open_dir(&p.path)
+                    open_dir(&p.path, !opts.no_mmap)
                 };
                 let (cfg, w, tok) = opened.map_err(|e| Error::Preset {
                     name: name.clone(),
@@ -218,7 +223,7 @@ fn dir_name(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
+fn open_dir(dir: &Path, mmap: bool) -> Result<(ModelConfig, Weights, Tokenizer)> {
     if !dir.is_dir() {
         return Err(Error::io(
             dir,
@@ -229,8 +234,8 @@ fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
     // generation_config.json's end-of-sequence ids join config.json's (Qwen lists `<|im_end|>`
     // only there).
     let gen = dir.join("generation_config.json");
-    if gen.is_file() {
-        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
+    if gen.exists() {
+        let text = crate::weights::read_regular_string(&gen)?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", gen.display())))?;
         let ids: Vec<u32> = match &v["eos_token_id"] {
@@ -248,7 +253,7 @@ fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
             }
         }
     }
-    let weights = Weights::open_dir(dir)?;
+    let weights = Weights::open_dir_with(dir, mmap)?;
     let tok = Tokenizer::from_dir(dir)?;
     Ok((cfg, weights, tok))
 }

@@ -12,6 +12,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A model file that is a FIFO, socket, device or directory: opening or reading one could
+    /// block forever or never end.
+    #[error("{path}: is {kind}, not a regular file")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("{path}: invalid JSON: {message}")]
     Json { path: PathBuf, message: String },
     #[error("invalid model config: {0}")]

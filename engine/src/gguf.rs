@@ -236,14 +236,16 @@ impl GgufTensor {
 }
 
 enum Storage {
-    Mmap(memmap2::Mmap),
+    Mmap(crate::weights::Mapped),
+    Read(crate::weights::AlignedBytes),
     Owned(Vec<u8>),
 }
 
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mmap(m) => m,
+            Storage::Mmap(m) => m.bytes(),
+            Storage::Read(b) => b.bytes(),
             Storage::Owned(v) => v,
         }
     }
@@ -276,15 +278,21 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-maps and parses `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf> {
+        Self::open_with(path, true)
+    }
+
+    /// Parses `path`, mapped, or with `mmap` false read into private memory (see
+    /// [`crate::weights::Weights::open_dir_with`]).
+    pub fn open_with(path: impl AsRef<Path>, mmap: bool) -> Result<Gguf> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut file = crate::weights::open_regular(&path)?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let storage = if len == 0 {
             Storage::Owned(Vec::new())
+        } else if mmap {
+            Storage::Mmap(crate::weights::Mapped::new(&path, &file)?)
         } else {
-            // SAFETY: the map is read-only; like every mmap-based loader we assume nobody truncates
-            // or rewrites the file while it is open.
-            Storage::Mmap(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?)
+            Storage::Read(crate::weights::AlignedBytes::read(&path, &mut file)?)
         };
         Self::parse(path, storage)
     }

@@ -28,6 +28,7 @@ pub mod presets;
 pub mod sampling;
 pub mod scheduler;
 pub mod server;
+pub mod sigbus;
 pub mod stats;
 pub mod tokenizer;
 pub mod trace;

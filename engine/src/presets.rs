@@ -52,7 +52,7 @@ impl Presets {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::weights::read_regular_string(path)?;
         let mut presets: BTreeMap<String, Preset> =
             toml::from_str(&text).map_err(|e| Error::Preset {
                 name: path.display().to_string(),

@@ -77,6 +77,148 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// Runs a `tokenizers` call, a panic inside it becoming a named error. A backstop only: the
+/// crate indexes its own tables with `[]` and trusts `tokenizer.json` to be consistent; the
+/// checks in [`check_post_processor`] refuse the inconsistencies known to reach those indexes.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let msg: String = msg.chars().take(200).collect();
+        tok_err(format!(
+            "{what} failed inside the tokenizers library ({msg}): tokenizer.json is inconsistent"
+        ))
+    })
+}
+
+/// With a `continuing_subword_prefix`, `tokenizers` builds each BPE merge by cutting the prefix
+/// off its second token unchecked: a second token shorter than the prefix panics at load, and
+/// one that does not start with it is cut inside a character. Every second token must start
+/// with the prefix.
+fn check_bpe_merges(model: &serde_json::Value) -> Result<()> {
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let merges = model.get("merges").and_then(|m| m.as_array());
+    for m in merges.into_iter().flatten() {
+        let second = match m {
+            serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+            serde_json::Value::Array(a) => a.get(1).and_then(|b| b.as_str()),
+            _ => None,
+        };
+        if let Some(b) = second {
+            if !b.starts_with(prefix) {
+                let b: String = b.chars().take(80).collect();
+                return Err(tok_err(format!(
+                    "invalid tokenizer.json: model: merge token `{b}` does not start with \
+                     continuing_subword_prefix `{}`",
+                    prefix.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every special token `tokenizer.json`'s post-processor adds exists: a template
+/// naming a token its `special_tokens` do not define panics in `tokenizers` at the first encode,
+/// and ids past the vocabulary would reach the model's embedding.
+fn check_post_processor(pp: &serde_json::Value, tok: &tokenizers::Tokenizer) -> Result<()> {
+    let vocab = tok.get_vocab_size(true);
+    let fail = |m: String| {
+        Err(tok_err(format!(
+            "invalid tokenizer.json: post_processor: {m}"
+        )))
+    };
+    let short = |s: &str| s.chars().take(80).collect::<String>();
+    let check_id = |what: &str, id: Option<u64>| -> Result<()> {
+        match id {
+            Some(id) if (id as usize) < vocab => Ok(()),
+            Some(id) => fail(format!(
+                "{what} has id {id}, outside the vocabulary (size {vocab})"
+            )),
+            None => fail(format!("{what} has no id")),
+        }
+    };
+    match pp.get("type").and_then(|t| t.as_str()) {
+        Some("TemplateProcessing") => {
+            let empty = serde_json::Map::new();
+            let specials = pp
+                .get("special_tokens")
+                .and_then(|s| s.as_object())
+                .unwrap_or(&empty);
+            for (name, t) in specials {
+                let what = format!("special token `{}`", short(name));
+                let ids = t.get("ids").and_then(|v| v.as_array());
+                let tokens = t.get("tokens").and_then(|v| v.as_array());
+                let (Some(ids), Some(tokens)) = (ids, tokens) else {
+                    return fail(format!("{what} has no `ids` and `tokens` lists"));
+                };
+                if ids.len() != tokens.len() {
+                    return fail(format!(
+                        "{what} has {} ids and {} tokens",
+                        ids.len(),
+                        tokens.len()
+                    ));
+                }
+                for id in ids {
+                    check_id(&what, id.as_u64())?;
+                }
+                for t in tokens {
+                    let t = t.as_str().unwrap_or_default();
+                    if tok.token_to_id(t).is_none() {
+                        return fail(format!(
+                            "{what} adds token `{}`, which is not in the vocabulary",
+                            short(t)
+                        ));
+                    }
+                }
+            }
+            for key in ["single", "pair"] {
+                let pieces = pp.get(key).and_then(|v| v.as_array());
+                for piece in pieces.into_iter().flatten() {
+                    if let Some(id) = piece
+                        .get("SpecialToken")
+                        .and_then(|s| s.get("id"))
+                        .and_then(|s| s.as_str())
+                    {
+                        if !specials.contains_key(id) {
+                            return fail(format!(
+                                "the `{key}` template names special token `{}`, which \
+                                 `special_tokens` does not define",
+                                short(id)
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Some(kind @ ("BertProcessing" | "RobertaProcessing")) => {
+            for key in ["sep", "cls"] {
+                let id = pp.get(key).and_then(|v| v.get(1)).and_then(|v| v.as_u64());
+                check_id(&format!("{kind}'s `{key}` token"), id)?;
+            }
+            Ok(())
+        }
+        Some("Sequence") => {
+            let processors = pp.get("processors").and_then(|v| v.as_array());
+            for p in processors.into_iter().flatten() {
+                check_post_processor(p, tok)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A special token in `tokenizer_config.json`: a string, or an `AddedToken` object
 /// (`{"content": ..., "__type": "AddedToken", ...}`); null or absent means unset.
 fn special_token(v: Option<&serde_json::Value>) -> Option<String> {
@@ -106,10 +248,12 @@ impl Tokenizer {
     /// (where newer transformers save the template) is used when the config has no template.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
+        let json = crate::weights::read_regular(&tj)?;
         let tc = dir.join("tokenizer_config.json");
-        let config = if tc.is_file() {
-            let bytes = std::fs::read(&tc).map_err(|e| Error::io(&tc, e))?;
+        // Optional files that exist must be regular files too: `is_file()` would skip a FIFO
+        // silently, and reading one would block.
+        let config = if tc.exists() {
+            let bytes = crate::weights::read_regular(&tc)?;
             let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
                 path: tc.clone(),
                 message: e.to_string(),
@@ -130,8 +274,8 @@ impl Tokenizer {
         })?;
         if tok.chat_template.is_none() {
             let jinja = dir.join("chat_template.jinja");
-            if jinja.is_file() {
-                let t = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+            if jinja.exists() {
+                let t = crate::weights::read_regular_string(&jinja)?;
                 tok.chat_template = Some(t);
             }
         }
@@ -152,7 +296,25 @@ impl Tokenizer {
     }
 
     fn build(tokenizer_json: &[u8], config: Option<&serde_json::Value>) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        let json: serde_json::Value = serde_json::from_slice(tokenizer_json)
+            .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
+        if let Some(model) = json.get("model") {
+            check_bpe_merges(model)?;
+        }
+        let mut inner = no_panic("loading tokenizer.json", || {
+            tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        })?
+        .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
+        if let Some(pp) = json.get("post_processor") {
+            check_post_processor(pp, &inner)?;
+        }
+        // `padding` and `truncation` are settings for batched training inputs: applied to the
+        // engine's own encodes, `Fixed` padding to 10^9 allocates gigabytes per prompt and a
+        // truncation block silently cuts every prompt short. transformers' `apply_chat_template`
+        // and the engine's context check decide lengths instead.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| tok_err(format!("invalid tokenizer.json: {e}")))?;
         if let Some(c) = config {
             if !c.is_object() {
@@ -205,17 +367,17 @@ impl Tokenizer {
 
     /// With `add_special_tokens`, the post-processor's tokens are added (`<s>` first for Mistral).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode_fast(text, add_special_tokens)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec())
+        Ok(no_panic("encoding", || {
+            self.inner.encode_fast(text, add_special_tokens)
+        })?
+        .map_err(tok_err)?
+        .get_ids()
+        .to_vec())
     }
 
     /// Ids outside the vocabulary are skipped, as `tokenizers` (and transformers) skip them.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(tok_err)
+        no_panic("decoding", || self.inner.decode(ids, skip_special_tokens))?.map_err(tok_err)
     }
 
     /// Vocabulary size including added tokens.
@@ -315,7 +477,27 @@ impl Tokenizer {
                 ctx.insert(name, Value::from(t.as_str()));
             }
         }
-        self.env.render_str(template, ctx).map_err(template_error)
+        let template = self
+            .env
+            .template_from_str(template)
+            .map_err(template_error)?;
+        let mut out = CappedOutput {
+            bytes: Vec::new(),
+            over: false,
+        };
+        let limit = || {
+            Error::ChatTemplate(format!(
+                "chat template exceeded its evaluation limit ({TEMPLATE_FUEL} instructions, \
+                 {TEMPLATE_OUTPUT_LIMIT} bytes of output)"
+            ))
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| Error::ChatTemplate("rendered text is not UTF-8".into())),
+            Err(_) if out.over => Err(limit()),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(limit()),
+            Err(e) => Err(template_error(e)),
+        }
     }
 
     /// Renders, then encodes without adding special tokens again (the template writes `<s>`),
@@ -363,6 +545,37 @@ impl minijinja::value::Object for MessageObject {
     }
 }
 
+/// Instructions one chat-template render may execute. Templates come with the model, and
+/// minijinja runs loops as long as they say (nested `range(10000)` loops run 10^8 iterations);
+/// a real template spends a few hundred per message, so this leaves room for conversations of
+/// tens of thousands of messages and stops a runaway one within about a second.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// Bytes of text one chat-template render may write: far past any context window's prompt
+/// (a million tokens is a few MB), far short of exhausting memory.
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 64 << 20;
+
+/// The rendered text, refusing writes past [`TEMPLATE_OUTPUT_LIMIT`] (which ends the render).
+struct CappedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > TEMPLATE_OUTPUT_LIMIT {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What `raise_exception` raised, carried as the source of the template error.
 #[derive(Debug)]
 struct RaisedException(String);
@@ -379,6 +592,11 @@ fn template_error(e: minijinja::Error) -> Error {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<RaisedException>() {
+            if r.0.trim().is_empty() {
+                return Error::ChatTemplate(
+                    "the chat template raised an error with no message".into(),
+                );
+            }
             return Error::ChatTemplate(r.0.clone());
         }
         src = s.source();
@@ -393,6 +611,7 @@ fn template_error(e: minijinja::Error) -> Error {
 /// The environment transformers renders chat templates in, as far as minijinja goes.
 fn template_env() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 /// Bytes of one shard: a read-only mmap, or data compiled into the binary.
 pub enum Storage {
-    Mmap(memmap2::Mmap),
+    Mmap(Mapped),
+    /// Read into private memory at load (`LoadOptions::no_mmap`).
+    Read(AlignedBytes),
     Static(&'static [u8]),
     /// A GGUF file (mapped), its tensors renamed to the family's Hugging Face names.
     Gguf(crate::gguf::Gguf),
@@ -25,11 +27,80 @@ pub enum Storage {
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mmap(m) => m,
+            Storage::Mmap(m) => m.bytes(),
+            Storage::Read(b) => b.bytes(),
             Storage::Static(s) => s,
             Storage::Gguf(g) => g.bytes(),
             Storage::Owned(v) => v,
         }
+    }
+}
+
+/// A file mapped read-only, known to the SIGBUS handler (see [`crate::sigbus`]) while mapped.
+pub struct Mapped {
+    map: memmap2::Mmap,
+    _registration: crate::sigbus::Registration,
+}
+
+impl Mapped {
+    pub fn new(path: &Path, file: &std::fs::File) -> Result<Self> {
+        // SAFETY: the map is read-only. A checkpoint rewritten while it is mapped may change
+        // under us (as with every mmap-based loader); we only promise not to write to it. One
+        // truncated while mapped raises SIGBUS on the next read of a lost page, which the
+        // registration below turns into a message naming the file (or use `no_mmap`).
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
+        // Ask for 2 MiB page-cache folios mapped by one page-table entry each: a decode step
+        // streams hundreds of MB, and 4 KiB pages cost a TLB miss and a prefetcher restart
+        // every 4 KiB; a cold read also becomes 2 MiB requests instead of fault-sized ones.
+        // Only a hint: kernels without file-backed huge pages refuse it, and nothing changes.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let _registration = crate::sigbus::register(path, &map);
+        Ok(Mapped { map, _registration })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// 64 bytes aligned to 64: the unit of [`AlignedBytes`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+// SAFETY: a byte array with no padding (size 64 = alignment 64); every bit pattern is valid.
+unsafe impl bytemuck::Zeroable for Line {}
+unsafe impl bytemuck::Pod for Line {}
+
+/// A whole file read into private memory, 64-byte aligned like a map's page-aligned start, so
+/// the tensors inside keep the alignment their element types need.
+pub struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Reads all of `file` (the file at `path`). A file that shrinks while being read is an error
+    /// naming it.
+    pub fn read(path: &Path, file: &mut std::fs::File) -> Result<Self> {
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let len = usize::try_from(len)
+            .map_err(|_| bad(path, format!("{len} bytes do not fit in memory")))?;
+        let mut lines = bytemuck::allocation::zeroed_vec::<Line>(len.div_ceil(64));
+        let buf = &mut bytemuck::cast_slice_mut::<Line, u8>(&mut lines)[..len];
+        std::io::Read::read_exact(file, buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad(path, "the file shrank while it was being read")
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        Ok(AlignedBytes { lines, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len]
     }
 }
 
@@ -225,25 +296,160 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor
     Ok(out)
 }
 
+/// What a non-regular file is, for [`Error::NotRegularFile`].
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
+}
+
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_kind(meta.file_type()),
+        })
+    }
+}
+
+/// Opens a model file (checkpoint, index, config, tokenizer, GGUF) for reading, refusing anything
+/// but a regular file after symlinks: `open` of a FIFO blocks until a writer appears, and a
+/// device such as `/dev/zero` reads without end.
+pub fn open_regular(path: &Path) -> Result<std::fs::File> {
+    check_regular(
+        path,
+        &std::fs::metadata(path).map_err(|e| Error::io(path, e))?,
+    )?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    // Should the path be swapped for a FIFO after the check, the open still returns at once;
+    // the flag changes nothing for a regular file.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NONBLOCK);
+    let file = opts.open(path).map_err(|e| Error::io(path, e))?;
+    // What was opened is what gets read: check the open file itself too.
+    check_regular(path, &file.metadata().map_err(|e| Error::io(path, e))?)?;
+    Ok(file)
+}
+
+/// The bytes of a model file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular(path)?, &mut out)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(out)
+}
+
+/// The text of a model file (see [`open_regular`]); not UTF-8 is an I/O error naming the file.
+pub fn read_regular_string(path: &Path) -> Result<String> {
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut open_regular(path)?, &mut out)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(out)
+}
+
+/// A name from a file, cut short for an error message (a tensor name may be megabytes).
+fn short(name: &str) -> String {
+    match name.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_string(),
+    }
+}
+
+/// `model.safetensors.index.json`'s `weight_map` as (tensor, shard file name) pairs. A file name
+/// must stay inside the model directory: relative, with no `..`, so an index cannot point the
+/// loader at another file on the machine. The check is on the name, not on the canonical path,
+/// because shards may be symlinks out of the directory by the directory owner's choice (the
+/// Hugging Face cache links every snapshot file into `../../blobs/`).
+fn read_index(index: &Path) -> Result<Vec<(String, String)>> {
+    let text = read_regular_string(index)?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: index.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Json {
+            path: index.to_path_buf(),
+            message: "no `weight_map` object".into(),
+        })?;
+    let mut out = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            bad(
+                index,
+                format!(
+                    "weight_map entry for `{}` is not a file name",
+                    short(tensor)
+                ),
+            )
+        })?;
+        let inside = !file.is_empty()
+            && Path::new(file).components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+        if !inside {
+            return Err(bad(
+                index,
+                format!(
+                    "weight_map entry for `{}` points outside the model directory",
+                    short(tensor)
+                ),
+            ));
+        }
+        // `./a.safetensors` and `a.safetensors` are one shard, mapped once.
+        let clean: PathBuf = Path::new(file)
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        out.push((tensor.clone(), clean.to_string_lossy().into_owned()));
+    }
+    Ok(out)
+}
+
 impl Weights {
     /// The shards of a HuggingFace model directory: those listed by
     /// `model.safetensors.index.json`, else `model.safetensors`, else every `*.safetensors`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-                path: index.clone(),
-                message: e.to_string(),
-            })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Json {
-                    path: index.clone(),
-                    message: "no `weight_map` object".into(),
-                })?;
-            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        Self::open_dir_with(dir, true)
+    }
+
+    /// [`Weights::open_dir`], with `mmap` false reading every shard into private memory instead
+    /// of mapping it: the checkpoint may then change or vanish on disk without affecting the
+    /// process, at the cost of reading it all at load and holding it in RAM.
+    pub fn open_dir_with(dir: &Path, mmap: bool) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let index = if index_path.exists() {
+            Some(read_index(&index_path)?)
+        } else {
+            None
+        };
+        let files: Vec<PathBuf> = if let Some(index) = &index {
+            let mut names: Vec<&str> = index.iter().map(|(_, f)| f.as_str()).collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|f| dir.join(f)).collect()
@@ -263,21 +469,17 @@ impl Weights {
         }
         let mut shards = Vec::new();
         for path in files {
-            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: the map is read-only. A checkpoint rewritten while it is mapped may change
-            // under us (as with every mmap-based loader); we only promise not to write to it.
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            // Ask for 2 MiB page-cache folios mapped by one page-table entry each: a decode step
-            // streams hundreds of MB, and 4 KiB pages cost a TLB miss and a prefetcher restart
-            // every 4 KiB; a cold read also becomes 2 MiB requests instead of fault-sized ones.
-            // Only a hint: kernels without file-backed huge pages refuse it, and nothing changes.
-            #[cfg(target_os = "linux")]
-            let _ = mmap.advise(memmap2::Advice::HugePage);
-            shards.push((path, Storage::Mmap(mmap)));
+            let mut file = open_regular(&path)?;
+            let storage = if mmap {
+                Storage::Mmap(Mapped::new(&path, &file)?)
+            } else {
+                Storage::Read(AlignedBytes::read(&path, &mut file)?)
+            };
+            shards.push((path, storage));
         }
         let w = Self::from_storages(shards)?;
-        if index.exists() {
-            w.check_index(&index)?;
+        if let Some(index) = &index {
+            w.check_index(&index_path, index)?;
         }
         Ok(w)
     }
@@ -405,33 +607,22 @@ impl Weights {
         Ok((names.len(), before, after))
     }
 
-    fn check_index(&self, index: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: index.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) {
-            for (name, file) in map {
-                match self.tensors.get(name) {
-                    None => {
-                        return Err(Error::MissingTensor {
-                            name: name.clone(),
-                            searched: format!(
-                                "{} (listed by {})",
-                                file.as_str().unwrap_or("?"),
-                                index.display()
-                            ),
-                        })
-                    }
-                    Some((s, _)) => {
-                        let actual = &self.shards[*s].path;
-                        if actual.file_name().and_then(|f| f.to_str()) != file.as_str() {
-                            return Err(bad(
-                                actual,
-                                format!("tensor `{name}` is here, but the index puts it in {file}"),
-                            ));
-                        }
+    fn check_index(&self, index: &Path, entries: &[(String, String)]) -> Result<()> {
+        for (name, file) in entries {
+            match self.tensors.get(name) {
+                None => {
+                    return Err(Error::MissingTensor {
+                        name: name.clone(),
+                        searched: format!("{file} (listed by {})", index.display()),
+                    })
+                }
+                Some((s, _)) => {
+                    let actual = &self.shards[*s].path;
+                    if !actual.ends_with(file) {
+                        return Err(bad(
+                            actual,
+                            format!("tensor `{name}` is here, but the index puts it in {file}"),
+                        ));
                     }
                 }
             }

@@ -529,3 +529,127 @@ fn chat_renders_chatml_for_qwen3_moe() {
         "no chat_template",
     );
 }
+
+// ---- A checkpoint truncated while `moe serve` runs on it ----
+
+/// A copy of the small fixture in a fresh directory named `name`.
+fn small_copy(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("moe-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        std::fs::copy(format!("{}/{f}", fixture("mixtral-small-f32")), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// Starts `moe serve` on `dir` (with `extra` flags), truncates its checkpoint to nothing once the
+/// server listens, asks for a completion, and returns the response text (empty when the
+/// connection closed without one) with the server's exit status and stderr.
+fn serve_then_truncate(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (String, std::process::ExitStatus, String) {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(["serve", "--port", "0", "--model", dir.to_str().unwrap()])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on http://")
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("model.safetensors"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let body = serde_json::json!({
+        "model": dir.file_name().unwrap().to_str().unwrap(),
+        "prompt": "Hello world",
+        "max_tokens": 8,
+        "temperature": 0,
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    // A server that survived is stopped here (the test then fails on its status); one that died
+    // has its exit status already set, which the kill does not change.
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (response, status, err)
+}
+
+/// Mapped, the truncated checkpoint raises SIGBUS at the first read of a lost page: the process
+/// ends with status 135 and a message naming the file, not silently.
+#[test]
+fn serve_names_a_mapped_checkpoint_truncated_under_it() {
+    let dir = small_copy("sigbus");
+    let (response, status, err) = serve_then_truncate(&dir, &[]);
+    assert_eq!(
+        status.code(),
+        Some(135),
+        "status {status:?}; response {response:?}; stderr {err}"
+    );
+    let shard = dir.join("model.safetensors");
+    assert!(
+        err.contains("bus error (SIGBUS)")
+            && err.contains(&format!("memory-mapped checkpoint {}", shard.display()))
+            && err.contains("--no-mmap"),
+        "{err}"
+    );
+}
+
+/// With `--no-mmap` the same truncation changes nothing: the completion is the one the intact
+/// checkpoint gives.
+#[test]
+fn serve_with_no_mmap_survives_its_checkpoint_being_truncated() {
+    let want = json(&[
+        "generate",
+        "--model",
+        &fixture("mixtral-small-f32"),
+        "--prompt",
+        "Hello world",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    let dir = small_copy("no-mmap");
+    let (response, _, err) = serve_then_truncate(&dir, &["--no-mmap"]);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response: {response:?}; stderr {err}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["choices"][0]["text"], want["text"], "{v} vs {want}");
+}

@@ -38,6 +38,11 @@ struct Cli {
     /// With `--quantize`, the attention projections too.
     #[arg(long, global = true)]
     quantize_attention: bool,
+    /// Read checkpoint files into memory instead of mapping them: the process survives the
+    /// files being truncated or replaced on disk, at the cost of a full read at load and RAM
+    /// for all the weights.
+    #[arg(long, global = true)]
+    no_mmap: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -1076,6 +1081,7 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
         bf16_activations: BF16_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed),
         quantize: QUANTIZE.get().copied().flatten(),
         quantize_attention: QUANTIZE_ATTENTION.load(std::sync::atomic::Ordering::Relaxed),
+        no_mmap: NO_MMAP.load(std::sync::atomic::Ordering::Relaxed),
     };
     Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
 }
@@ -1174,6 +1180,8 @@ static QUANTIZE: std::sync::OnceLock<Option<moe_kernels::quant::GgmlType>> =
     std::sync::OnceLock::new();
 static QUANTIZE_ATTENTION: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+/// `--no-mmap`, likewise.
+static NO_MMAP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn run(cli: Cli) -> Result<()> {
     BF16_ACTIVATIONS.store(cli.bf16_activations, std::sync::atomic::Ordering::Relaxed);
@@ -1195,6 +1203,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     let _ = QUANTIZE.set(quantize);
     QUANTIZE_ATTENTION.store(cli.quantize_attention, std::sync::atomic::Ordering::Relaxed);
+    NO_MMAP.store(cli.no_mmap, std::sync::atomic::Ordering::Relaxed);
     if cli.threads == Some(0) {
         bail!("--threads must be at least 1");
     }

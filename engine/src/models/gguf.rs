@@ -71,7 +71,12 @@ const ARCHS: &[Arch] = &[
 
 /// Opens a GGUF file as a model: its config, its weights (in place) and its tokenizer.
 pub fn open(path: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
-    let g = Gguf::open(path)?;
+    open_with(path, true)
+}
+
+/// [`open`], with `mmap` false reading the file into private memory instead of mapping it.
+pub fn open_with(path: &Path, mmap: bool) -> Result<(ModelConfig, Weights, Tokenizer)> {
+    let g = Gguf::open_with(path, mmap)?;
     let name = g
         .str("general.architecture")
         .ok_or_else(|| bad(&g, "no `general.architecture`"))?;
