@@ -32,7 +32,7 @@ struct Cli {
     /// f32 activations.
     #[arg(long, global = true)]
     bf16_activations: bool,
-    /// Quantise a float checkpoint's expert matrices at load (in-situ): `q8_0` or `q4_0`.
+    /// Quantise a float checkpoint's expert matrices at load (in-situ): `q8_0`, `q4_0`, `q4_k`, `q5_k` or `q6_k` (K-quants where rows are whole 256-value blocks).
     #[arg(long, global = true)]
     quantize: Option<String>,
     /// With `--quantize`, the attention projections too.
