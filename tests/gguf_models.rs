@@ -467,3 +467,48 @@ fn k_quant_isq_stays_close_to_the_f16_model() {
         assert!(ours <= limit, "{ty}: median KL {ours:e}");
     }
 }
+
+/// Every GGUF type through our engine against the original HF float32 model (transformers'
+/// logits on the same ids): KL(HF ‖ ours) over the prompt positions and HF's 15 greedy steps
+/// teacher-forced, both prompts; the median bounded per type (about 3× what was measured), and
+/// the table printed. F16 is the conversion alone; the rest adds each type's rounding.
+#[test]
+fn kl_to_the_hf_model_per_type() {
+    let hf = Golden::from_file(&fixture("gguf-mixtral-a").join("hf-f32.golden.safetensors"));
+    // (type, largest median KL)
+    let limits = [
+        ("F16", 5e-7),
+        ("Q8_0", 2.5e-4),
+        ("Q6_K", 2.5e-3),
+        ("Q5_K_M", 1e-2),
+        ("Q5_1", 1e-2),
+        ("Q5_0", 1.2e-2),
+        ("Q4_K_M", 3e-2),
+        ("Q4_1", 4e-2),
+        ("Q4_0", 5e-2),
+        ("IQ4_NL", 3.5e-2),
+        ("IQ4_XS", 4e-2),
+        ("Q3_K_M", 1.2e-1),
+        ("Q2_K", 4e-1),
+    ];
+    assert_eq!(limits.len(), TYPES.len());
+    for (t, limit) in limits {
+        let e = engine(t);
+        let v = e.model.cfg.vocab_size;
+        let mut kls = vec![];
+        for p in ["p0", "p1"] {
+            let prompt = ids(&hf, &format!("input_ids_{p}"));
+            let gen = ids(&hf, &format!("generated_ids_{p}"));
+            let tokens: Vec<u32> = prompt.iter().chain(&gen[..15]).copied().collect();
+            let got = all_logits(&e.model, &tokens);
+            let mut want = hf.get(&format!("logits_{p}")).f;
+            want.extend_from_slice(&hf.get(&format!("gen_logits_{p}")).f[v..]);
+            assert_eq!(got.len(), want.len(), "{t} {p}: rows");
+            kls.extend(want.chunks(v).zip(got.chunks(v)).map(|(a, b)| kl(a, b)));
+        }
+        kls.sort_by(|a, b| a.total_cmp(b));
+        let (median, max) = (kls[kls.len() / 2], kls[kls.len() - 1]);
+        eprintln!("{t}: KL(HF f32 || moe) median {median:.2e}, max {max:.2e}");
+        assert!(median <= limit, "{t}: median KL to the HF model {median:e}");
+    }
+}

@@ -6,6 +6,10 @@ Rust tests read: `tests/fixtures/gguf-mixtral-a/<TYPE>.golden.safetensors`.
 Keys kept (p = p0, p1): input_ids_p, logits_p, gen_logits_p, generated_ids_p, router_probs_p,
 ref_f64_logits_p, ref_f64_generated_ids_p, kl_yardstick_p (float64 -> float32). Ids become int64.
 
+Also the transformers float32 golden of the original HF model on the same ids
+(`hf-f32.golden.safetensors`: input_ids_p, logits_p, generated_ids_p, gen_logits_p), the model
+every GGUF type approximates.
+
 Usage: make_gguf_goldens.py SRC_DIR DST_DIR  (numpy only)
 """
 import json
@@ -52,6 +56,13 @@ def main(src, dst):
                     a = a.astype(np.float32)
                 out[f"{k}_{p}"] = a.reshape(a.shape or (1,))
         write_safetensors(Path(dst) / f"{t}.golden.safetensors", out)
+    g = np.load(Path(src) / "gguf-mixtral-a.hf-f32.golden.npz")
+    out = {}
+    for p in ["p0", "p1"]:
+        for k in ["input_ids", "logits", "generated_ids", "gen_logits"]:
+            a = np.asarray(g[f"{k}_{p}"])
+            out[f"{k}_{p}"] = a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
+    write_safetensors(Path(dst) / "hf-f32.golden.safetensors", out)
 
 
 if __name__ == "__main__":
