@@ -1249,3 +1249,186 @@ fn a_panic_in_a_step_is_a_500_internal_error() {
     assert_eq!(v["choices"][0]["message"]["content"], "41");
     h.shutdown();
 }
+
+/// `count` prompt token ids for the student (a start token, then varied ids).
+fn long_prompt(count: usize) -> Vec<u32> {
+    std::iter::once(1)
+        .chain((1..count as u32).map(|i| 100 + (i * 37) % 5000))
+        .collect()
+}
+
+/// The student's logprobs at every position of `ids` from one forward over the whole prompt.
+fn unchunked_logprobs(ids: &[u32]) -> Vec<Vec<f64>> {
+    static ENGINE: OnceLock<Engine<moe::CpuBackend>> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| Engine::load(&ModelSource::Embedded).unwrap());
+    let vocab = engine.config().vocab_size;
+    let (logits, _) = moe_tests::forward_traced(&engine.model, &[ids.to_vec()]);
+    logits[0]
+        .chunks_exact(vocab)
+        .map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            row.iter().map(|&x| x as f64 - max - z.ln()).collect()
+        })
+        .collect()
+}
+
+/// The probe's request (`echo`, `max_tokens: 0`, `logprobs` = the vocabulary over a 500-token
+/// prompt, ≈ 500 MB of JSON) is a 400 naming `--max-response-bytes` rather than an abort; smaller
+/// ones run in chunks through the scheduler and give the logprobs of one unchunked forward.
+#[test]
+fn echoed_prompt_logprobs_are_bounded_by_the_response_budget_and_exact() {
+    let big = json!({"model": "moe-student-tiny", "prompt": long_prompt(500), "max_tokens": 0,
+                     "echo": true, "logprobs": 32000});
+    let (s, v) = post("/v1/completions", &big);
+    assert_error(s, &v, 400, Some("logprobs"));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("--max-response-bytes")
+            && msg.contains(&moe::server::DEFAULT_MAX_RESPONSE_BYTES.to_string())
+            && msg.contains("500 × 32001 entries"),
+        "{msg}"
+    );
+
+    // 200 positions (four chunks) with 5 alternatives, ids as labels.
+    let ids = long_prompt(200);
+    let want = unchunked_logprobs(&ids);
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": "moe-student-tiny", "prompt": ids, "max_tokens": 0, "echo": true,
+                "logprobs": 5, "return_tokens_as_token_ids": true}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 200);
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    for i in [1usize, 2, 63, 64, 65, 127, 128, 150, 199] {
+        let got = lp["token_logprobs"][i].as_f64().unwrap();
+        let exact = want[i - 1][ids[i] as usize];
+        assert!(
+            (got - exact).abs() <= 1e-5,
+            "position {i}: {got} vs {exact}"
+        );
+        let alts = lp["top_logprobs"][i].as_object().unwrap();
+        assert_eq!(alts.len(), 5, "position {i}");
+        for (k, x) in alts {
+            let id: usize = k.strip_prefix("token_id:").unwrap().parse().unwrap();
+            let exact = want[i - 1][id];
+            assert!(
+                (x.as_f64().unwrap() - exact).abs() <= 1e-5,
+                "position {i} id {id}"
+            );
+        }
+    }
+
+    // Every alternative over a short prompt: the whole distribution at each position.
+    let ids = long_prompt(6);
+    let want = unchunked_logprobs(&ids);
+    let (s, v) = post(
+        "/v1/completions",
+        &json!({"model": "moe-student-tiny", "prompt": ids, "max_tokens": 0, "echo": true,
+                "logprobs": 32000, "return_tokens_as_token_ids": true}),
+    );
+    assert_eq!(s, 200, "{v}");
+    for i in 1..6 {
+        let alts = v["choices"][0]["logprobs"]["top_logprobs"][i]
+            .as_object()
+            .unwrap();
+        assert_eq!(alts.len(), 32000);
+        for id in [0usize, 1, 13, ids[i] as usize, 31999] {
+            let got = alts[&format!("token_id:{id}")].as_f64().unwrap();
+            assert!(
+                (got - want[i - 1][id]).abs() <= 1e-5,
+                "position {i} id {id}"
+            );
+        }
+    }
+}
+
+/// `--max-logprobs`, a low `--max-response-bytes` and the KV budget apply to prompt scoring.
+#[test]
+fn logprob_limits_and_the_kv_budget_apply_to_prompt_scoring() {
+    let engine = Engine::load(&ModelSource::Embedded).unwrap();
+    let block = moe::scheduler::kv_bytes_per_token(&engine) * moe::scheduler::KV_BLOCK;
+    let h = start(
+        vec![("moe-student-tiny".to_string(), engine)],
+        ServerConfig {
+            port: 0,
+            kv_memory: 2 * block,
+            max_logprobs: Some(5),
+            max_response_bytes: 10_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let send = |path: &str, body: Value| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", h.url()))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let score = |count: usize, logprobs: usize| {
+        send(
+            "/v1/completions",
+            json!({"prompt": long_prompt(count), "max_tokens": 0, "echo": true, "logprobs": logprobs}),
+        )
+    };
+    // Above --max-logprobs, on both endpoints and with generation too.
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"prompt": long_prompt(4), "max_tokens": 0, "echo": true, "logprobs": 6}),
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 2, "logprobs": 6}),
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                "hi",
+                json!({"logprobs": true, "top_logprobs": 6, "max_tokens": 2}),
+            ),
+            "top_logprobs",
+        ),
+    ] {
+        let (s, v) = send(path, body);
+        assert_error(s, &v, 400, Some(param));
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("{param} 6 is above"))
+                && msg.contains("limit of 5 (--max-logprobs)"),
+            "{msg}"
+        );
+    }
+    // 30 positions × 6 entries × 32 bytes = 5760: within 10 000 bytes; 60 positions are not.
+    let (s, v) = score(30, 5);
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = score(60, 5);
+    assert_error(s, &v, 400, Some("logprobs"));
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("about 11520 bytes")
+            && msg.contains("limit of 10000 bytes (--max-response-bytes)"),
+        "{msg}"
+    );
+    // Scoring is admitted against the KV budget (two blocks, 32 tokens) like generation.
+    let (s, v) = score(40, 0);
+    assert_error(s, &v, 400, None);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("KV budget"), "{msg}");
+    let (s, v) = score(32, 0);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        32
+    );
+    h.shutdown();
+}

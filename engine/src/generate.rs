@@ -35,6 +35,9 @@ pub struct GenerateRequest {
     pub prompt_logprobs: Option<usize>,
     /// Also return the experts every processed token chose, per layer.
     pub return_experts: bool,
+    /// Score the prompt only (its `prompt_logprobs`, nothing generated): the server's scheduler
+    /// runs such a request with [`Engine::prompt_logprobs`] between its steps.
+    pub score_only: bool,
 }
 
 impl GenerateRequest {
@@ -44,6 +47,7 @@ impl GenerateRequest {
             params,
             prompt_logprobs: None,
             return_experts: false,
+            score_only: false,
         }
     }
 }
@@ -132,6 +136,80 @@ fn tops(logprobs: &[f32], k: usize) -> Vec<TopLogprob> {
         .collect()
 }
 
+/// Prompt positions run per forward when prompt logprobs are asked for: the logits of at most
+/// this many positions (`[chunk, vocab]` floats) are held at once, and each row is reduced to its
+/// logprob and top-k alternatives before the next chunk runs, so scoring a prompt holds
+/// `chunk × vocab` floats of logits whatever its length.
+pub const PROMPT_LOGPROBS_CHUNK: usize = 64;
+
+/// Prompt logprobs computed as the logits arrive, a chunk of positions at a time.
+#[derive(Debug)]
+pub struct PromptScorer {
+    top_k: usize,
+    /// The next position whose logits row is expected.
+    next: usize,
+    /// The logprob of the token at `next`, from the row before it.
+    pending: Option<f32>,
+    lp: Vec<f32>,
+    out: Vec<PromptTokenLogprob>,
+}
+
+impl PromptScorer {
+    pub fn new(top_k: usize, prompt_len: usize) -> Self {
+        PromptScorer {
+            top_k,
+            next: 0,
+            pending: None,
+            lp: vec![],
+            out: Vec::with_capacity(prompt_len),
+        }
+    }
+
+    /// Positions scored so far.
+    pub fn scored(&self) -> usize {
+        self.next
+    }
+
+    /// Takes the logits rows (`[rows, vocab]`) of the next `rows` positions of `ids` (the whole
+    /// prompt) and reduces each to its entry.
+    pub fn push(&mut self, ids: &[u32], logits: &[f32], vocab: usize) {
+        self.lp.resize(vocab, 0.0);
+        for row in logits.chunks_exact(vocab) {
+            let i = self.next;
+            log_softmax_into(row, &mut self.lp);
+            self.out.push(PromptTokenLogprob {
+                position: i,
+                token_id: ids[i],
+                logprob: self.pending.take(),
+                top_logprobs: tops(&self.lp, self.top_k),
+            });
+            self.pending = ids.get(i + 1).map(|&t| self.lp[t as usize]);
+            self.next += 1;
+        }
+    }
+
+    pub fn finish(self) -> Vec<PromptTokenLogprob> {
+        self.out
+    }
+}
+
+/// Scores `ids` in chunks of at most `chunk` positions: `logits_for(tokens)` runs the next
+/// chunk's tokens (after those before it) and returns their `[tokens.len(), vocab]` logits.
+pub fn score_in_chunks(
+    ids: &[u32],
+    vocab: usize,
+    top_k: usize,
+    chunk: usize,
+    mut logits_for: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+) -> Result<Vec<PromptTokenLogprob>> {
+    let mut scorer = PromptScorer::new(top_k, ids.len());
+    for part in ids.chunks(chunk.max(1)) {
+        let logits = logits_for(part)?;
+        scorer.push(ids, &logits, vocab);
+    }
+    Ok(scorer.finish())
+}
+
 /// One request's generation state: its cache, tokens, sampler, stop matcher and detokenizer.
 /// The caller runs [`Sequence::next_input`] through the model and hands the logits back to
 /// [`Sequence::accept`], which picks the next token; `Engine::generate_stream` and the server's
@@ -150,7 +228,10 @@ pub struct Sequence<'t, K> {
     /// Text released so far.
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
-    want_prompt_logprobs: Option<usize>,
+    /// While prompt logprobs are still to compute: their scorer (see [`PROMPT_LOGPROBS_CHUNK`]).
+    scorer: Option<PromptScorer>,
+    /// Prompt tokens already in the cache from chunks run ahead of the prefill's last one.
+    fed: usize,
     pub prompt_logprobs: Option<Vec<PromptTokenLogprob>>,
     pub finish: Option<FinishReason>,
     pub stop: Option<String>,
@@ -177,13 +258,13 @@ impl<'t, K> Sequence<'t, K> {
         if self.prefilled {
             &self.context[self.context.len() - 1..]
         } else {
-            &self.context
+            &self.context[self.fed..]
         }
     }
 
     /// Whether the next forward must return logits for every input token.
     pub fn wants_all_logits(&self) -> bool {
-        !self.prefilled && self.want_prompt_logprobs.is_some()
+        !self.prefilled && self.scorer.is_some()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -199,8 +280,9 @@ impl<'t, K> Sequence<'t, K> {
     pub fn accept(&mut self, logits: &[f32], vocab: usize, eos_ids: &[u32]) -> Result<Step> {
         let last = &logits[logits.len() - vocab..];
         if !self.prefilled {
-            if let Some(k) = self.want_prompt_logprobs {
-                self.prompt_logprobs = Some(prompt_logprobs_from(&self.context, logits, vocab, k));
+            if let Some(mut scorer) = self.scorer.take() {
+                scorer.push(&self.context[..self.n_prompt], logits, vocab);
+                self.prompt_logprobs = Some(scorer.finish());
             }
             self.prefilled = true;
         }
@@ -369,18 +451,22 @@ impl<B: Backend> Engine<B> {
                 max: ctx,
             });
         }
+        let n_prompt = ids.len();
         Ok(Sequence {
             kv: self.model.new_kv(),
-            max_new: request.params.max_tokens.min(ctx - ids.len()),
+            max_new: request.params.max_tokens.min(ctx - n_prompt),
             decoder: self.tokenizer.incremental_decoder(&ids),
-            n_prompt: ids.len(),
+            n_prompt,
             context: ids,
             params: request.params.clone(),
             sampler: Sampler::new(&request.params),
             stops: StopMatcher::new(&request.params.stop),
             text: String::new(),
             logprobs: vec![],
-            want_prompt_logprobs: request.prompt_logprobs,
+            scorer: request
+                .prompt_logprobs
+                .map(|k| PromptScorer::new(k, n_prompt)),
+            fed: 0,
             prompt_logprobs: None,
             finish: None,
             stop: None,
@@ -394,6 +480,13 @@ impl<B: Backend> Engine<B> {
     /// Runs one forward over these sequences (prefills and decode steps mixed) and advances each
     /// by one token.
     pub fn step(&self, seqs: &mut [&mut Sequence<'_, B::Kv>]) -> Result<Vec<Step>> {
+        // A prefill that scores its prompt runs all but its last chunk alone first, so no
+        // forward returns more than a chunk of its logits.
+        for s in seqs.iter_mut() {
+            if s.wants_all_logits() {
+                self.run_prompt_chunks(s)?;
+            }
+        }
         let want_experts = seqs.iter().any(|s| s.want_experts);
         let all_greedy = seqs.iter().all(|s| s.plain_greedy());
         // Other picks where the logits are, on a backend that can: the sampler's RNG draws on
@@ -429,12 +522,13 @@ impl<B: Backend> Engine<B> {
                     kv,
                     context,
                     prefilled,
+                    fed,
                     ..
                 } = &mut **s;
                 let tokens: &[u32] = if *prefilled {
                     &context[context.len() - 1..]
                 } else {
-                    context
+                    &context[*fed..]
                 };
                 SeqStep {
                     tokens,
@@ -551,7 +645,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Each prompt token's logprob given its prefix and the `top_k` most likely next tokens after
-    /// it, from one prefill.
+    /// it, from one prefill run [`PROMPT_LOGPROBS_CHUNK`] positions at a time.
     pub fn prompt_logprobs(
         &self,
         prompt: &Prompt,
@@ -559,24 +653,70 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Vec<PromptTokenLogprob>> {
         let ids = self.prompt_ids(prompt)?;
         let mut kv = self.model.new_kv();
-        let logits = self
-            .model
-            .forward(
-                &mut [SeqStep {
-                    tokens: &ids,
-                    kv: &mut kv,
-                    all_logits: true,
-                }],
-                &mut NoTrace,
-            )?
-            .pop()
-            .expect("one sequence");
-        Ok(prompt_logprobs_from(
+        score_in_chunks(
             &ids,
-            &logits,
             self.model.cfg.vocab_size,
             top_k,
-        ))
+            PROMPT_LOGPROBS_CHUNK,
+            |tokens| {
+                Ok(self
+                    .model
+                    .forward(
+                        &mut [SeqStep {
+                            tokens,
+                            kv: &mut kv,
+                            all_logits: true,
+                        }],
+                        &mut NoTrace,
+                    )?
+                    .pop()
+                    .expect("one sequence"))
+            },
+        )
+    }
+
+    /// Runs a scoring prefill's prompt up to its last chunk (at most [`PROMPT_LOGPROBS_CHUNK`]
+    /// positions, left for the batched step), scoring each chunk as it comes.
+    fn run_prompt_chunks(&self, s: &mut Sequence<'_, B::Kv>) -> Result<()> {
+        let vocab = self.model.cfg.vocab_size;
+        while s.n_prompt - s.fed > PROMPT_LOGPROBS_CHUNK {
+            let (from, to) = (s.fed, s.fed + PROMPT_LOGPROBS_CHUNK);
+            let mut routes = RoutingRecorder::default();
+            let trace: &mut dyn crate::trace::Trace = if s.want_experts {
+                &mut routes
+            } else {
+                &mut NoTrace
+            };
+            let logits = self
+                .model
+                .forward(
+                    &mut [SeqStep {
+                        tokens: &s.context[from..to],
+                        kv: &mut s.kv,
+                        all_logits: true,
+                    }],
+                    trace,
+                )?
+                .pop()
+                .expect("one sequence");
+            if s.want_experts {
+                let k = routes.top_k;
+                for r in 0..to - from {
+                    s.experts.push(
+                        routes
+                            .layers
+                            .iter()
+                            .map(|l| l[r * k..(r + 1) * k].to_vec())
+                            .collect(),
+                    );
+                }
+            }
+            if let Some(scorer) = s.scorer.as_mut() {
+                scorer.push(&s.context[..s.n_prompt], &logits, vocab);
+            }
+            s.fed = to;
+        }
+        Ok(())
     }
 }
 
@@ -701,7 +841,8 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// `logits`: `[ids.len(), vocab]`.
+/// `logits`: `[ids.len(), vocab]`; the unchunked reference for [`score_in_chunks`].
+#[cfg(test)]
 fn prompt_logprobs_from(
     ids: &[u32],
     logits: &[f32],
@@ -723,4 +864,95 @@ fn prompt_logprobs_from(
         prev = Some(lp.clone());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scoring in chunks asks for at most `chunk` rows of logits at a time (the largest logits
+    /// buffer is `chunk × vocab` floats) and gives what reducing the whole matrix at once gives.
+    #[test]
+    fn chunked_scoring_holds_a_chunk_of_logits_and_matches_the_whole_matrix() {
+        let (n, vocab) = (150usize, 40usize);
+        let mut state = 7u64;
+        let mut rnd = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 8.0 - 4.0
+        };
+        let logits: Vec<f32> = (0..n * vocab).map(|_| rnd()).collect();
+        let ids: Vec<u32> = (0..n).map(|i| (i * 7 % vocab) as u32).collect();
+        for k in [0, 1, 5, vocab] {
+            for chunk in [1, 64, 149, 150, 1000] {
+                let mut at = 0;
+                let mut largest = 0;
+                let got = score_in_chunks(&ids, vocab, k, chunk, |tokens| {
+                    assert_eq!(tokens, &ids[at..at + tokens.len()]);
+                    let rows = logits[at * vocab..(at + tokens.len()) * vocab].to_vec();
+                    largest = largest.max(rows.len());
+                    at += tokens.len();
+                    Ok(rows)
+                })
+                .unwrap();
+                assert_eq!(at, n);
+                assert_eq!(largest, chunk.min(n) * vocab, "k={k} chunk={chunk}");
+                assert_eq!(got, prompt_logprobs_from(&ids, &logits, vocab, k));
+            }
+        }
+    }
+
+    /// The embedded model's prompt logprobs, computed in chunks (by `prompt_logprobs` and by a
+    /// scheduled sequence's prefill), are those of one forward over the whole prompt.
+    #[test]
+    fn chunked_prompt_logprobs_match_one_forward() {
+        let engine = Engine::load(&crate::engine::ModelSource::Embedded).unwrap();
+        let vocab = engine.config().vocab_size;
+        let ids: Vec<u32> = (0..3 * PROMPT_LOGPROBS_CHUNK as u32 + 5)
+            .map(|i| 100 + (i * 37) % 5000)
+            .collect();
+        let mut kv = engine.model.new_kv();
+        let whole = engine
+            .model
+            .forward(
+                &mut [SeqStep {
+                    tokens: &ids,
+                    kv: &mut kv,
+                    all_logits: true,
+                }],
+                &mut NoTrace,
+            )
+            .unwrap()
+            .pop()
+            .unwrap();
+        let want = prompt_logprobs_from(&ids, &whole, vocab, 5);
+        let chunked = engine
+            .prompt_logprobs(&Prompt::Tokens(ids.clone()), 5)
+            .unwrap();
+        let mut req = GenerateRequest::new(
+            Prompt::Tokens(ids.clone()),
+            SamplingParams {
+                max_tokens: 2,
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+        );
+        req.prompt_logprobs = Some(5);
+        let scheduled = engine.generate(&[req]).unwrap().remove(0);
+        for got in [&chunked, scheduled.prompt_logprobs.as_ref().unwrap()] {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((g.position, g.token_id), (w.position, w.token_id));
+                match (g.logprob, w.logprob) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-5, "{g:?} {w:?}"),
+                    (a, b) => assert_eq!(a, b),
+                }
+                assert_eq!(g.top_logprobs.len(), 5);
+                for (a, b) in g.top_logprobs.iter().zip(&w.top_logprobs) {
+                    assert!((a.logprob - b.logprob).abs() <= 1e-5, "{g:?} {w:?}");
+                }
+            }
+        }
+    }
 }

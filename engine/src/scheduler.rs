@@ -12,6 +12,10 @@
 //! The KV budget is counted in blocks of [`KV_BLOCK`] tokens: a sequence reserves the blocks for
 //! its prompt plus its `max_tokens` when admitted, so a running sequence never runs out; when the
 //! budget is spent, new sequences wait in the queue.
+//!
+//! A prompt-scoring request ([`GenerateRequest::score_only`]: `echo` with `max_tokens: 0`) is
+//! admitted the same way, reserving its prompt's blocks, and runs on this thread between steps
+//! ([`Engine::prompt_logprobs`], in chunks), never beside a step on the same backend.
 
 use crate::backend::Backend;
 use crate::engine::Engine;
@@ -120,6 +124,54 @@ fn guarded_step<B: Backend>(
     .map_err(|e| format!("internal error while running the batch: {e}"))
 }
 
+/// Scores a [`GenerateRequest::score_only`] request's prompt, a panic caught as in a step.
+/// The error says whether the server failed (a panic, a failed forward) or the request.
+fn guarded_score<B: Backend>(
+    engine: &Engine<B>,
+    cfg: &SchedulerConfig,
+    request: &GenerateRequest,
+) -> Result<Completion, (String, bool)> {
+    let ids = engine
+        .prompt_ids(&request.prompt)
+        .map_err(|e| (e.to_string(), false))?;
+    let top_k = request.prompt_logprobs.unwrap_or(0);
+    let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if let Some(p) = &cfg.panic_if {
+            if (p.0)(&ids) {
+                panic!("injected fault (SchedulerConfig::panic_if)");
+            }
+        }
+        engine.prompt_logprobs(&crate::generate::Prompt::Tokens(ids.clone()), top_k)
+    }))
+    .map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        (
+            format!("internal error while scoring the prompt: {what}"),
+            true,
+        )
+    })?
+    .map_err(|e| {
+        (
+            format!("internal error while scoring the prompt: {e}"),
+            true,
+        )
+    })?;
+    Ok(Completion {
+        prompt_ids: ids,
+        token_ids: vec![],
+        text: String::new(),
+        finish_reason: crate::generate::FinishReason::Length,
+        stop: None,
+        logprobs: None,
+        prompt_logprobs: Some(scored),
+        experts: None,
+    })
+}
+
 struct Running<'t, K> {
     seq: Sequence<'t, K>,
     request_id: u64,
@@ -159,10 +211,15 @@ pub fn run<B: Backend>(
     let mut running: Vec<Running<B::Kv>> = Vec::new();
     let blocks_for = |s: &Submission| -> usize {
         // An upper bound before tokenising: the engine caps prompt + max_tokens at the context.
+        let generated = if s.request.score_only {
+            0
+        } else {
+            s.request.params.max_tokens
+        };
         engine
             .info
             .context_length
-            .min(s.request.params.max_tokens + prompt_len_hint(engine, s))
+            .min(generated + prompt_len_hint(engine, s))
             .div_ceil(KV_BLOCK)
     };
     loop {
@@ -197,7 +254,8 @@ pub fn run<B: Backend>(
                 internal: false,
                 message: format!(
                     "this sequence may hold up to {} tokens ({} bytes of KV cache), more than the \
-                     server's KV budget of {} bytes (--kv-memory); lower max_tokens",
+                     server's KV budget of {} bytes (--kv-memory); shorten the prompt or lower \
+                     max_tokens",
                     need * KV_BLOCK,
                     need * per_block,
                     total_blocks * per_block
@@ -258,6 +316,28 @@ pub fn run<B: Backend>(
                 break;
             }
             let s = waiting.remove(i).expect("index from the queue");
+            if s.request.score_only {
+                // Runs now, its blocks held while it does; it takes no batch slot.
+                used_blocks += need;
+                gauges.kv_blocks_used.store(used_blocks, Ordering::Relaxed);
+                let event = match guarded_score(engine, &cfg, &s.request) {
+                    Ok(c) => {
+                        observer.finished(c.prompt_ids.len(), 0);
+                        SeqEvent::Done {
+                            choice: s.choice,
+                            completion: Box::new(c),
+                        }
+                    }
+                    Err((message, internal)) => SeqEvent::Error {
+                        choice: s.choice,
+                        message,
+                        internal,
+                    },
+                };
+                used_blocks -= need;
+                let _ = s.events.send(event);
+                continue;
+            }
             match engine.start_sequence(&s.request) {
                 Ok(seq) => {
                     used_blocks += need;

@@ -142,6 +142,14 @@ enum Command {
         #[arg(long, default_value_t = moe::server::types::MAX_SEQUENCES_PER_REQUEST,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         max_sequences_per_request: usize,
+        /// Largest `logprobs` / `top_logprobs` a request may ask for (default: the vocabulary
+        /// size).
+        #[arg(long)]
+        max_logprobs: Option<usize>,
+        /// A response with logprobs estimated above this size (positions × (logprobs + 1) × a
+        /// per-entry size) is refused with a 400 before any work starts (suffixes K, M, G).
+        #[arg(long, default_value = "256M")]
+        max_response_bytes: String,
         /// Seconds a request head may take from its first byte.
         #[arg(long, default_value = "30", value_parser = parse_secs)]
         header_timeout: std::time::Duration,
@@ -1146,7 +1154,7 @@ fn prompt_of(p: &PromptArg, chat: bool) -> Result<Prompt> {
 }
 
 /// `1073741824`, `512M`, `1G`, `64K`.
-fn parse_bytes(s: &str) -> Result<usize> {
+fn parse_bytes(flag: &str, s: &str) -> Result<usize> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
         Some('K' | 'k') => (&s[..s.len() - 1], 1usize << 10),
@@ -1156,10 +1164,10 @@ fn parse_bytes(s: &str) -> Result<usize> {
     };
     let n: f64 = num
         .parse()
-        .with_context(|| format!("--kv-memory {s:?} is not a size"))?;
+        .with_context(|| format!("{flag} {s:?} is not a size"))?;
     let bytes = n * mult as f64;
     if !(bytes >= 1.0 && bytes.is_finite()) {
-        bail!("--kv-memory {s:?} must be a finite size of at least one byte");
+        bail!("{flag} {s:?} must be a finite size of at least one byte");
     }
     Ok(bytes as usize)
 }
@@ -1354,13 +1362,16 @@ fn run(cli: Cli) -> Result<()> {
             kv_memory,
             default_max_tokens,
             max_sequences_per_request,
+            max_logprobs,
+            max_response_bytes,
             header_timeout,
             body_timeout,
             idle_timeout,
             max_connections,
             shutdown_timeout,
         } => {
-            let kv_memory = parse_bytes(&kv_memory)?;
+            let kv_memory = parse_bytes("--kv-memory", &kv_memory)?;
+            let max_response_bytes = parse_bytes("--max-response-bytes", &max_response_bytes)?;
             let names: Vec<Option<String>> = if model.is_empty() {
                 vec![None]
             } else {
@@ -1373,6 +1384,8 @@ fn run(cli: Cli) -> Result<()> {
                 kv_memory,
                 default_max_tokens,
                 max_sequences_per_request,
+                max_logprobs,
+                max_response_bytes,
                 header_timeout,
                 body_timeout,
                 idle_timeout,
@@ -1480,10 +1493,10 @@ mod tests {
 
     #[test]
     fn kv_memory_sizes_are_positive_and_finite() {
-        assert_eq!(parse_bytes("64K").unwrap(), 64 << 10);
-        assert_eq!(parse_bytes("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("--kv-memory", "64K").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("--kv-memory", "1.5G").unwrap(), 3 << 29);
         for bad in ["nan", "inf", "0", "-1G", "0.5", "lots"] {
-            assert!(parse_bytes(bad).is_err(), "{bad}");
+            assert!(parse_bytes("--kv-memory", bad).is_err(), "{bad}");
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod types;
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::engine::{Engine, ModelInfo};
-use crate::generate::{Prompt, PromptTokenLogprob};
+use crate::generate::Prompt;
 use crate::scheduler::{self, SchedulerConfig, SchedulerGauges, Submission};
 use crate::stats::StatsReport;
 use crate::tokenizer::Tokenizer;
@@ -37,6 +37,11 @@ pub struct ServerConfig {
     pub default_max_tokens: usize,
     /// Sequences (prompts × n) one request may start.
     pub max_sequences_per_request: usize,
+    /// Largest `logprobs` / `top_logprobs` a request may ask for; `None`: the vocabulary size.
+    pub max_logprobs: Option<usize>,
+    /// A response with logprobs estimated above this many bytes is refused before any work
+    /// starts (see [`types::COMPLETION_ENTRY_BYTES`]).
+    pub max_response_bytes: usize,
     /// A request head must be complete this long after its first byte.
     pub header_timeout: Duration,
     /// A request body must be complete this long after its head.
@@ -54,6 +59,9 @@ pub struct ServerConfig {
     pub handle_signals: bool,
 }
 
+/// `--max-response-bytes` unless given: 256 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// The default connection limit: 1024, or the file-descriptor room where that is smaller.
 pub fn default_max_connections() -> usize {
     conn::descriptor_room().map_or(1024, |room| room.clamp(1, 1024))
@@ -69,6 +77,8 @@ impl Default for ServerConfig {
             max_body: 4 << 20,
             default_max_tokens: 256,
             max_sequences_per_request: types::MAX_SEQUENCES_PER_REQUEST,
+            max_logprobs: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
@@ -87,7 +97,6 @@ pub(crate) trait ServedEngine: Send + Sync {
     fn info(&self) -> &ModelInfo;
     fn config(&self) -> &ModelConfig;
     fn prompt_ids(&self, p: &Prompt) -> crate::Result<Vec<u32>>;
-    fn prompt_logprobs(&self, p: &Prompt, top_k: usize) -> crate::Result<Vec<PromptTokenLogprob>>;
     fn stats(&self) -> StatsReport;
 }
 
@@ -103,9 +112,6 @@ impl<B: Backend> ServedEngine for Engine<B> {
     }
     fn prompt_ids(&self, p: &Prompt) -> crate::Result<Vec<u32>> {
         Engine::prompt_ids(self, p)
-    }
-    fn prompt_logprobs(&self, p: &Prompt, top_k: usize) -> crate::Result<Vec<PromptTokenLogprob>> {
-        Engine::prompt_logprobs(self, p, top_k)
     }
     fn stats(&self) -> StatsReport {
         Engine::stats(self)

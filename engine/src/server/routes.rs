@@ -2,7 +2,7 @@
 
 use super::types::*;
 use super::{AppState, Served};
-use crate::generate::{Completion, GenerateRequest, Prompt};
+use crate::generate::{Completion, GenerateRequest, Prompt, PromptTokenLogprob};
 use crate::scheduler::{SeqEvent, Submission};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -218,6 +218,122 @@ fn check_sequences(state: &AppState, prompts: usize, n: usize) -> Result<(), Api
     Ok(())
 }
 
+/// `logprobs` / `top_logprobs` (`value`; -1 allowed where `min` is -1) within the vocabulary and
+/// `--max-logprobs`.
+fn check_logprobs(
+    state: &AppState,
+    m: &Served,
+    param: &str,
+    value: i64,
+    min: i64,
+) -> Result<(), ApiError> {
+    let vocab = m.engine.config().vocab_size;
+    if value < min || value > vocab as i64 {
+        return Err(ApiError::bad(
+            format!("{param} must be between 0 and {vocab}"),
+            Some(param),
+        ));
+    }
+    if let Some(limit) = state.config.max_logprobs {
+        if value > limit as i64 {
+            return Err(ApiError::bad(
+                format!("{param} {value} is above this server's limit of {limit} (--max-logprobs)"),
+                Some(param),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The response's estimated size: `positions` entries with `alternatives` each, `per_entry`
+/// bytes an entry; refused past `--max-response-bytes` before any work starts.
+fn check_response_size(
+    state: &AppState,
+    positions: usize,
+    alternatives: usize,
+    per_entry: usize,
+    param: &str,
+) -> Result<usize, ApiError> {
+    let limit = state.config.max_response_bytes;
+    let estimate = positions
+        .saturating_mul(alternatives.saturating_add(1))
+        .saturating_mul(per_entry);
+    if estimate > limit {
+        return Err(ApiError::bad(
+            format!(
+                "{param} {alternatives} over {positions} positions makes a response of about \
+                 {estimate} bytes ({positions} × {} entries × {per_entry} bytes), more than this \
+                 server's limit of {limit} bytes (--max-response-bytes); ask for fewer {param}, \
+                 fewer tokens or a shorter prompt",
+                alternatives + 1
+            ),
+            Some(param),
+        ));
+    }
+    Ok(estimate)
+}
+
+/// A JSON response serialised straight into its body (`capacity`: the expected size).
+fn json_body<T: serde::Serialize>(v: &T, capacity: usize) -> Result<Response, ApiError> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, v).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], buf).into_response())
+}
+
+/// One choice of a completions response.
+#[derive(serde::Serialize)]
+struct CompletionChoice<'a> {
+    index: usize,
+    text: String,
+    logprobs: Option<CompletionLogprobs<'a>>,
+    finish_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experts: Option<&'a Vec<Vec<Vec<u32>>>>,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionResponse<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<CompletionChoice<'a>>,
+    usage: Usage,
+    system_fingerprint: Option<()>,
+}
+
+/// Submits one prompt to be scored (its logprobs and `top_k` alternatives per position, nothing
+/// generated): the scheduler admits it against the KV budget and runs it between its steps.
+fn submit_scoring(
+    m: &Served,
+    request_id: u64,
+    prompt_ids: Vec<u32>,
+    top_k: usize,
+) -> Result<Job, ApiError> {
+    let (tx, rx) = unbounded_channel();
+    let sender = m.submit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut request = GenerateRequest::new(
+        Prompt::Tokens(prompt_ids.clone()),
+        crate::SamplingParams::default(),
+    );
+    request.prompt_logprobs = Some(top_k);
+    request.score_only = true;
+    sender
+        .send(Submission {
+            request_id,
+            choice: 0,
+            request,
+            events: tx,
+            submitted: Instant::now(),
+        })
+        .map_err(|_| ApiError::internal("the engine thread has stopped"))?;
+    Ok(Job {
+        prompt_ids,
+        rx,
+        n: 1,
+    })
+}
+
 fn submit(
     m: &Served,
     request_id: u64,
@@ -330,12 +446,7 @@ async fn chat_inner(
         .common
         .sampling(state.config.default_max_tokens, vocab)?;
     let top = req.top_logprobs.unwrap_or(0);
-    if top < 0 || top as usize > vocab {
-        return Err(ApiError::bad(
-            format!("top_logprobs must be between 0 and {vocab}"),
-            Some("top_logprobs"),
-        ));
-    }
+    check_logprobs(state, m, "top_logprobs", top, 0)?;
     if top > 0 && !req.logprobs {
         return Err(ApiError::bad(
             "top_logprobs needs logprobs: true",
@@ -349,6 +460,15 @@ async fn chat_inner(
     let ids = m.engine.prompt_ids(&Prompt::Chat(msgs))?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
     params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
+    if req.logprobs && !req.common.stream {
+        check_response_size(
+            state,
+            n * params.max_tokens,
+            top as usize,
+            CHAT_ENTRY_BYTES,
+            "top_logprobs",
+        )?;
+    }
     let job = submit(
         m,
         next_request_id(),
@@ -430,33 +550,49 @@ async fn completions_inner(
             ))
         }
     };
+    let lp = req.logprobs.unwrap_or(-1);
+    check_logprobs(state, m, "logprobs", lp, -1)?;
     if req.echo && req.common.max_tokens.or(req.common.max_completion_tokens) == Some(0) {
-        return prompt_only(m, &req, prompts, as_ids).await;
+        return prompt_only(state, m, &req, prompts, as_ids).await;
     }
     let vocab = m.engine.config().vocab_size;
     let mut params = req
         .common
         .sampling(state.config.default_max_tokens, vocab)?;
-    let lp = req.logprobs.unwrap_or(-1);
-    if lp > vocab as i64 || lp < -1 {
-        return Err(ApiError::bad(
-            format!("logprobs must be between 0 and {vocab}"),
-            Some("logprobs"),
-        ));
-    }
     let want_logprobs = lp >= 0;
     params.logprobs = want_logprobs;
     params.top_logprobs = lp.max(0) as usize;
     let n = req.common.n()?;
     check_sequences(state, prompts.len(), n)?;
     let explicit = req.common.max_tokens.is_some() || req.common.max_completion_tokens.is_some();
-    let mut jobs = vec![];
-    let seq_request = next_request_id();
+    let mut prepared = vec![];
     for p in &prompts {
         let ids = m.engine.prompt_ids(p)?;
+        let max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
+        prepared.push((ids, max_tokens));
+    }
+    // Prompt logprobs are not streamed: computed only for a response that carries them.
+    let echo_logprobs = req.echo && want_logprobs && !req.common.stream;
+    let mut estimate = 0;
+    if want_logprobs && !req.common.stream {
+        let positions: usize = prepared
+            .iter()
+            .map(|(ids, max)| n * (max + if echo_logprobs { ids.len() } else { 0 }))
+            .sum();
+        estimate = check_response_size(
+            state,
+            positions,
+            params.top_logprobs,
+            COMPLETION_ENTRY_BYTES,
+            "logprobs",
+        )?;
+    }
+    let mut jobs = vec![];
+    let seq_request = next_request_id();
+    for (ids, max_tokens) in prepared {
         let mut params = params.clone();
-        params.max_tokens = check_budget(m, ids.len(), params.max_tokens, explicit)?;
-        let prompt_lp = (req.echo && want_logprobs).then_some(params.top_logprobs);
+        params.max_tokens = max_tokens;
+        let prompt_lp = echo_logprobs.then_some(params.top_logprobs);
         jobs.push(submit(
             m,
             seq_request,
@@ -494,108 +630,159 @@ async fn completions_inner(
             req.echo,
         ));
     }
-    let mut choices = vec![];
     let mut all = vec![];
-    for (pi, job) in jobs.iter_mut().enumerate() {
-        let done = collect(job).await?;
-        let prompt_text = if req.echo {
+    let mut prompt_texts = vec![];
+    for job in jobs.iter_mut() {
+        all.push(collect(job).await?);
+        prompt_texts.push(if req.echo {
             m.engine
                 .tokenizer()
                 .decode(&job.prompt_ids, true)
                 .map_err(ApiError::from)?
         } else {
             String::new()
-        };
-        for (i, c) in done.iter().enumerate() {
-            let logprobs = if want_logprobs {
-                let prompt = if req.echo {
-                    c.prompt_logprobs.as_deref()
-                } else {
-                    None
-                };
-                let ids: Vec<u32> = if req.echo {
-                    c.prompt_ids.iter().chain(&c.token_ids).copied().collect()
-                } else {
-                    c.token_ids.clone()
-                };
-                completion_logprobs(
-                    prompt,
-                    c.logprobs.as_deref().unwrap_or(&[]),
-                    &|t| label(m, t, as_ids),
-                    &text_offsets(m, &ids),
-                )
-            } else {
-                Value::Null
-            };
-            let mut v = json!({
-                "index": pi * n + i,
-                "text": format!("{prompt_text}{}", c.text),
-                "logprobs": logprobs,
-                "finish_reason": c.finish_reason.as_str(),
-            });
-            if let Some(e) = &c.experts {
-                v["experts"] = json!(e);
-            }
-            choices.push(v);
-        }
-        all.extend(done);
+        });
     }
-    let mut usage = usage_of(&all);
+    // Where each returned token starts in its choice's text.
+    let offsets: Vec<Vec<Vec<usize>>> = all
+        .iter()
+        .map(|done| {
+            done.iter()
+                .map(|c| {
+                    if !want_logprobs {
+                        return vec![];
+                    }
+                    let ids: Vec<u32> = if req.echo {
+                        c.prompt_ids.iter().chain(&c.token_ids).copied().collect()
+                    } else {
+                        c.token_ids.clone()
+                    };
+                    text_offsets(m, &ids)
+                })
+                .collect()
+        })
+        .collect();
+    let piece = |t: u32| label(m, t, as_ids);
+    let mut choices = vec![];
+    for (pi, done) in all.iter().enumerate() {
+        for (i, c) in done.iter().enumerate() {
+            choices.push(CompletionChoice {
+                index: pi * n + i,
+                text: format!("{}{}", prompt_texts[pi], c.text),
+                logprobs: want_logprobs.then(|| CompletionLogprobs {
+                    prompt: if req.echo {
+                        c.prompt_logprobs.as_deref()
+                    } else {
+                        None
+                    },
+                    generated: c.logprobs.as_deref().unwrap_or(&[]),
+                    piece: &piece,
+                    offsets: &offsets[pi][i],
+                }),
+                finish_reason: c.finish_reason.as_str(),
+                experts: c.experts.as_ref(),
+            });
+        }
+    }
+    let flat: Vec<Completion> = all.iter().flatten().cloned().collect();
+    let mut usage = usage_of(&flat);
+    drop(flat);
     usage.prompt_tokens = jobs.iter().map(|j| j.prompt_ids.len()).sum();
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-    Ok(Json(json!({
-        "id": id, "object": "text_completion", "created": now_secs(), "model": model,
-        "choices": choices, "usage": usage, "system_fingerprint": null,
-    }))
-    .into_response())
+    json_body(
+        &CompletionResponse {
+            id,
+            object: "text_completion",
+            created: now_secs(),
+            model: &model,
+            choices,
+            usage,
+            system_fingerprint: None,
+        },
+        estimate + 4096,
+    )
 }
 
 /// `echo` with `max_tokens: 0`: the prompt's own logprobs (teacher forcing), nothing generated.
+/// Each prompt is scored through the scheduler (admitted against the KV budget, run between its
+/// steps, a chunk of positions at a time); the response's size is checked first.
 async fn prompt_only(
+    state: &AppState,
     m: &Served,
     req: &CompletionRequest,
     prompts: Vec<Prompt>,
     as_ids: bool,
 ) -> Result<Response, ApiError> {
-    let vocab = m.engine.config().vocab_size;
     let lp = req.logprobs.unwrap_or(-1);
-    if lp > vocab as i64 || lp < -1 {
-        return Err(ApiError::bad(
-            format!("logprobs must be between 0 and {vocab}"),
-            Some("logprobs"),
-        ));
+    check_sequences(state, prompts.len(), 1)?;
+    let all_ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| m.engine.prompt_ids(p))
+        .collect::<Result<_, _>>()?;
+    let prompt_tokens: usize = all_ids.iter().map(Vec::len).sum();
+    let mut scored: Vec<Option<Vec<PromptTokenLogprob>>> = vec![None; all_ids.len()];
+    let mut estimate = 0;
+    if lp >= 0 {
+        let top_k = lp as usize;
+        estimate = check_response_size(
+            state,
+            prompt_tokens,
+            top_k,
+            COMPLETION_ENTRY_BYTES,
+            "logprobs",
+        )?;
+        let request_id = next_request_id();
+        let mut jobs = all_ids
+            .iter()
+            .map(|ids| submit_scoring(m, request_id, ids.clone(), top_k))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (job, out) in jobs.iter_mut().zip(scored.iter_mut()) {
+            let c = collect(job).await?.pop().expect("one choice");
+            *out = c.prompt_logprobs;
+        }
     }
-    let mut choices = vec![];
-    let mut prompt_tokens = 0;
-    for (i, p) in prompts.into_iter().enumerate() {
-        let ids = m.engine.prompt_ids(&p)?;
-        prompt_tokens += ids.len();
-        let engine = m.engine.clone();
-        let tokens = ids.clone();
-        let lps = tokio::task::spawn_blocking(move || {
-            engine.prompt_logprobs(&Prompt::Tokens(tokens), lp.max(0) as usize)
+    let offsets: Vec<Vec<usize>> = all_ids
+        .iter()
+        .map(|ids| {
+            if lp >= 0 {
+                text_offsets(m, ids)
+            } else {
+                vec![]
+            }
         })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-        let logprobs = if lp >= 0 {
-            completion_logprobs(
-                Some(&lps),
-                &[],
-                &|t| label(m, t, as_ids),
-                &text_offsets(m, &ids),
-            )
-        } else {
-            Value::Null
-        };
-        choices.push(json!({
-            "index": i, "text": m.engine.tokenizer().decode(&ids, true)?, "logprobs": logprobs, "finish_reason": "length",
-        }));
+        .collect();
+    let piece = |t: u32| label(m, t, as_ids);
+    let mut choices = vec![];
+    for (i, ids) in all_ids.iter().enumerate() {
+        choices.push(CompletionChoice {
+            index: i,
+            text: m.engine.tokenizer().decode(ids, true)?,
+            logprobs: (lp >= 0).then(|| CompletionLogprobs {
+                prompt: Some(scored[i].as_deref().unwrap_or(&[])),
+                generated: &[],
+                piece: &piece,
+                offsets: &offsets[i],
+            }),
+            finish_reason: "length",
+            experts: None,
+        });
     }
-    Ok(Json(json!({
-        "id": request_id("cmpl"), "object": "text_completion", "created": now_secs(), "model": m.name,
-        "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens},
-    }))
-    .into_response())
+    json_body(
+        &CompletionResponse {
+            id: request_id("cmpl"),
+            object: "text_completion",
+            created: now_secs(),
+            model: &m.name,
+            choices,
+            usage: Usage {
+                prompt_tokens,
+                completion_tokens: 0,
+                total_tokens: prompt_tokens,
+            },
+            system_fingerprint: None,
+        },
+        estimate + 4096,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -303,44 +303,110 @@ pub fn chat_logprobs(lps: &[TokenLogprob], piece: &dyn Fn(u32) -> String) -> Val
     json!({ "content": content })
 }
 
+/// Bytes one logprob entry (`"piece": -1.2345678,`) takes in a completions response, rounded
+/// up: a response with logprobs is estimated at positions × (logprobs + 1) of these and checked
+/// against `--max-response-bytes` before any work starts.
+pub const COMPLETION_ENTRY_BYTES: usize = 32;
+/// The same for a chat response's entries (`{"token": …, "logprob": …, "bytes": […]}`).
+pub const CHAT_ENTRY_BYTES: usize = 96;
+
 /// Completions `logprobs` (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`), the
 /// prompt's entries first when echoing. `offsets[i]`: where token i starts in the returned text.
+/// Serialised straight from the entries, with no JSON tree built in between.
+pub struct CompletionLogprobs<'a> {
+    pub prompt: Option<&'a [crate::generate::PromptTokenLogprob]>,
+    pub generated: &'a [TokenLogprob],
+    pub piece: &'a dyn Fn(u32) -> String,
+    pub offsets: &'a [usize],
+}
+
+/// One position's alternatives as a `{piece: logprob}` object.
+struct Alternatives<'a>(&'a [crate::generate::TopLogprob], &'a dyn Fn(u32) -> String);
+
+impl Serialize for Alternatives<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for a in self.0 {
+            m.serialize_entry(&(self.1)(a.token_id), &a.logprob)?;
+        }
+        m.end()
+    }
+}
+
+/// Serialises every item an iterator gives, as a JSON array.
+struct Seq<F>(F);
+
+impl<F, I, T> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = T>,
+    T: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
+impl Serialize for CompletionLogprobs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let prompt = self.prompt.unwrap_or(&[]);
+        let piece = self.piece;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry(
+            "tokens",
+            &Seq(|| {
+                prompt
+                    .iter()
+                    .map(|t| t.token_id)
+                    .chain(self.generated.iter().map(|l| l.token_id))
+                    .map(piece)
+            }),
+        )?;
+        m.serialize_entry(
+            "token_logprobs",
+            &Seq(|| {
+                prompt
+                    .iter()
+                    .map(|t| t.logprob)
+                    .chain(self.generated.iter().map(|l| Some(l.logprob)))
+            }),
+        )?;
+        // The alternatives at prompt position i are for the token after it: shift them by one.
+        m.serialize_entry(
+            "top_logprobs",
+            &Seq(|| {
+                let shifted = (0..prompt.len()).map(move |i| {
+                    i.checked_sub(1)
+                        .map(|j| Alternatives(&prompt[j].top_logprobs, piece))
+                });
+                shifted.chain(
+                    self.generated
+                        .iter()
+                        .map(move |l| Some(Alternatives(&l.top_logprobs, piece))),
+                )
+            }),
+        )?;
+        m.serialize_entry("text_offset", self.offsets)?;
+        m.end()
+    }
+}
+
+/// [`CompletionLogprobs`] as a JSON value (for a streamed chunk's few entries).
 pub fn completion_logprobs(
     prompt: Option<&[crate::generate::PromptTokenLogprob]>,
     generated: &[TokenLogprob],
     piece: &dyn Fn(u32) -> String,
     offsets: &[usize],
 ) -> Value {
-    let mut tokens = vec![];
-    let mut token_logprobs = vec![];
-    let mut top = vec![];
-    let mut push = |id: u32, lp: Option<f32>, alts: Value| {
-        tokens.push(piece(id));
-        token_logprobs.push(lp.map_or(Value::Null, |x| json!(x)));
-        top.push(alts);
-    };
-    if let Some(prompt) = prompt {
-        // The alternatives at position i are for the token after it: shift them by one.
-        let mut prev: Option<Value> = None;
-        for t in prompt {
-            push(t.token_id, t.logprob, prev.take().unwrap_or(Value::Null));
-            let m: serde_json::Map<String, Value> = t
-                .top_logprobs
-                .iter()
-                .map(|a| (piece(a.token_id), json!(a.logprob)))
-                .collect();
-            prev = Some(Value::Object(m));
-        }
-    }
-    for l in generated {
-        let m: serde_json::Map<String, Value> = l
-            .top_logprobs
-            .iter()
-            .map(|a| (piece(a.token_id), json!(a.logprob)))
-            .collect();
-        push(l.token_id, Some(l.logprob), Value::Object(m));
-    }
-    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+    serde_json::to_value(CompletionLogprobs {
+        prompt,
+        generated,
+        piece,
+        offsets,
+    })
+    .unwrap_or(Value::Null)
 }
 
 pub fn usage_of(completions: &[Completion]) -> Usage {
