@@ -1,4 +1,4 @@
-//! AVX2 dequantizers (and fused four-row dot products of some) of the quantised types: eight values per
+//! AVX2 dequantizers and fused four-row dot products of the quantised types: eight values per
 //! instruction, with the reference's float operations in its order (a product, then a sum or
 //! difference; never a fused multiply-add), so every value is the reference's bits.
 
@@ -332,8 +332,8 @@ pub unsafe fn dot4_q6_k(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
 }
 
 /// A block type whose values come out eight at a time, in column order, each vector holding the
-/// reference's bits: one description of the block for the dequantizer ([`dequantize`]) and any
-/// kernel that consumes the values in registers. The helpers carry the
+/// reference's bits: one description of the block serves both the dequantizer ([`dequantize`])
+/// and the fused dot product ([`dot4`]), so the two cannot drift apart. The helpers carry the
 /// target features themselves (rather than `#[inline(always)]` alone) so the intrinsics, and the
 /// closures that inherit the features, inline whatever order the inliner visits them in: one
 /// call left in the loop cost Q5_0's dequantizer 30 times its time.
@@ -361,6 +361,34 @@ unsafe fn dequantize<B: Block>(b: &[u8], y: &mut [f32]) {
         let out = out.as_mut_ptr();
         B::each(blk.as_ptr(), |o, w| _mm256_storeu_ps(out.add(o), w));
     }
+}
+
+/// `[x · w_r]` for four rows of `B`, each `x.len()` values (whole blocks), summed as the f32
+/// `dot4` sums the dequantized rows: one 8-lane accumulator per row, an FMA per 8 columns in
+/// column order, the same reduction.
+///
+/// # Safety
+/// AVX2, FMA and F16C; each row holds `x.len() / B::VALUES` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4<B: Block>(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let xp = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    // The next quad of a matrix follows these four rows: stream it in as they are read.
+    let ahead = 4 * rows[0].len();
+    for b in 0..x.len() / B::VALUES {
+        let xb = xp.add(B::VALUES * b);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let blk = rows[r].as_ptr().add(B::BYTES * b);
+            for line in (0..B::BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(ahead + line) as *const i8);
+            }
+            B::each(blk, |o, w| {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(o)), w, *a);
+            });
+        }
+    }
+    acc.map(|a| crate::dot::avx2::hsum(a))
 }
 
 /// The f16 at `p`, by F16C (exact, as the reference's conversion).
@@ -628,23 +656,32 @@ impl Block for Q5K {
 }
 
 macro_rules! block_kernels {
-    ($($block:ident: $deq:ident;)*) => {$(
+    ($($block:ident: $deq:ident, $dot:ident;)*) => {$(
         /// # Safety
         /// AVX2, FMA and F16C; `b` holds `y.len() / VALUES` blocks.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $deq(b: &[u8], y: &mut [f32]) {
             dequantize::<$block>(b, y)
         }
+
+        /// [`dot4_q8_0`] for this block type, by its [`Block`] description.
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C; each row holds `x.len() / VALUES` blocks.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $dot(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+            dot4::<$block>(x, rows)
+        }
     )*};
 }
 
 block_kernels! {
-    Q4_1: q4_1;
-    Q5_0: q5_0;
-    Q5_1: q5_1;
-    Iq4Nl: iq4_nl;
-    Iq4Xs: iq4_xs;
-    Q2K: q2_k;
-    Q3K: q3_k;
-    Q5K: q5_k;
+    Q4_1: q4_1, dot4_q4_1;
+    Q5_0: q5_0, dot4_q5_0;
+    Q5_1: q5_1, dot4_q5_1;
+    Iq4Nl: iq4_nl, dot4_iq4_nl;
+    Iq4Xs: iq4_xs, dot4_iq4_xs;
+    Q2K: q2_k, dot4_q2_k;
+    Q3K: q3_k, dot4_q3_k;
+    Q5K: q5_k, dot4_q5_k;
 }

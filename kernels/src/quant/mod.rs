@@ -19,25 +19,31 @@ pub use reference::dequantize_row;
 pub fn fused_dot4(t: GgmlType) -> Option<FusedDot4> {
     #[cfg(target_arch = "x86_64")]
     if crate::dot::has_avx2() {
+        // A non-capturing closure per type, so each is a plain fn pointer.
+        macro_rules! checked {
+            ($t:ident, $kernel:ident) => {
+                Some(|x, r| {
+                    // SAFETY: AVX2, FMA and F16C are present (checked when this was picked);
+                    // every row holds the blocks of `x.len()` values (checked here).
+                    rows_fit(GgmlType::$t, x, &r).then(|| unsafe { avx2::$kernel(x, r) })
+                })
+            };
+        }
         return match t {
-            GgmlType::Q8_0 => Some(|x, r| {
-                // SAFETY: AVX2, FMA and F16C are present (checked when this was picked); every
-                // row holds the blocks of `x.len()` values (checked here).
-                rows_fit(GgmlType::Q8_0, x, &r).then(|| unsafe { avx2::dot4_q8_0(x, r) })
-            }),
-            GgmlType::Q4_K => Some(|x, r| {
-                // SAFETY: as above.
-                rows_fit(GgmlType::Q4_K, x, &r).then(|| unsafe { avx2::dot4_q4_k(x, r) })
-            }),
-            GgmlType::Q4_0 => Some(|x, r| {
-                // SAFETY: as above.
-                rows_fit(GgmlType::Q4_0, x, &r).then(|| unsafe { avx2::dot4_q4_0(x, r) })
-            }),
-            GgmlType::Q6_K => Some(|x, r| {
-                // SAFETY: as above.
-                rows_fit(GgmlType::Q6_K, x, &r).then(|| unsafe { avx2::dot4_q6_k(x, r) })
-            }),
-            _ => None,
+            GgmlType::Q8_0 => checked!(Q8_0, dot4_q8_0),
+            GgmlType::Q4_0 => checked!(Q4_0, dot4_q4_0),
+            GgmlType::Q4_1 => checked!(Q4_1, dot4_q4_1),
+            GgmlType::Q5_0 => checked!(Q5_0, dot4_q5_0),
+            GgmlType::Q5_1 => checked!(Q5_1, dot4_q5_1),
+            GgmlType::Q2_K => checked!(Q2_K, dot4_q2_k),
+            GgmlType::Q3_K => checked!(Q3_K, dot4_q3_k),
+            GgmlType::Q4_K => checked!(Q4_K, dot4_q4_k),
+            GgmlType::Q5_K => checked!(Q5_K, dot4_q5_k),
+            GgmlType::Q6_K => checked!(Q6_K, dot4_q6_k),
+            GgmlType::IQ4_NL => checked!(IQ4_NL, dot4_iq4_nl),
+            GgmlType::IQ4_XS => checked!(IQ4_XS, dot4_iq4_xs),
+            // The float types have their own dot kernels.
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
         };
     }
     None
@@ -314,6 +320,44 @@ mod fast_tests {
             dequantize_row(t, &b, &mut slow).unwrap();
             assert_eq!(bits(&fast), bits(&slow), "{t}");
             assert!(dequantize_row_fast(t, &b[1..], &mut fast).is_err());
+        }
+    }
+
+    /// Every type's fused kernel gives the bits of dequantizing its four rows and taking
+    /// [`crate::dot::dot4`], and refuses rows that do not hold `x.len()` values.
+    #[test]
+    fn fused_dot4_gives_the_bits_of_dequantize_then_dot4() {
+        use crate::WeightData;
+        for t in ALL_TYPES {
+            let Some(fused) = fused_dot4(t) else {
+                continue;
+            };
+            let blocks = 5;
+            let k = blocks * t.block_size();
+            let rows: Vec<Vec<u8>> = (0..4).map(|r| random_blocks(t, blocks, 99 + r)).collect();
+            let deq: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|b| {
+                    let mut y = vec![0f32; k];
+                    dequantize_row(t, b, &mut y).unwrap();
+                    y
+                })
+                .collect();
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let want = crate::dot::dot4(&x, std::array::from_fn(|r| WeightData::F32(&deq[r])));
+            let r = |i: usize| rows[i].as_slice();
+            let got = fused(&x, [r(0), r(1), r(2), r(3)]).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{t}");
+            assert!(
+                fused(&x, [r(0), r(1), &rows[2][1..], r(3)]).is_none(),
+                "{t}"
+            );
+            assert!(
+                fused(&x[..k - 8], [r(0), r(1), r(2), r(3)]).is_none(),
+                "{t}"
+            );
         }
     }
 }
