@@ -1,13 +1,15 @@
 //! Criterion benches of the MoE ops at the bench checkpoint's shapes (hidden 1024, ffn 3584,
 //! 8 experts, top-2, 16 / 4 heads of 64): router with its load counters, the grouped expert FFN in
 //! bf16 and f32 (also batch 1 with its weights streamed from memory, as decode reads them), and
-//! attention for decode and prefill; and the cost of a parallel region of the CPU kernels' team.
+//! attention for decode and prefill; a quantised matrix-vector product per ggml type (dequantize
+//! then dot, or the fused kernel); and the cost of a parallel region of the CPU kernels' team.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use moe_benches::uniform;
 use moe_kernels::attention::{self, Attention, AttnSeq};
 use moe_kernels::expert_ffn::{self, ExpertMats};
+use moe_kernels::quant::{self, GgmlType};
 use moe_kernels::router_topk::{self, ExpertLoad, RouterTopK};
 use moe_kernels::{permute, Mat, WeightData};
 
@@ -242,6 +244,75 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// One token through a `HIDDEN × FFN` matrix (w2's shape) of each quantised type, on one thread,
+/// three ways giving the same bits: the scalar reference dequantizer into a four-row buffer then
+/// the f32 `dot4` (what a type without fast kernels runs), the vectorised dequantizer then `dot4`
+/// (the batched path), and the fused kernel (one token). Reported as bytes of weights per second.
+fn quant_matvec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("quant_matvec");
+    g.sample_size(20)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(2));
+    let (rows, k) = (HIDDEN, FFN);
+    let x = uniform(k, 11);
+    let mut buf = vec![0f32; 4 * k];
+    let mut y = vec![0f32; rows];
+    for t in quant::ALL_TYPES.into_iter().filter(|t| t.is_quantized()) {
+        let rb = t.bytes_for(k).unwrap();
+        let w = random_blocks(t, rows * rb);
+        let quad = |r: usize| -> [&[u8]; 4] { std::array::from_fn(|j| &w[(r + j) * rb..][..rb]) };
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        let deq: [(&str, fn(GgmlType, &[u8], &mut [f32]) -> _); 2] = [
+            ("reference", quant::dequantize_row),
+            ("dequantize_fast", quant::dequantize_row_fast),
+        ];
+        for (name, deq) in deq {
+            g.bench_function(BenchmarkId::new(name, t), |b| {
+                b.iter(|| {
+                    for r in (0..rows).step_by(4) {
+                        deq(t, &w[r * rb..(r + 4) * rb], &mut buf).unwrap();
+                        let ws = std::array::from_fn(|j| WeightData::F32(&buf[j * k..][..k]));
+                        y[r..r + 4].copy_from_slice(&moe_kernels::dot::dot4(&x, ws));
+                    }
+                })
+            });
+        }
+        if let Some(fused) = quant::fused_dot4(t) {
+            g.bench_function(BenchmarkId::new("fused", t), |b| {
+                b.iter(|| {
+                    for r in (0..rows).step_by(4) {
+                        y[r..r + 4].copy_from_slice(&fused(&x, quad(r)).unwrap());
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// `bytes` random bytes of blocks of `t` with finite f16 scales of a trained model's size (NaN or
+/// huge scales would time a different float path).
+fn random_blocks(t: GgmlType, bytes: usize) -> Vec<u8> {
+    let scales: &[usize] = match t {
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        _ => &[0],
+    };
+    let noise = uniform(bytes / 4 + 1, 17);
+    let mut w: Vec<u8> = (0..bytes)
+        .map(|i| (noise[i / 4].to_bits() >> (8 * (i % 4))) as u8)
+        .collect();
+    for (b, blk) in w.chunks_exact_mut(t.block_bytes()).enumerate() {
+        for &o in scales {
+            let d = half::f16::from_f32(1e-3 * (1.0 + (b % 7) as f32));
+            blk[o..o + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+        }
+    }
+    w
+}
+
 /// A parallel region of the team a forward pass runs on, with as many items as a decode step's
 /// regions have (4: attention, 28: two experts' gate/up, 125: the lm_head) and a fixed ≈ 0.1 µs of
 /// work each, so the time above the work is what handing out the items costs.
@@ -274,6 +345,7 @@ criterion_group!(
     experts,
     experts_streamed,
     attention,
+    quant_matvec,
     team_region
 );
 criterion_main!(benches);

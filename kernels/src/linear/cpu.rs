@@ -635,13 +635,20 @@ mod tests {
     #[test]
     fn quantised_rows_multiply_as_their_dequantized_values() {
         use crate::quant::GgmlType;
-        // Q8_0, Q4_K, Q4_0, Q6_K (fused one-token kernels), Q5_0 (none: the buffered path).
+        // Every quantised type: one token takes its fused kernel, nine the buffered path.
         for (ty, inn, scales) in [
             (GgmlType::Q8_0, 96usize, &[0usize][..]),
             (GgmlType::Q4_K, 512, &[0, 2][..]),
+            (GgmlType::Q5_K, 512, &[0, 2][..]),
             (GgmlType::Q6_K, 512, &[208][..]),
+            (GgmlType::Q2_K, 512, &[80, 82][..]),
+            (GgmlType::Q3_K, 512, &[108][..]),
+            (GgmlType::IQ4_XS, 512, &[0][..]),
             (GgmlType::Q4_0, 64, &[0][..]),
+            (GgmlType::Q4_1, 64, &[0, 2][..]),
             (GgmlType::Q5_0, 64, &[0][..]),
+            (GgmlType::Q5_1, 64, &[0, 2][..]),
+            (GgmlType::IQ4_NL, 64, &[0][..]),
         ] {
             quantised_case(ty, 13, inn, scales);
         }

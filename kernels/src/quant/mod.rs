@@ -19,25 +19,31 @@ pub use reference::dequantize_row;
 pub fn fused_dot4(t: GgmlType) -> Option<FusedDot4> {
     #[cfg(target_arch = "x86_64")]
     if crate::dot::has_avx2() {
+        // A non-capturing closure per type, so each is a plain fn pointer.
+        macro_rules! checked {
+            ($t:ident, $kernel:ident) => {
+                Some(|x, r| {
+                    // SAFETY: AVX2, FMA and F16C are present (checked when this was picked);
+                    // every row holds the blocks of `x.len()` values (checked here).
+                    rows_fit(GgmlType::$t, x, &r).then(|| unsafe { avx2::$kernel(x, r) })
+                })
+            };
+        }
         return match t {
-            GgmlType::Q8_0 => Some(|x, r| {
-                // SAFETY: AVX2, FMA and F16C are present (checked when this was picked); every
-                // row holds the blocks of `x.len()` values (checked here).
-                rows_fit(GgmlType::Q8_0, x, &r).then(|| unsafe { avx2::dot4_q8_0(x, r) })
-            }),
-            GgmlType::Q4_K => Some(|x, r| {
-                // SAFETY: as above.
-                rows_fit(GgmlType::Q4_K, x, &r).then(|| unsafe { avx2::dot4_q4_k(x, r) })
-            }),
-            GgmlType::Q4_0 => Some(|x, r| {
-                // SAFETY: as above.
-                rows_fit(GgmlType::Q4_0, x, &r).then(|| unsafe { avx2::dot4_q4_0(x, r) })
-            }),
-            GgmlType::Q6_K => Some(|x, r| {
-                // SAFETY: as above.
-                rows_fit(GgmlType::Q6_K, x, &r).then(|| unsafe { avx2::dot4_q6_k(x, r) })
-            }),
-            _ => None,
+            GgmlType::Q8_0 => checked!(Q8_0, dot4_q8_0),
+            GgmlType::Q4_0 => checked!(Q4_0, dot4_q4_0),
+            GgmlType::Q4_1 => checked!(Q4_1, dot4_q4_1),
+            GgmlType::Q5_0 => checked!(Q5_0, dot4_q5_0),
+            GgmlType::Q5_1 => checked!(Q5_1, dot4_q5_1),
+            GgmlType::Q2_K => checked!(Q2_K, dot4_q2_k),
+            GgmlType::Q3_K => checked!(Q3_K, dot4_q3_k),
+            GgmlType::Q4_K => checked!(Q4_K, dot4_q4_k),
+            GgmlType::Q5_K => checked!(Q5_K, dot4_q5_k),
+            GgmlType::Q6_K => checked!(Q6_K, dot4_q6_k),
+            GgmlType::IQ4_NL => checked!(IQ4_NL, dot4_iq4_nl),
+            GgmlType::IQ4_XS => checked!(IQ4_XS, dot4_iq4_xs),
+            // The float types have their own dot kernels.
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
         };
     }
     None
@@ -58,15 +64,23 @@ pub fn dequantize_row_fast(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result
         let f: Option<unsafe fn(&[u8], &mut [f32])> = match t {
             GgmlType::Q8_0 => Some(avx2::q8_0),
             GgmlType::Q4_0 => Some(avx2::q4_0),
+            GgmlType::Q4_1 => Some(avx2::q4_1),
+            GgmlType::Q5_0 => Some(avx2::q5_0),
+            GgmlType::Q5_1 => Some(avx2::q5_1),
+            GgmlType::Q2_K => Some(avx2::q2_k),
+            GgmlType::Q3_K => Some(avx2::q3_k),
             GgmlType::Q4_K => Some(avx2::q4_k),
             GgmlType::Q5_K => Some(avx2::q5_k),
             GgmlType::Q6_K => Some(avx2::q6_k),
-            _ => None,
+            GgmlType::IQ4_NL => Some(avx2::iq4_nl),
+            GgmlType::IQ4_XS => Some(avx2::iq4_xs),
+            // Widening a float row is the reference's one conversion per value already.
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
         };
         if let Some(f) = f {
             check_row(t, bytes.len(), out.len())?;
-            // SAFETY: AVX2 is present (checked above) and `bytes` holds exactly the blocks of
-            // `out` (checked by `check_row`).
+            // SAFETY: AVX2, FMA and F16C are present (checked above) and `bytes` holds exactly
+            // the blocks of `out` (checked by `check_row`).
             unsafe { f(bytes, out) };
             return Ok(());
         }
@@ -257,41 +271,93 @@ pub(crate) fn check_row(t: GgmlType, bytes: usize, n: usize) -> Result<(), Kerne
 mod fast_tests {
     use super::*;
 
-    /// Random blocks (scales finite) dequantize to the reference's bits.
-    #[test]
-    fn fast_dequantizers_give_the_reference_bits() {
-        let mut s = 12345u64;
+    /// Offsets of each type's f16 scales in a block (set to finite values in random blocks).
+    fn scale_offsets(t: GgmlType) -> &'static [usize] {
+        match t {
+            // Every value is its own scale: random bits, NaNs included, take the same path.
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &[],
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
+            GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            GgmlType::Q2_K => &[80, 82],
+            GgmlType::Q3_K => &[108],
+            GgmlType::Q6_K => &[208],
+        }
+    }
+
+    /// `blocks` random blocks of `t` with finite scales.
+    fn random_blocks(t: GgmlType, blocks: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
         let mut byte = || {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
             (s >> 24) as u8
         };
-        // Offsets of each type's f16 scales, set to finite values.
-        let scales: &[(GgmlType, &[usize])] = &[
-            (GgmlType::Q8_0, &[0]),
-            (GgmlType::Q4_0, &[0]),
-            (GgmlType::Q4_K, &[0, 2]),
-            (GgmlType::Q5_K, &[0, 2]),
-            (GgmlType::Q6_K, &[208]),
-        ];
-        for &(t, at) in scales {
-            let blocks = 7;
-            let mut b: Vec<u8> = (0..blocks * t.block_bytes()).map(|_| byte()).collect();
-            for k in 0..blocks {
-                for &o in at {
-                    let v = half::f16::from_f32((byte() as f32 - 128.0) / 300.0);
-                    b[k * t.block_bytes() + o..][..2].copy_from_slice(&v.to_bits().to_le_bytes());
-                }
+        let mut b: Vec<u8> = (0..blocks * t.block_bytes()).map(|_| byte()).collect();
+        for k in 0..blocks {
+            for &o in scale_offsets(t) {
+                let v = half::f16::from_f32((byte() as f32 - 128.0) / 300.0);
+                b[k * t.block_bytes() + o..][..2].copy_from_slice(&v.to_bits().to_le_bytes());
             }
+        }
+        b
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Random blocks (scales finite) of every type dequantize to the reference's bits.
+    #[test]
+    fn fast_dequantizers_give_the_reference_bits() {
+        for t in ALL_TYPES {
+            let blocks = 7;
+            let b = random_blocks(t, blocks, 12345);
             let n = blocks * t.block_size();
             let (mut fast, mut slow) = (vec![0f32; n], vec![0f32; n]);
             dequantize_row_fast(t, &b, &mut fast).unwrap();
             dequantize_row(t, &b, &mut slow).unwrap();
-            let fb: Vec<u32> = fast.iter().map(|v| v.to_bits()).collect();
-            let sb: Vec<u32> = slow.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(fb, sb, "{t}");
+            assert_eq!(bits(&fast), bits(&slow), "{t}");
             assert!(dequantize_row_fast(t, &b[1..], &mut fast).is_err());
+        }
+    }
+
+    /// Every type's fused kernel gives the bits of dequantizing its four rows and taking
+    /// [`crate::dot::dot4`], and refuses rows that do not hold `x.len()` values.
+    #[test]
+    fn fused_dot4_gives_the_bits_of_dequantize_then_dot4() {
+        use crate::WeightData;
+        for t in ALL_TYPES {
+            let Some(fused) = fused_dot4(t) else {
+                continue;
+            };
+            let blocks = 5;
+            let k = blocks * t.block_size();
+            let rows: Vec<Vec<u8>> = (0..4).map(|r| random_blocks(t, blocks, 99 + r)).collect();
+            let deq: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|b| {
+                    let mut y = vec![0f32; k];
+                    dequantize_row(t, b, &mut y).unwrap();
+                    y
+                })
+                .collect();
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let want = crate::dot::dot4(&x, std::array::from_fn(|r| WeightData::F32(&deq[r])));
+            let r = |i: usize| rows[i].as_slice();
+            let got = fused(&x, [r(0), r(1), r(2), r(3)]).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{t}");
+            assert!(
+                fused(&x, [r(0), r(1), &rows[2][1..], r(3)]).is_none(),
+                "{t}"
+            );
+            assert!(
+                fused(&x[..k - 8], [r(0), r(1), r(2), r(3)]).is_none(),
+                "{t}"
+            );
         }
     }
 }

@@ -6,7 +6,7 @@ use super::{check_row, GgmlType};
 use crate::KernelError;
 
 /// IQ4_NL / IQ4_XS non-linear code book (`kvalues_iq4nl`).
-const KVALUES_IQ4NL: [i8; 16] = [
+pub(super) const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
@@ -118,7 +118,7 @@ fn q2_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 16 six-bit Q3_K scales (0..63) from their 12-byte packing.
-fn q3_k_scales(s: &[u8]) -> [i32; 16] {
+pub(super) fn q3_k_scales(s: &[u8]) -> [i32; 16] {
     let mut out = [0i32; 16];
     for (k, o) in out.iter_mut().enumerate() {
         let low = if k < 8 { s[k] & 0xF } else { s[k - 8] >> 4 };
