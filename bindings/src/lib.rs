@@ -19,6 +19,7 @@ fn to_py(e: Error) -> PyErr {
         | Error::ChatTemplate(_)
         | Error::InvalidRequest(_)
         | Error::Preset { .. }
+        | Error::NoModel { .. }
         | Error::Io { .. }
         | Error::Tokenizer(_) => PyValueError::new_err(e.to_string()),
         other => PyRuntimeError::new_err(other.to_string()),

@@ -146,7 +146,7 @@ def test_bad_input_raises(student):
         student.logits([1, 10**6])
     with pytest.raises(ValueError, match="alternate"):
         student.chat([{"role": "assistant", "content": "x"}])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no model at /no/such/model: not a preset name"):
         moe.Model("/no/such/model")
     with pytest.raises(RuntimeError):
         broken = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"moe-broken-{os.getpid()}")

@@ -37,6 +37,17 @@ impl ModelSource {
     }
 }
 
+/// As a user wrote it: the path or preset name, or `embedded`.
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Embedded => f.write_str("embedded"),
+            ModelSource::Dir(p) | ModelSource::Gguf(p) => write!(f, "{}", p.display()),
+            ModelSource::Preset(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Options for loading.
 #[derive(Default)]
 pub struct LoadOptions<'a> {
@@ -131,7 +142,10 @@ impl<B: Backend> Engine<B> {
             }
             ModelSource::Preset(name) => {
                 let presets = Presets::discover()?;
-                let p = presets.get(name)?.clone();
+                let p = match presets.presets.get(name) {
+                    Some(p) => p.clone(),
+                    None => return Err(no_model(name, &presets)),
+                };
                 let opened = if p.path.extension().is_some_and(|e| e == "gguf") {
                     crate::models::gguf::open(&p.path)
                 } else {
@@ -251,4 +265,33 @@ fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
     let weights = Weights::open_dir(dir)?;
     let tok = Tokenizer::from_dir(dir)?;
     Ok((cfg, weights, tok))
+}
+
+/// What `--model NAME` missed: [`ModelSource::parse`] takes anything that is not a directory or a
+/// `.gguf` path for a preset name, so a mistyped path lands here too.
+fn no_model(name: &str, presets: &Presets) -> Error {
+    let message = if Path::new(name).is_file() {
+        "a file, but not a .gguf one: give a model directory (config.json, *.safetensors, \
+         tokenizer.json), a .gguf file or a preset name"
+            .to_string()
+    } else {
+        let known = match &presets.file {
+            Some(f) => format!(
+                "presets in {}: {}",
+                f.display(),
+                presets
+                    .presets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "no models.toml found; $MOE_MODELS_TOML names one".into(),
+        };
+        format!("not a preset name and no such directory or file ({known})")
+    };
+    Error::NoModel {
+        name: name.to_string(),
+        message,
+    }
 }

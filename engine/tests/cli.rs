@@ -117,6 +117,61 @@ fn stats_json_shape_and_table() {
 }
 
 #[test]
+fn stats_chat_routes_the_templated_prompt() {
+    let tokens = |args: &[&str]| json(args)["layers"][0]["tokens"].as_u64().unwrap();
+    let plain = tokens(&["stats", "--prompt", "What is 24 plus 17?", "--json"]);
+    let chat = tokens(&[
+        "stats",
+        "--chat",
+        "--prompt",
+        "What is 24 plus 17?",
+        "--json",
+    ]);
+    // The same prompt the chat generation sees: `--chat --json` of generate lists its ids.
+    let ids = json(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is 24 plus 17?",
+        "--max-tokens",
+        "1",
+        "--json",
+    ])["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert_eq!(chat, ids);
+    assert!(chat > plain, "chat {chat} vs plain {plain}");
+    fails_with(&["stats", "--chat", "--token-ids", "1,2"], "--chat needs");
+}
+
+#[test]
+fn an_empty_prompt_is_an_error() {
+    for cmd in ["generate", "logprobs", "stats"] {
+        fails_with(&[cmd, "--prompt", ""], "empty prompt");
+    }
+    fails_with(&["generate", "--chat", "--prompt", ""], "empty prompt");
+}
+
+#[test]
+fn a_missing_model_is_named_plainly() {
+    let out = moe(&["generate", "--model", "/nonexistent", "--prompt", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no model at /nonexistent: not a preset name and no such directory or file"),
+        "{err}"
+    );
+    assert!(!err.contains("Preset("), "Rust debug formatting in {err:?}");
+    // A file that is neither a .gguf nor a directory says so.
+    let file = fixture("mixtral-tiny-f32/config.json");
+    fails_with(
+        &["generate", "--model", &file, "--prompt", "x"],
+        "a file, but not a .gguf one",
+    );
+}
+
+#[test]
 fn bad_input_exits_1_with_a_named_problem() {
     fails_with(
         &["generate", "--prompt", "x", "--temperature", "-1"],

@@ -111,6 +111,9 @@ enum Command {
         model: ModelArg,
         #[command(flatten)]
         prompt: PromptArg,
+        /// Render the prompt as a user message with the chat template.
+        #[arg(long)]
+        chat: bool,
         #[arg(long)]
         json: bool,
     },
@@ -1058,7 +1061,7 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
         quantize: QUANTIZE.get().copied().flatten(),
         quantize_attention: QUANTIZE_ATTENTION.load(std::sync::atomic::Ordering::Relaxed),
     };
-    Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
+    Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source}"))
 }
 
 /// Loads every model with `load` and starts the server on them.
@@ -1100,6 +1103,10 @@ macro_rules! on_device {
 }
 
 fn prompt_of(p: &PromptArg, chat: bool) -> Result<Prompt> {
+    // Else an empty text becomes a prompt of just the BOS token, and exits 0 with nothing said.
+    if p.prompt.as_deref() == Some("") {
+        bail!("empty prompt: --prompt \"\" has no text to continue");
+    }
     Ok(match (&p.prompt, &p.token_ids) {
         (Some(text), None) if chat => Prompt::Chat(vec![ChatMessage {
             role: "user".into(),
@@ -1297,9 +1304,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats {
             model,
             prompt,
+            chat,
             json,
         } => {
-            let prompt = prompt_of(&prompt, false)?;
+            let prompt = prompt_of(&prompt, chat)?;
             on_device!(device, model, |engine| {
                 engine.prompt_logprobs(&prompt, 0)?;
                 let report = engine.stats();
