@@ -316,7 +316,7 @@ impl Model {
         }
     }
 
-    #[pyo3(signature = (prompts, *, max_tokens = 64, temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0.0,
+    #[pyo3(signature = (prompts, *, max_tokens = 64, temperature = 0.0, top_p = 1.0, top_k = 0, min_p = 0.0,
         repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = None, n = 1, stop = None,
         logprobs = false, top_logprobs = 0, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
@@ -359,7 +359,7 @@ impl Model {
 
     /// One conversation (a list of messages) or a list of conversations, rendered with the chat
     /// template.
-    #[pyo3(signature = (conversations, *, max_tokens = 64, temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0.0,
+    #[pyo3(signature = (conversations, *, max_tokens = 64, temperature = 0.0, top_p = 1.0, top_k = 0, min_p = 0.0,
         repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = None, n = 1, stop = None,
         logprobs = false, top_logprobs = 0, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]

@@ -111,6 +111,16 @@ def test_chat_generation_and_seeds(student):
     assert len(student.generate("[INST] hi [/INST]", n=3, seed=1, max_tokens=4)) == 3
 
 
+def test_sampling_defaults_to_greedy(student):
+    # As the CLI and SamplingParams::default(): no temperature means greedy, so seeds change nothing.
+    conv = [{"role": "user", "content": "Name three colours."}]
+    greedy = student.chat(conv, temperature=0, max_tokens=8, ignore_eos=True)[0].token_ids
+    for seed in range(4):
+        assert student.chat(conv, seed=seed, max_tokens=8, ignore_eos=True)[0].token_ids == greedy
+        assert student.generate("[INST] Count to five. [/INST]", seed=seed, max_tokens=8)[0].token_ids == \
+            student.generate("[INST] Count to five. [/INST]", temperature=0, max_tokens=8)[0].token_ids
+
+
 def test_score_prefers_the_right_answer(student):
     s = student.score("[INST] What is 24 plus 17? [/INST]", [" 41", " 12"])
     assert s[0] > s[1]

@@ -43,7 +43,7 @@ class Model:
         prompts: Union[PromptLike, Sequence[PromptLike]],
         *,
         max_tokens: int = 64,
-        temperature: float = 1.0,
+        temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
         min_p: float = 0.0,

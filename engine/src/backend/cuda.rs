@@ -670,6 +670,7 @@ mod tests {
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
         let mut p = SamplingParams {
+            temperature: 1.0,
             max_tokens: 16,
             ..Default::default()
         };
