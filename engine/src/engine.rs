@@ -74,6 +74,9 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// [`LoadOptions::bf16_activations`] in effect (asked for, a CPU backend, bf16 weights).
     pub bf16_activations: bool,
+    /// The stored weights' dtypes as loaded (after `--quantize`), by share of bytes: `bf16`, or
+    /// `q8_0 93% + f32 7%` where tensors differ.
+    pub weight_dtype: String,
 }
 
 pub struct Engine<B: Backend = CpuBackend> {
@@ -191,6 +194,7 @@ impl<B: Backend> Engine<B> {
         let bf16_activations =
             opts.bf16_activations && backend.takes_bf16_activations() && weights.has_bf16();
         weights.set_bf16_activations(bf16_activations);
+        let weight_dtype = dtype_summary(&weights);
         let model = Model::load(cfg, &weights, backend, progress)?;
         let info = ModelInfo {
             name,
@@ -199,6 +203,7 @@ impl<B: Backend> Engine<B> {
             weight_bytes: model.weight_bytes(),
             context_length,
             bf16_activations,
+            weight_dtype,
         };
         Ok(Engine {
             model,
@@ -265,6 +270,28 @@ fn open_dir(dir: &Path) -> Result<(ModelConfig, Weights, Tokenizer)> {
     let weights = Weights::open_dir(dir)?;
     let tok = Tokenizer::from_dir(dir)?;
     Ok((cfg, weights, tok))
+}
+
+/// The dtypes of `weights` by share of bytes, lower case, largest first (`bf16`;
+/// `q4_k 81% + q6_k 12% + f32 7%`).
+fn dtype_summary(weights: &Weights) -> String {
+    let mut bytes: std::collections::BTreeMap<String, usize> = Default::default();
+    for name in weights.names() {
+        if let Some(i) = weights.info(name) {
+            *bytes.entry(i.dtype.to_lowercase()).or_default() += i.end - i.start;
+        }
+    }
+    let total: usize = bytes.values().sum();
+    let mut by_size: Vec<(String, usize)> = bytes.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if by_size.len() == 1 {
+        return by_size.remove(0).0;
+    }
+    by_size
+        .iter()
+        .map(|(d, b)| format!("{d} {:.0}%", 100.0 * *b as f64 / total.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// What `--model NAME` missed: [`ModelSource::parse`] takes anything that is not a directory or a
