@@ -313,7 +313,7 @@ fn no_model(name: &str, presets: &Presets) -> Error {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            None => "no models.toml found; $MOE_MODELS_TOML names one".into(),
+            None => crate::presets::NOT_FOUND.into(),
         };
         format!("not a preset name and no such directory or file ({known})")
     };

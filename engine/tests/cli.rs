@@ -584,3 +584,54 @@ fn chat_renders_chatml_for_qwen3_moe() {
         "no chat_template",
     );
 }
+
+#[test]
+fn presets_are_found_at_run_time_from_the_current_directory_up() {
+    let root = std::env::temp_dir().join(format!("moe-cli-presets-{}", std::process::id()));
+    let inner = root.join("a").join("b");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(
+        root.join("models.toml"),
+        format!("[tiny]\npath = {:?}\n", fixture("mixtral-tiny-f32")),
+    )
+    .unwrap();
+    let run = |dir: &std::path::Path, toml: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moe"));
+        c.args(["stats", "--model", "tiny", "--prompt", "Hello", "--json"])
+            .current_dir(dir)
+            .env_remove("MOE_MODELS_TOML");
+        if let Some(t) = toml {
+            c.env("MOE_MODELS_TOML", t);
+        }
+        c.output().expect("run moe")
+    };
+    // Two levels below the file, as anywhere inside a checkout.
+    let out = run(&inner, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Outside it, nothing fixed at build time is found, and the error says where it looked.
+    let outside = root.with_extension("empty");
+    std::fs::create_dir_all(&outside).unwrap();
+    let out = run(&outside, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no model at tiny: not a preset name and no such directory or file (no models.toml in $MOE_MODELS_TOML, the current directory or any directory above it)"),
+        "{err}"
+    );
+    // $MOE_MODELS_TOML is used from anywhere, and must name a file.
+    assert!(run(&outside, Some(&root.join("models.toml")))
+        .status
+        .success());
+    let out = run(&outside, Some(&root.join("missing.toml")));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("names no such file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&outside).unwrap();
+}

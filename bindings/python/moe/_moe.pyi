@@ -35,8 +35,13 @@ class Model:
     vocab_size: int
     context_length: int
     tokenizer: Tokenizer
+    device: str
     def __init__(
-        self, model: Optional[str] = None, threads: Optional[int] = None, bf16_activations: bool = False
+        self,
+        model: Optional[str] = None,
+        threads: Optional[int] = None,
+        bf16_activations: bool = False,
+        device: str = "cpu",
     ) -> None: ...
     def generate(
         self,
