@@ -427,7 +427,7 @@ fn qwen3_moe_bf16_matches_transformers() {
     check_greedy_generation(&e, name, "ref_f32.generated_ids", false);
 }
 
-// The same on a CUDA device (each prints `skipping: <reason>` where there is none); dense layers
+// The same on a CUDA device (each reports a no-GPU skip where there is none); dense layers
 // and shared experts run there as one-expert MoE blocks.
 
 fn cuda_family(name: &str) {

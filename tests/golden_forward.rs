@@ -212,7 +212,7 @@ fn tiny_bf16_with_bf16_activations_matches_transformers_within_rounding() {
     });
 }
 
-// The same checks on a CUDA device (each prints `skipping: <reason>` where there is none).
+// The same checks on a CUDA device (each reports a no-GPU skip where there is none).
 // f32 checkpoints run the SIMT kernels and keep the f32 tolerance; the bf16 checkpoint runs the
 // tensor-core kernels, which round activations to bf16 as they enter (as transformers' bf16 run
 // does), so against both bf16 references it is held to the bf16 bounds.

@@ -1,9 +1,9 @@
 //! Python bindings: `moe.Model` over the engine's public API. The GIL is released while the
 //! engine works; engine errors become `ValueError` (bad input) or `RuntimeError`.
 
-use moe::backend::CpuBackend;
+use moe::backend::{CpuBackend, CudaBackend};
 use moe::generate::{Completion as RsCompletion, GenerateRequest, Prompt};
-use moe::{ChatMessage, Engine, Error, LoadOptions, ModelSource, SamplingParams};
+use moe::{ChatMessage, Device, Engine, Error, LoadOptions, ModelSource, SamplingParams};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -19,6 +19,7 @@ fn to_py(e: Error) -> PyErr {
         | Error::ChatTemplate(_)
         | Error::InvalidRequest(_)
         | Error::Preset { .. }
+        | Error::NoModel { .. }
         | Error::Io { .. }
         | Error::Tokenizer(_) => PyValueError::new_err(e.to_string()),
         other => PyRuntimeError::new_err(other.to_string()),
@@ -82,9 +83,39 @@ pub struct PromptLogprobs {
     logprobs: Py<PyAny>,
 }
 
+/// A loaded engine on the device it was asked for (`Engine` is generic over its backend).
+#[derive(Clone)]
+enum AnyEngine {
+    Cpu(Arc<Engine<CpuBackend>>),
+    Cuda(Arc<Engine<CudaBackend>>),
+}
+
+/// Evaluates `$body` with `$e` bound to the engine, whichever its backend (the body is compiled
+/// once per backend).
+macro_rules! with_engine {
+    ($any:expr, |$e:ident| $body:expr) => {
+        match $any {
+            AnyEngine::Cpu($e) => $body,
+            AnyEngine::Cuda($e) => $body,
+        }
+    };
+}
+
+impl AnyEngine {
+    fn tokenizer(&self) -> &moe::Tokenizer {
+        with_engine!(self, |e| &e.tokenizer)
+    }
+    fn info(&self) -> &moe::ModelInfo {
+        with_engine!(self, |e| &e.info)
+    }
+    fn config(&self) -> &moe::ModelConfig {
+        with_engine!(self, |e| e.config())
+    }
+}
+
 #[pyclass(frozen, module = "moe")]
 pub struct Tokenizer {
-    engine: Arc<Engine>,
+    engine: AnyEngine,
 }
 
 fn messages(obj: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
@@ -113,27 +144,27 @@ fn messages(obj: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
 impl Tokenizer {
     #[getter]
     fn vocab_size(&self) -> usize {
-        self.engine.tokenizer.vocab_size()
+        self.engine.tokenizer().vocab_size()
     }
     #[getter]
     fn bos_id(&self) -> Option<u32> {
-        self.engine.tokenizer.bos_id()
+        self.engine.tokenizer().bos_id()
     }
     #[getter]
     fn eos_id(&self) -> Option<u32> {
-        self.engine.tokenizer.eos_id()
+        self.engine.tokenizer().eos_id()
     }
     #[pyo3(signature = (text, add_special_tokens = true))]
     fn encode(&self, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
         self.engine
-            .tokenizer
+            .tokenizer()
             .encode(text, add_special_tokens)
             .map_err(to_py)
     }
     #[pyo3(signature = (ids, skip_special_tokens = true))]
     fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
         self.engine
-            .tokenizer
+            .tokenizer()
             .decode(&ids, skip_special_tokens)
             .map_err(to_py)
     }
@@ -144,7 +175,7 @@ impl Tokenizer {
         add_generation_prompt: bool,
     ) -> PyResult<String> {
         self.engine
-            .tokenizer
+            .tokenizer()
             .apply_chat_template(&self::messages(messages)?, add_generation_prompt)
             .map_err(to_py)
     }
@@ -155,7 +186,7 @@ impl Tokenizer {
         add_generation_prompt: bool,
     ) -> PyResult<Vec<u32>> {
         self.engine
-            .tokenizer
+            .tokenizer()
             .encode_chat(&self::messages(messages)?, add_generation_prompt)
             .map_err(to_py)
     }
@@ -163,7 +194,8 @@ impl Tokenizer {
 
 #[pyclass(frozen, module = "moe")]
 pub struct Model {
-    engine: Arc<Engine>,
+    engine: AnyEngine,
+    device: Device,
 }
 
 /// One prompt or a list of them: text, token ids, or lists of either.
@@ -247,7 +279,9 @@ impl Model {
             }
         }
         let engine = self.engine.clone();
-        let out = py.detach(move || engine.generate(&reqs)).map_err(to_py)?;
+        let out = py
+            .detach(move || with_engine!(engine, |e| e.generate(&reqs)))
+            .map_err(to_py)?;
         Ok(out.into_iter().map(Completion::from).collect())
     }
 }
@@ -255,16 +289,20 @@ impl Model {
 #[pymethods]
 impl Model {
     /// `model`: a model directory, a `models.toml` preset, or None for the embedded student.
+    /// `device`: `cpu`, `cuda` or `cuda:N`; a CUDA device that cannot be opened raises
+    /// RuntimeError saying why.
     /// `bf16_activations`: round activations to bf16 in products with bf16 weights (faster
     /// prefill on CPUs with AVX-512 BF16, transformers' bf16 numerics).
     #[new]
-    #[pyo3(signature = (model = None, threads = None, bf16_activations = false))]
+    #[pyo3(signature = (model = None, threads = None, bf16_activations = false, device = "cpu"))]
     fn new(
         py: Python<'_>,
         model: Option<String>,
         threads: Option<usize>,
         bf16_activations: bool,
+        device: &str,
     ) -> PyResult<Self> {
+        let device = Device::parse(device).map_err(|e| PyValueError::new_err(e.to_string()))?;
         if let Some(t) = threads {
             if t == 0 {
                 return Err(PyValueError::new_err("threads must be at least 1"));
@@ -283,22 +321,39 @@ impl Model {
         }
         let source = ModelSource::parse(model.as_deref());
         let engine = py
-            .detach(move || {
+            .detach(move || -> moe::Result<AnyEngine> {
                 let opts = LoadOptions {
                     bf16_activations,
                     ..Default::default()
                 };
-                Engine::load_with(&source, CpuBackend, opts)
+                Ok(match device {
+                    Device::Cpu => {
+                        AnyEngine::Cpu(Arc::new(Engine::load_with(&source, CpuBackend, opts)?))
+                    }
+                    Device::Cuda(n) => {
+                        let backend = CudaBackend::new(n).map_err(|e| {
+                            let why = match e {
+                                Error::Device(m) => m,
+                                other => other.to_string(),
+                            };
+                            Error::Device(format!("cannot use {device}: {why}"))
+                        })?;
+                        AnyEngine::Cuda(Arc::new(Engine::load_with(&source, backend, opts)?))
+                    }
+                })
             })
             .map_err(to_py)?;
-        Ok(Model {
-            engine: Arc::new(engine),
-        })
+        Ok(Model { engine, device })
     }
 
     #[getter]
     fn name(&self) -> String {
-        self.engine.info.name.clone()
+        self.engine.info().name.clone()
+    }
+    /// `cpu` or `cuda:N`.
+    #[getter]
+    fn device(&self) -> String {
+        self.device.to_string()
     }
     #[getter]
     fn vocab_size(&self) -> usize {
@@ -306,7 +361,7 @@ impl Model {
     }
     #[getter]
     fn context_length(&self) -> usize {
-        self.engine.info.context_length
+        self.engine.info().context_length
     }
     #[getter]
     fn tokenizer(&self) -> Tokenizer {
@@ -315,7 +370,7 @@ impl Model {
         }
     }
 
-    #[pyo3(signature = (prompts, *, max_tokens = 64, temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0.0,
+    #[pyo3(signature = (prompts, *, max_tokens = 64, temperature = 0.0, top_p = 1.0, top_k = 0, min_p = 0.0,
         repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = None, n = 1, stop = None,
         logprobs = false, top_logprobs = 0, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
@@ -358,7 +413,7 @@ impl Model {
 
     /// One conversation (a list of messages) or a list of conversations, rendered with the chat
     /// template.
-    #[pyo3(signature = (conversations, *, max_tokens = 64, temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0.0,
+    #[pyo3(signature = (conversations, *, max_tokens = 64, temperature = 0.0, top_p = 1.0, top_k = 0, min_p = 0.0,
         repetition_penalty = 1.0, presence_penalty = 0.0, frequency_penalty = 0.0, seed = None, n = 1, stop = None,
         logprobs = false, top_logprobs = 0, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
@@ -418,8 +473,10 @@ impl Model {
     ) -> PyResult<Vec<f64>> {
         let engine = self.engine.clone();
         py.detach(move || {
-            let (p, conts) = engine.split_continuations(&prompt, &continuations)?;
-            engine.score_continuations(&p, &conts)
+            with_engine!(engine, |e| {
+                let (p, conts) = e.split_continuations(&prompt, &continuations)?;
+                e.score_continuations(&p, &conts)
+            })
         })
         .map(|v| v.into_iter().map(|s| s.total).collect())
         .map_err(to_py)
@@ -440,7 +497,7 @@ impl Model {
         let p = p.into_iter().next().expect("one prompt");
         let engine = self.engine.clone();
         let lps = py
-            .detach(move || engine.prompt_logprobs(&p, top_k))
+            .detach(move || with_engine!(engine, |e| e.prompt_logprobs(&p, top_k)))
             .map_err(to_py)?;
         let t = lps.len();
         let k = top_k.min(self.engine.config().vocab_size);
@@ -474,17 +531,19 @@ impl Model {
         let v = self.engine.config().vocab_size;
         let data = py
             .detach(move || -> moe::Result<Vec<f32>> {
-                engine.prompt_ids(&Prompt::Tokens(ids.clone()))?;
-                let mut kv = engine.model.new_kv();
-                let mut out = engine.model.forward(
-                    &mut [moe::models::SeqStep {
-                        tokens: &ids,
-                        kv: &mut kv,
-                        all_logits: true,
-                    }],
-                    &mut moe::trace::NoTrace,
-                )?;
-                Ok(out.pop().expect("one sequence"))
+                with_engine!(engine, |e| {
+                    e.prompt_ids(&Prompt::Tokens(ids.clone()))?;
+                    let mut kv = e.model.new_kv();
+                    let mut out = e.model.forward(
+                        &mut [moe::models::SeqStep {
+                            tokens: &ids,
+                            kv: &mut kv,
+                            all_logits: true,
+                        }],
+                        &mut moe::trace::NoTrace,
+                    )?;
+                    Ok(out.pop().expect("one sequence"))
+                })
             })
             .map_err(to_py)?;
         Ok(PyArray1::from_vec(py, data).reshape([n, v])?.into_any())
@@ -492,19 +551,20 @@ impl Model {
 
     /// The load-balance statistics, as `moe stats --json` prints them.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let s = serde_json::to_string(&self.engine.stats())
+        let s = serde_json::to_string(&with_engine!(&self.engine, |e| e.stats()))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         py.import("json")?.call_method1("loads", (s,))
     }
 
     fn reset_stats(&self) {
-        self.engine.reset_stats()
+        with_engine!(&self.engine, |e| e.reset_stats())
     }
 
     fn __repr__(&self) -> String {
         format!(
             "Model(name={:?}, context_length={})",
-            self.engine.info.name, self.engine.info.context_length
+            self.engine.info().name,
+            self.engine.info().context_length
         )
     }
 }

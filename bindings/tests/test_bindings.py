@@ -111,6 +111,54 @@ def test_chat_generation_and_seeds(student):
     assert len(student.generate("[INST] hi [/INST]", n=3, seed=1, max_tokens=4)) == 3
 
 
+def test_sampling_defaults_to_greedy(student):
+    # As the CLI and SamplingParams::default(): no temperature means greedy, so seeds change nothing.
+    conv = [{"role": "user", "content": "Name three colours."}]
+    greedy = student.chat(conv, temperature=0, max_tokens=8, ignore_eos=True)[0].token_ids
+    for seed in range(4):
+        assert student.chat(conv, seed=seed, max_tokens=8, ignore_eos=True)[0].token_ids == greedy
+        assert student.generate("[INST] Count to five. [/INST]", seed=seed, max_tokens=8)[0].token_ids == \
+            student.generate("[INST] Count to five. [/INST]", temperature=0, max_tokens=8)[0].token_ids
+
+
+def test_presets_resolve_at_run_time(tmp_path, monkeypatch):
+    # Nothing about the checkout is compiled into the wheel: $MOE_MODELS_TOML, else models.toml in
+    # the current directory or above it, paths relative to that file.
+    toml = tmp_path / "models.toml"
+    toml.write_text('[tiny]\npath = "%s"\n' % os.path.relpath(os.path.join(FIXTURES, "mixtral-tiny-f32"), tmp_path))
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    monkeypatch.delenv("MOE_MODELS_TOML", raising=False)
+    monkeypatch.chdir(inner)
+    assert moe.Model("tiny").name == "tiny"
+    elsewhere = tmp_path.parent / ("no-presets-%d" % os.getpid())
+    elsewhere.mkdir(exist_ok=True)
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ValueError, match="no model at tiny: not a preset name.*no models.toml"):
+        moe.Model("tiny")
+    monkeypatch.setenv("MOE_MODELS_TOML", str(toml))
+    assert moe.Model("tiny").vocab_size == moe.Model(os.path.join(FIXTURES, "mixtral-tiny-f32")).vocab_size
+    monkeypatch.setenv("MOE_MODELS_TOML", str(tmp_path / "missing.toml"))
+    with pytest.raises(ValueError, match="MOE_MODELS_TOML names no such file"):
+        moe.Model("tiny")
+
+
+def test_device_argument(student):
+    assert student.device == "cpu"
+    with pytest.raises(ValueError, match="unknown device `tpu`"):
+        moe.Model(device="tpu")
+    try:
+        gpu = moe.Model(device="cuda")
+    except RuntimeError as e:
+        # Without a usable GPU the error says which device and why, and nothing is loaded.
+        assert "cannot use cuda:0: " in str(e), str(e)
+        assert not os.environ.get("MOE_REQUIRE_GPU"), str(e)
+        return
+    assert gpu.device == "cuda:0"
+    conv = [{"role": "user", "content": "What is 24 plus 17?"}]
+    assert gpu.chat(conv)[0].token_ids == student.chat(conv)[0].token_ids
+
+
 def test_score_prefers_the_right_answer(student):
     s = student.score("[INST] What is 24 plus 17? [/INST]", [" 41", " 12"])
     assert s[0] > s[1]
@@ -146,7 +194,7 @@ def test_bad_input_raises(student):
         student.logits([1, 10**6])
     with pytest.raises(ValueError, match="alternate"):
         student.chat([{"role": "assistant", "content": "x"}])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no model at /no/such/model: not a preset name"):
         moe.Model("/no/such/model")
     with pytest.raises(RuntimeError):
         broken = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"moe-broken-{os.getpid()}")

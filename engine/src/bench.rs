@@ -1,7 +1,8 @@
 //! `moe bench`: load time, prefill and decode throughput, peak memory, and decode speed as a
 //! fraction of this machine's memory-bandwidth floor (bytes of weights one token must read ÷
 //! measured read bandwidth), all measured in one run. Medians of `repeats`; every figure is
-//! reported as a fraction of its own floor or ceiling.
+//! reported as a fraction of its own floor or ceiling. The ceilings come from short probes
+//! repeated throughout the run: their 90th percentile is used and their spread reported.
 
 use crate::backend::Backend;
 use crate::engine::Engine;
@@ -25,8 +26,40 @@ pub struct PrefillResult {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub seconds: f64,
-    /// tokens/s ÷ the arithmetic ceiling (peak FMA rate ÷ 2 flops per active parameter).
+    /// Floating-point operations of this prefill ([`prefill_flops`]).
+    pub flops: f64,
+    /// Tokens/s the arithmetic allows: peak FLOP rate × tokens ÷ `flops`.
+    pub ceiling_tokens_per_s: f64,
+    /// tokens/s ÷ the ceiling.
     pub fraction_of_ceiling: f64,
+}
+
+/// Many short measurements of one ceiling, spread over a run. The run uses `p90`, the value nine
+/// in ten samples stay under: on a shared machine both ends move. The median fell by half when
+/// other processes held a core most of the time, though the free moments between reached the
+/// full rate; the best was sometimes an outlier (one repeat with both cores free on a machine
+/// that otherwise had one, a read that found its data still cached) twice the usual rate.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Spread {
+    pub p90: f64,
+    pub best: f64,
+    pub median: f64,
+    pub worst: f64,
+    pub samples: usize,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Self {
+        assert!(!v.is_empty(), "a probe needs at least one sample");
+        v.sort_by(|a, b| b.total_cmp(a));
+        Spread {
+            p90: v[v.len() / 10],
+            best: v[0],
+            median: v[v.len() / 2],
+            worst: v[v.len() - 1],
+            samples: v.len(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,7 +84,10 @@ pub struct BenchReport {
     pub backend: String,
     pub threads: usize,
     pub cpu: String,
+    /// The stored weights' dtype (`bf16`, `f32`, `q8_0`, or each dtype's share of the bytes).
     pub weight_dtype: String,
+    /// Bytes of stored weights per parameter, over the whole checkpoint.
+    pub bytes_per_param: f64,
     /// Activations rounded to bf16 in products with bf16 weights (`--bf16-activations`).
     #[serde(default)]
     pub bf16_activations: bool,
@@ -65,9 +101,11 @@ pub struct BenchReport {
     /// Resident memory right after that first token: the mapped weights it touched (one token's
     /// experts per layer), not the whole checkpoint.
     pub rss_after_first_token_bytes: Option<u64>,
-    /// Read bandwidth measured at the start of the run, GB/s (10⁹ bytes); decode repeats are
-    /// held to a bandwidth probed right before each.
+    /// Read bandwidth, GB/s (10⁹ bytes): the `p90` of `read_bandwidth_spread`, the probe's
+    /// reads at the start of the run and before every decode repeat; each decode repeat is held
+    /// to the bandwidth probed right before it.
     pub read_bandwidth_gbs: f64,
+    pub read_bandwidth_spread: Spread,
     /// Bytes of weights one decode token reads (attention, router, top-k experts, lm_head).
     pub active_bytes_per_token: usize,
     /// Decode tokens/s the bandwidth allows at batch 1 (the batch-1 entry's floor when measured).
@@ -75,14 +113,17 @@ pub struct BenchReport {
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
     /// The smallest decode batch whose floor is the arithmetic ceiling rather than the memory
-    /// (at the bandwidth measured at the start): where batching stops paying for itself.
+    /// (at the run's bandwidth and compute): where batching stops paying for itself.
     pub compute_bound_from_batch: Option<usize>,
     /// Batch-1 decode ÷ its floor (median over repeats).
     pub decode_fraction_of_floor: Option<f64>,
-    /// Measured peak f32 FMA throughput of all threads, GFLOP/s.
+    /// Measured f32 FMA throughput of all threads, GFLOP/s: the `p90` of `compute_spread`, the
+    /// probe's repeats at the start of the run and before every timed repeat.
     pub compute_gflops: f64,
-    /// Prefill tokens/s the arithmetic allows (2 flops per active parameter per token).
-    pub prefill_ceiling_tokens_per_s: f64,
+    pub compute_spread: Spread,
+    /// Decode tokens/s the arithmetic allows (2 flops per active parameter per token: every
+    /// decoded token needs its logits, so the lm_head counts in full).
+    pub decode_ceiling_tokens_per_s: f64,
     /// Peak resident set size of the engine: the process's, less the bandwidth probe's buffer.
     pub peak_rss_bytes: Option<u64>,
     pub repeats: usize,
@@ -194,28 +235,30 @@ impl BandwidthProbe {
         (self.buf.floats().len() * 4) as u64
     }
 
-    /// GB/s: the best of `passes` passes after a warm-up one. Other load on the machine only ever
-    /// slows a pass, so the best is the nearest to what the memory can do (and the floor derived
-    /// from it the hardest to meet).
-    /// Each pass is read twice, once as the hardware prefetchers stream it and once with
+    /// GB/s of every timed read in `passes` passes after a warm-up one.
+    /// Each pass reads the buffer twice, once as the hardware prefetchers stream it and once with
     /// software prefetches running ahead as the matrix-vector products issue them (faster on
-    /// some CPUs, slower on others), and the faster read counts.
-    pub fn measure(&self, passes: usize) -> f64 {
+    /// some CPUs, slower on others), each time as [`PROBE_SLICES`] slices timed one by one, so a
+    /// few passes give many samples. A slice comes from memory, since the whole buffer, four
+    /// times the last-level cache, is read between two reads of it.
+    pub fn measure(&self, passes: usize) -> Vec<f64> {
         let buf = self.buf.floats();
-        let n = buf.len();
-        let chunk = n / (rayon::current_num_threads() * 8).max(1);
-        let mut best = 0f64;
+        let slice = buf.len().div_ceil(PROBE_SLICES);
+        let chunk = (slice / (rayon::current_num_threads() * 4)).max(16);
+        let mut speeds = vec![];
         for pass in 0..passes.max(1) + 1 {
             for prefetch in [false, true] {
-                let t = Instant::now();
-                let s: f32 = buf.par_chunks(chunk).map(|c| sum_lines(c, prefetch)).sum();
-                std::hint::black_box(s);
-                if pass > 0 {
-                    best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+                for s in buf.chunks(slice) {
+                    let t = Instant::now();
+                    let sum: f32 = s.par_chunks(chunk).map(|c| sum_lines(c, prefetch)).sum();
+                    std::hint::black_box(sum);
+                    if pass > 0 {
+                        speeds.push((s.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+                    }
                 }
             }
         }
-        best
+        speeds
     }
 }
 
@@ -239,17 +282,21 @@ fn sum_lines(c: &[f32], prefetch: bool) -> f32 {
     acc.iter().sum()
 }
 
+/// Slices of the bandwidth probe's buffer timed separately (each at least 16 MiB, as the buffer
+/// is at least 128 MiB).
+const PROBE_SLICES: usize = 8;
+
 /// How far ahead the probe's prefetching read asks for lines: the reach of the matrix-vector
 /// products' own prefetches.
 const PROBE_PREFETCH_AHEAD: usize = 12 << 10;
 
 /// Peak f32 FMA throughput of all rayon threads, GFLOP/s (10 independent accumulator chains per
 /// thread, of the widest vectors the CPU has: AVX-512, AVX2+FMA, or what the compiler makes of
-/// the portable loop), the best of `repeats`, like the bandwidth.
+/// the portable loop), for each of `repeats` repeats of about a millisecond.
 /// With `bf16_products` (activations rounded to bf16) on a CPU with AVX-512 BF16, the peak of the
 /// pairwise bf16 dot products instead, which is what those products can reach.
-pub fn measure_compute_gflops(repeats: usize, bf16_products: bool) -> f64 {
-    const ITERS: usize = 20_000_000;
+pub fn measure_compute_gflops(repeats: usize, bf16_products: bool) -> Vec<f64> {
+    const ITERS: usize = 4_000_000;
     let per_thread = || -> f64 {
         #[cfg(target_arch = "x86_64")]
         if bf16_products && moe_kernels::dot::has_avx512_bf16() {
@@ -288,7 +335,47 @@ pub fn measure_compute_gflops(repeats: usize, bf16_products: bool) -> f64 {
         let flops: f64 = (0..threads).into_par_iter().map(|_| per_thread()).sum();
         speeds.push(flops / t.elapsed().as_secs_f64() / 1e9);
     }
-    speeds.into_iter().fold(0.0, f64::max)
+    speeds
+}
+
+/// Repeats of the compute probe and passes of the bandwidth probe at the start of a run, and
+/// before each timed repeat after it (see [`run_bench`]).
+const COMPUTE_PROBES: usize = 31;
+const BANDWIDTH_PASSES: usize = 11;
+const COMPUTE_PROBES_PER_REPEAT: usize = 5;
+const BANDWIDTH_PASSES_PER_REPEAT: usize = 5;
+
+/// Floating-point operations of one prefill of `len` tokens that asks for the last token's
+/// logits only, as the bench's (and generation's) prefill does: two per multiply-add of every
+/// matrix product each token goes through (q, k, v, o; the router, its top-k experts and any
+/// shared expert, or a dense layer's MLP), of the attention scores and weighted values over each
+/// token's causal window, and of the lm_head once, for the last token. Norms, RoPE, softmax and
+/// activation functions are left out (a few flops per element, not per parameter).
+pub fn prefill_flops(cfg: &crate::config::ModelConfig, len: usize) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let (q, kv) = (cfg.q_width() as f64, cfg.kv_width() as f64);
+    let ffn = |moe: bool| -> f64 {
+        if !moe {
+            return 3.0 * h * cfg.intermediate_size as f64;
+        }
+        let shared = cfg.moe.shared_expert.map_or(0.0, |s| {
+            3.0 * h * s.width as f64 + if s.sigmoid_gate { h } else { 0.0 }
+        });
+        h * cfg.moe.n_experts as f64
+            + cfg.moe.top_k as f64 * 3.0 * h * cfg.moe.expert_width as f64
+            + shared
+    };
+    let per_token: f64 = cfg
+        .moe_layers
+        .iter()
+        .map(|&moe| 2.0 * h * q + 2.0 * h * kv + ffn(moe))
+        .sum();
+    // Token t (from 0) attends to t + 1 positions, or the window: q·k and p·v, q_width each.
+    let window = cfg.sliding_window.unwrap_or(usize::MAX);
+    let attended: f64 = (0..len).map(|t| (t + 1).min(window) as f64).sum();
+    let attention = cfg.num_hidden_layers as f64 * 2.0 * q * attended;
+    let lm_head = cfg.vocab_size as f64 * h;
+    2.0 * (len as f64 * per_token + attention + lm_head)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -383,31 +470,36 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
     )?;
     let first_token_seconds = engine.info.load_time.as_secs_f64() + t.elapsed().as_secs_f64();
     let rss_after_first_token_bytes = rss_bytes();
-    // A device reports its own ceilings; on the CPU the bandwidth is probed again right before
-    // every decode repeat, so each repeat meets the floor of its own moment (the bandwidth of a
-    // shared machine moves by half between minutes).
-    let probe = m
-        .backend
-        .measured_ceilings()
-        .is_none()
-        .then(BandwidthProbe::default);
-    let (bandwidth, gflops) = match m.backend.measured_ceilings() {
-        Some(c) => c,
-        None => (
-            probe.as_ref().map_or(0.0, |p| p.measure(5)),
-            measure_compute_gflops(o.repeats, engine.info.bf16_activations),
+    // A device reports its own ceilings. On the CPU both probes run at the start and again
+    // before every timed repeat, and each ceiling is the 90th percentile of all its samples (see
+    // [`Spread`]): a shared machine's load comes and goes within seconds (another process on one
+    // of two cores halves the compute probe), so the best of a burst of probes at the start
+    // caught one moment (three runs gave compute-bound batches of 2, 7 and 4). Each decode repeat is also held to the
+    // bandwidth probed right before it, the floor of its own moment.
+    let device = m.backend.measured_ceilings();
+    let probe = device.is_none().then(BandwidthProbe::default);
+    let bf16 = engine.info.bf16_activations;
+    let (mut bw_samples, mut gf_samples) = match (device, &probe) {
+        (Some((bw, gf)), _) => (vec![bw], vec![gf]),
+        (None, Some(p)) => (
+            p.measure(BANDWIDTH_PASSES),
+            measure_compute_gflops(COMPUTE_PROBES, bf16),
         ),
+        (None, None) => unreachable!("a probe exists where the device reports no ceilings"),
     };
-    let probe_now = || probe.as_ref().map_or(bandwidth, |p| p.measure(5));
-    let floor = bandwidth * 1e9 / active_bytes as f64;
-    let ceiling = gflops * 1e9 / (2.0 * cfg.active_params() as f64);
+    let sample_compute = |gf: &mut Vec<f64>| {
+        if device.is_none() {
+            gf.extend(measure_compute_gflops(COMPUTE_PROBES_PER_REPEAT, bf16));
+        }
+    };
 
-    let mut prefill = vec![];
+    let mut prefill_seconds = vec![];
     for &len in &o.prefill_lens {
         let len = len.min(ctx);
         let prompt = ids(len, cfg.vocab_size, len as u64);
         let mut times = vec![];
         for _ in 0..o.repeats {
+            sample_compute(&mut gf_samples);
             let mut kv = m.new_kv();
             let t = Instant::now();
             m.forward(
@@ -420,32 +512,26 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
             )?;
             times.push(t.elapsed().as_secs_f64());
         }
-        let s = median(times);
-        prefill.push(PrefillResult {
-            tokens: len,
-            tokens_per_s: len as f64 / s,
-            seconds: s,
-            fraction_of_ceiling: len as f64 / s / ceiling,
-        });
+        prefill_seconds.push((len, median(times)));
     }
 
-    let mut decode = vec![];
     let prompt_len = 16.min(ctx / 2);
     let steps = o
         .decode_tokens
         .min(ctx.saturating_sub(prompt_len + 1))
         .max(1);
-    let step_floor = |batch: usize, bandwidth: f64| {
-        let memory =
-            batch as f64 * bandwidth * 1e9 / (params_read_per_step(cfg, batch) * bytes_per_param);
-        (memory.min(ceiling), memory <= ceiling)
-    };
-    let mut b1_fraction = None;
-    let memory_bound_at_start = |batch| step_floor(batch, bandwidth).1;
+    // Per batch size: each repeat's seconds and the bandwidth probed right before it.
+    let mut decode_runs: Vec<(usize, Vec<(f64, f64)>)> = vec![];
     for &batch in &o.batch_sizes {
-        let (mut times, mut floors, mut fractions) = (vec![], vec![], vec![]);
+        let mut runs = vec![];
         for r in 0..o.repeats {
-            let bandwidth = probe_now();
+            sample_compute(&mut gf_samples);
+            let now = match &probe {
+                Some(p) => p.measure(BANDWIDTH_PASSES_PER_REPEAT),
+                None => vec![bw_samples[0]],
+            };
+            let bandwidth = Spread::of(now.clone()).p90;
+            bw_samples.extend(now);
             let prompts: Vec<Vec<u32>> = (0..batch)
                 .map(|b| ids(prompt_len, cfg.vocab_size, (r * 1000 + b) as u64))
                 .collect();
@@ -482,14 +568,50 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
                     .collect();
                 logits = m.forward(&mut st, &mut NoTrace)?;
             }
-            let seconds = t.elapsed().as_secs_f64();
-            let (floor, _) = step_floor(batch, bandwidth);
-            times.push(seconds);
-            floors.push(floor);
-            fractions.push((batch * steps) as f64 / seconds / floor);
+            runs.push((t.elapsed().as_secs_f64(), bandwidth));
         }
-        let s = median(times);
-        let floor = median(floors);
+        decode_runs.push((batch, runs));
+    }
+
+    // Every sample is in: the ceilings, then each figure against them.
+    let (bandwidth_spread, compute_spread) = (Spread::of(bw_samples), Spread::of(gf_samples));
+    let (bandwidth, gflops) = (bandwidth_spread.p90, compute_spread.p90);
+    let floor = bandwidth * 1e9 / active_bytes as f64;
+    let ceiling = gflops * 1e9 / (2.0 * cfg.active_params() as f64);
+    let prefill: Vec<PrefillResult> = prefill_seconds
+        .into_iter()
+        .map(|(len, s)| {
+            let flops = prefill_flops(cfg, len);
+            let ceiling = gflops * 1e9 * len as f64 / flops;
+            PrefillResult {
+                tokens: len,
+                tokens_per_s: len as f64 / s,
+                seconds: s,
+                flops,
+                ceiling_tokens_per_s: ceiling,
+                fraction_of_ceiling: len as f64 / s / ceiling,
+            }
+        })
+        .collect();
+    let step_floor = |batch: usize, bandwidth: f64| {
+        let memory =
+            batch as f64 * bandwidth * 1e9 / (params_read_per_step(cfg, batch) * bytes_per_param);
+        (memory.min(ceiling), memory <= ceiling)
+    };
+    let memory_bound = |batch| step_floor(batch, bandwidth).1;
+    let mut b1_fraction = None;
+    let mut decode = vec![];
+    for (batch, runs) in decode_runs {
+        let floors: Vec<f64> = runs
+            .iter()
+            .map(|&(_, bw)| step_floor(batch, bw).0)
+            .collect();
+        let fractions = runs
+            .iter()
+            .zip(&floors)
+            .map(|(&(seconds, _), floor)| (batch * steps) as f64 / seconds / floor)
+            .collect();
+        let s = median(runs.iter().map(|r| r.0).collect());
         let fraction = median(fractions);
         if batch == 1 {
             b1_fraction = Some(fraction);
@@ -499,8 +621,8 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
             steps,
             tokens_per_s: (batch * steps) as f64 / s,
             ms_per_step: s * 1e3 / steps as f64,
-            floor_tokens_per_s: floor,
-            bound: if memory_bound_at_start(batch) {
+            floor_tokens_per_s: median(floors),
+            bound: if memory_bound(batch) {
                 "memory"
             } else {
                 "compute"
@@ -514,7 +636,8 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         backend: m.backend.name().to_string(),
         threads: rayon::current_num_threads(),
         cpu: cpu_name(),
-        weight_dtype: format!("{:.1} bytes/param", bytes_per_param),
+        weight_dtype: engine.info.weight_dtype.clone(),
+        bytes_per_param,
         bf16_activations: engine.info.bf16_activations,
         total_params: cfg.total_params(),
         active_params_per_token: cfg.active_params(),
@@ -523,6 +646,7 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         first_token_seconds,
         rss_after_first_token_bytes,
         read_bandwidth_gbs: bandwidth,
+        read_bandwidth_spread: bandwidth_spread,
         active_bytes_per_token: active_bytes,
         decode_floor_tokens_per_s: decode
             .iter()
@@ -531,9 +655,10 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
         prefill,
         decode,
         decode_fraction_of_floor: b1_fraction,
-        compute_bound_from_batch: (1..=4096).find(|&b| !memory_bound_at_start(b)),
+        compute_bound_from_batch: (1..=4096).find(|&b| !memory_bound(b)),
         compute_gflops: gflops,
-        prefill_ceiling_tokens_per_s: ceiling,
+        compute_spread,
+        decode_ceiling_tokens_per_s: ceiling,
         // The probe's buffer is resident from its fill to the end of the run; the engine's peak
         // is the process's without it.
         peak_rss_bytes: peak_rss_bytes()
@@ -545,11 +670,12 @@ pub fn run_bench<B: Backend>(engine: &Engine<B>, o: &BenchOptions) -> Result<Ben
 impl BenchReport {
     pub fn table(&self) -> String {
         let mut s = format!(
-            "model {} ({} params, {} active/token, {}{}) on {} × {} threads\n",
+            "model {} ({} params, {} active/token, {}, {:.2} bytes/param{}) on {} × {} threads\n",
             self.model,
             self.total_params,
             self.active_params_per_token,
             self.weight_dtype,
+            self.bytes_per_param,
             if self.bf16_activations {
                 ", bf16 activations"
             } else {
@@ -559,23 +685,37 @@ impl BenchReport {
             self.threads
         );
         s += &format!(
-            "load {:.3} s   first token {:.3} s (RSS {:.1} MiB)   read bandwidth {:.1} GB/s   peak RSS {:.1} MiB\n",
+            "load {:.3} s   first token {:.3} s (RSS {:.1} MiB)   peak RSS {:.1} MiB\n",
             self.load_seconds,
             self.first_token_seconds,
             self.rss_after_first_token_bytes.unwrap_or(0) as f64 / 1048576.0,
-            self.read_bandwidth_gbs,
             self.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0
         );
+        let spread = |x: &Spread| {
+            format!(
+                "90th percentile of {}; best {:.1}, median {:.1}, worst {:.1}",
+                x.samples, x.best, x.median, x.worst
+            )
+        };
         s += &format!(
-            "compute {:.1} GFLOP/s -> prefill ceiling {:.1} tok/s\n",
-            self.compute_gflops, self.prefill_ceiling_tokens_per_s
+            "read bandwidth {:.1} GB/s ({})\n",
+            self.read_bandwidth_gbs,
+            spread(&self.read_bandwidth_spread)
+        );
+        s += &format!(
+            "compute {:.1} GFLOP/s ({}) -> decode ceiling {:.1} tok/s\n",
+            self.compute_gflops,
+            spread(&self.compute_spread),
+            self.decode_ceiling_tokens_per_s
         );
         for p in &self.prefill {
             s += &format!(
-                "prefill {:>5} tokens: {:>9.1} tok/s ({:.0}% of the ceiling)\n",
+                "prefill {:>5} tokens: {:>9.1} tok/s ({:.0}% of its ceiling {:.1} tok/s, {:.3} GFLOP)\n",
                 p.tokens,
                 p.tokens_per_s,
-                p.fraction_of_ceiling * 100.0
+                p.fraction_of_ceiling * 100.0,
+                p.ceiling_tokens_per_s,
+                p.flops / 1e9
             );
         }
         for d in &self.decode {
@@ -627,6 +767,57 @@ mod tests {
         let all = params_read_per_step(&cfg, 10_000);
         let want = (cfg.total_params() - 32000 * 1024 + 1024) as f64;
         assert!((all - want).abs() / want < 1e-9, "{all} vs {want}");
+    }
+
+    #[test]
+    fn prefill_flops_count_the_lm_head_once_and_attention_over_the_causal_prefix() {
+        // The embedded student's shape: hidden 128, 4 heads of 32 (2 for k/v), 2 layers of 4
+        // experts of width 256, top-2, vocabulary 32000.
+        let json = r#"{"architectures":["MixtralForCausalLM"],"vocab_size":32000,"hidden_size":128,
+            "intermediate_size":256,"num_hidden_layers":2,"num_attention_heads":4,"head_dim":32,
+            "num_key_value_heads":2,"num_local_experts":4,"num_experts_per_tok":2,
+            "rope_theta":1e6,"eos_token_id":2,"tie_word_embeddings":true"#;
+        let cfg = ModelConfig::from_json(&format!("{json}}}")).unwrap();
+        // By hand, multiply-adds of a 3-token prefill. Per token and layer: q 128·128, k and v
+        // 128·64 each, o 128·128; router 128·4; two experts of three 128·256 matrices.
+        let per_layer = 16384 + 8192 + 8192 + 16384 + 512 + 2 * 3 * 32768;
+        assert_eq!(per_layer, 246_272);
+        let tokens = 3 * 2 * per_layer;
+        // Tokens 0, 1, 2 attend to 1, 2, 3 positions: q·k and p·v of 128 each, in 2 layers.
+        let attention = (1 + 2 + 3) * 256 * 2;
+        // The lm_head once: only the last token's logits are asked for.
+        let lm_head = 32000 * 128;
+        let want = 2.0 * (tokens + attention + lm_head) as f64;
+        assert_eq!(want, 11_153_408.0);
+        assert_eq!(prefill_flops(&cfg, 3), want);
+        // The lm_head is 8× the rest of a token's products here, so counting it for every token
+        // (2 flops per active parameter per token) overstates a 512-token prefill's work about
+        // 8×, which is how prefills came out at several times their ceiling.
+        let old = 512.0 * 2.0 * cfg.active_params() as f64;
+        assert!(old > 4.0 * prefill_flops(&cfg, 512), "{old}");
+        // A sliding window of 2 caps the third token's positions at 2.
+        let windowed = ModelConfig::from_json(&format!(r#"{json},"sliding_window":2}}"#)).unwrap();
+        assert_eq!(
+            prefill_flops(&cfg, 3) - prefill_flops(&windowed, 3),
+            2.0 * 256.0 * 2.0
+        );
+    }
+
+    #[test]
+    fn a_spread_takes_the_90th_percentile_median_best_and_worst() {
+        // 1..=20 shuffled: two samples are above the 90th percentile.
+        let v: Vec<f64> = (0..20).map(|i| ((i * 7) % 20 + 1) as f64).collect();
+        assert_eq!(
+            Spread::of(v),
+            Spread {
+                p90: 18.0,
+                best: 20.0,
+                median: 10.0,
+                worst: 1.0,
+                samples: 20
+            }
+        );
+        assert_eq!(Spread::of(vec![4.0]).p90, 4.0);
     }
 
     #[test]

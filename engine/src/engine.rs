@@ -37,6 +37,17 @@ impl ModelSource {
     }
 }
 
+/// As a user wrote it: the path or preset name, or `embedded`.
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Embedded => f.write_str("embedded"),
+            ModelSource::Dir(p) | ModelSource::Gguf(p) => write!(f, "{}", p.display()),
+            ModelSource::Preset(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Options for loading.
 #[derive(Default)]
 pub struct LoadOptions<'a> {
@@ -68,6 +79,9 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// [`LoadOptions::bf16_activations`] in effect (asked for, a CPU backend, bf16 weights).
     pub bf16_activations: bool,
+    /// The stored weights' dtypes as loaded (after `--quantize`), by share of bytes: `bf16`, or
+    /// `q8_0 93% + f32 7%` where tensors differ.
+    pub weight_dtype: String,
 }
 
 pub struct Engine<B: Backend = CpuBackend> {
@@ -136,7 +150,10 @@ impl<B: Backend> Engine<B> {
             }
             ModelSource::Preset(name) => {
                 let presets = Presets::discover()?;
-                let p = presets.get(name)?.clone();
+                let p = match presets.presets.get(name) {
+                    Some(p) => p.clone(),
+                    None => return Err(no_model(name, &presets)),
+                };
                 let opened = if p.path.extension().is_some_and(|e| e == "gguf") {
                     crate::models::gguf::open_with(&p.path, !opts.no_mmap)
                 } else {
@@ -182,6 +199,7 @@ impl<B: Backend> Engine<B> {
         let bf16_activations =
             opts.bf16_activations && backend.takes_bf16_activations() && weights.has_bf16();
         weights.set_bf16_activations(bf16_activations);
+        let weight_dtype = dtype_summary(&weights);
         let model = Model::load(cfg, &weights, backend, progress)?;
         let info = ModelInfo {
             name,
@@ -190,6 +208,7 @@ impl<B: Backend> Engine<B> {
             weight_bytes: model.weight_bytes(),
             context_length,
             bf16_activations,
+            weight_dtype,
         };
         Ok(Engine {
             model,
@@ -256,4 +275,55 @@ fn open_dir(dir: &Path, mmap: bool) -> Result<(ModelConfig, Weights, Tokenizer)>
     let weights = Weights::open_dir_with(dir, mmap)?;
     let tok = Tokenizer::from_dir(dir)?;
     Ok((cfg, weights, tok))
+}
+
+/// The dtypes of `weights` by share of bytes, lower case, largest first (`bf16`;
+/// `q4_k 81% + q6_k 12% + f32 7%`).
+fn dtype_summary(weights: &Weights) -> String {
+    let mut bytes: std::collections::BTreeMap<String, usize> = Default::default();
+    for name in weights.names() {
+        if let Some(i) = weights.info(name) {
+            *bytes.entry(i.dtype.to_lowercase()).or_default() += i.end - i.start;
+        }
+    }
+    let total: usize = bytes.values().sum();
+    let mut by_size: Vec<(String, usize)> = bytes.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if by_size.len() == 1 {
+        return by_size.remove(0).0;
+    }
+    by_size
+        .iter()
+        .map(|(d, b)| format!("{d} {:.0}%", 100.0 * *b as f64 / total.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// What `--model NAME` missed: [`ModelSource::parse`] takes anything that is not a directory or a
+/// `.gguf` path for a preset name, so a mistyped path lands here too.
+fn no_model(name: &str, presets: &Presets) -> Error {
+    let message = if Path::new(name).is_file() {
+        "a file, but not a .gguf one: give a model directory (config.json, *.safetensors, \
+         tokenizer.json), a .gguf file or a preset name"
+            .to_string()
+    } else {
+        let known = match &presets.file {
+            Some(f) => format!(
+                "presets in {}: {}",
+                f.display(),
+                presets
+                    .presets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => crate::presets::NOT_FOUND.into(),
+        };
+        format!("not a preset name and no such directory or file ({known})")
+    };
+    Error::NoModel {
+        name: name.to_string(),
+        message,
+    }
 }

@@ -60,6 +60,9 @@ pub enum Error {
     ContextOverflow { len: usize, max: usize },
     #[error("model preset `{name}`: {message}")]
     Preset { name: String, message: String },
+    /// A `--model` that names no preset, directory or model file.
+    #[error("no model at {name}: {message}")]
+    NoModel { name: String, message: String },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("endpoint {endpoint}: {message}")]

@@ -22,11 +22,14 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "loops")]
 pub mod loops;
 pub mod models;
 pub mod presets;
 pub mod sampling;
+#[cfg(feature = "server")]
 pub mod scheduler;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod sigbus;
 pub mod stats;

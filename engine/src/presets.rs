@@ -1,7 +1,9 @@
 //! Named model presets from `models.toml`.
 //!
-//! The file is found at `$MOE_MODELS_TOML`, else `./models.toml`, else the workspace's own
-//! `models.toml`. A preset's `path` is relative to the file that names it.
+//! The file is found at run time: `$MOE_MODELS_TOML`, else `models.toml` in the current directory
+//! or the nearest directory above it (so anywhere inside a checkout finds the checkout's). A
+//! preset's `path` is relative to the file that names it. Nothing is fixed at build time: an
+//! installed binary or Python wheel must not depend on the checkout it was built from.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -29,6 +31,10 @@ pub struct Preset {
     pub sampling: PresetSampling,
 }
 
+/// What lookups say when no `models.toml` was found.
+pub const NOT_FOUND: &str =
+    "no models.toml in $MOE_MODELS_TOML, the current directory or any directory above it";
+
 #[derive(Clone, Debug, Default)]
 pub struct Presets {
     pub file: Option<PathBuf>,
@@ -36,14 +42,22 @@ pub struct Presets {
 }
 
 impl Presets {
-    /// The first `models.toml` found (see the module doc); none found is an empty set.
+    /// The `models.toml` found as the module doc says; none found is an empty set, and a
+    /// `$MOE_MODELS_TOML` naming no file is an error.
     pub fn discover() -> Result<Self> {
-        let candidates = [
-            std::env::var_os("MOE_MODELS_TOML").map(PathBuf::from),
-            Some(PathBuf::from("models.toml")),
-            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models.toml")),
-        ];
-        for c in candidates.into_iter().flatten() {
+        if let Some(env) = std::env::var_os("MOE_MODELS_TOML") {
+            let path = PathBuf::from(env);
+            if !path.is_file() {
+                return Err(Error::Preset {
+                    name: path.display().to_string(),
+                    message: "$MOE_MODELS_TOML names no such file".into(),
+                });
+            }
+            return Self::from_file(&path);
+        }
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        for dir in cwd.ancestors() {
+            let c = dir.join("models.toml");
             if c.is_file() {
                 return Self::from_file(&c);
             }
@@ -79,7 +93,7 @@ impl Presets {
                     f.display(),
                     self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
-                None => "not a directory, and no models.toml was found".into(),
+                None => NOT_FOUND.into(),
             },
         })
     }

@@ -46,10 +46,12 @@ pub struct SamplingParams {
     pub top_logprobs: usize,
 }
 
+/// Greedy (temperature 0), as the CLI and the Python bindings default: a caller that names no
+/// temperature gets reproducible output. OpenAI requests set their own default (1) explicitly.
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
-            temperature: 1.0,
+            temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
             min_p: 0.0,
@@ -73,7 +75,7 @@ fn invalid(param: &'static str, message: String) -> Result<()> {
 }
 
 impl SamplingParams {
-    /// Default parameters with temperature 0.
+    /// Default parameters with temperature 0 (the same as `default()`; says so at the call site).
     pub fn greedy() -> Self {
         SamplingParams {
             temperature: 0.0,
@@ -717,8 +719,12 @@ impl StopMatcher {
 mod tests {
     use super::*;
 
+    /// Sampling at temperature 1, which these tests vary from.
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
-        let mut p = SamplingParams::default();
+        let mut p = SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        };
         f(&mut p);
         p
     }
@@ -772,7 +778,10 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_as_documented() {
         let p = SamplingParams::default();
-        assert_eq!(p.temperature, 1.0);
+        assert_eq!(p.temperature, 0.0);
+        assert!(p.is_greedy());
+        // Greedy picks the argmax whatever the seed (none here).
+        assert_eq!(Sampler::new(&p).sample(&[0.1, 2.5, -1.0, 2.4], &[], 0), 1);
         assert_eq!(p.top_k, 0);
         assert_eq!(p.top_p, 1.0);
         assert_eq!(p.min_p, 0.0);
@@ -780,7 +789,7 @@ mod tests {
         assert_eq!(p.max_tokens, 256);
         assert!(p.seed.is_none() && p.stop.is_empty() && !p.logprobs && p.top_logprobs == 0);
         p.validate(10).unwrap();
-        assert!(!p.is_greedy());
+        assert!(!params(|_| {}).is_greedy());
         let g = SamplingParams::greedy();
         assert_eq!(g.temperature, 0.0);
         assert!(g.is_greedy());
@@ -1024,7 +1033,7 @@ mod tests {
         let mut b = vec![];
         for i in 0..200 {
             other.sample(&[5.0, 1.0, 2.0], &[0, 1], 1);
-            let _ = Sampler::new(&SamplingParams::default()).sample(&logits, &[], 0);
+            let _ = Sampler::new(&params(|_| {})).sample(&logits, &[], 0);
             if i % 2 == 0 {
                 let _ = seeded(i, |_| {}).sample(&logits, &[], 0);
             }
@@ -1037,7 +1046,7 @@ mod tests {
     fn unseeded_samplers_differ() {
         let logits = vec![0.0f32; 1000];
         let draw = || {
-            let mut s = Sampler::new(&SamplingParams::default());
+            let mut s = Sampler::new(&params(|_| {}));
             (0..20)
                 .map(|_| s.sample(&logits, &[], 0))
                 .collect::<Vec<_>>()

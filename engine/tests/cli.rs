@@ -117,6 +117,61 @@ fn stats_json_shape_and_table() {
 }
 
 #[test]
+fn stats_chat_routes_the_templated_prompt() {
+    let tokens = |args: &[&str]| json(args)["layers"][0]["tokens"].as_u64().unwrap();
+    let plain = tokens(&["stats", "--prompt", "What is 24 plus 17?", "--json"]);
+    let chat = tokens(&[
+        "stats",
+        "--chat",
+        "--prompt",
+        "What is 24 plus 17?",
+        "--json",
+    ]);
+    // The same prompt the chat generation sees: `--chat --json` of generate lists its ids.
+    let ids = json(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is 24 plus 17?",
+        "--max-tokens",
+        "1",
+        "--json",
+    ])["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert_eq!(chat, ids);
+    assert!(chat > plain, "chat {chat} vs plain {plain}");
+    fails_with(&["stats", "--chat", "--token-ids", "1,2"], "--chat needs");
+}
+
+#[test]
+fn an_empty_prompt_is_an_error() {
+    for cmd in ["generate", "logprobs", "stats"] {
+        fails_with(&[cmd, "--prompt", ""], "empty prompt");
+    }
+    fails_with(&["generate", "--chat", "--prompt", ""], "empty prompt");
+}
+
+#[test]
+fn a_missing_model_is_named_plainly() {
+    let out = moe(&["generate", "--model", "/nonexistent", "--prompt", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no model at /nonexistent: not a preset name and no such directory or file"),
+        "{err}"
+    );
+    assert!(!err.contains("Preset("), "Rust debug formatting in {err:?}");
+    // A file that is neither a .gguf nor a directory says so.
+    let file = fixture("mixtral-tiny-f32/config.json");
+    fails_with(
+        &["generate", "--model", &file, "--prompt", "x"],
+        "a file, but not a .gguf one",
+    );
+}
+
+#[test]
 fn bad_input_exits_1_with_a_named_problem() {
     fails_with(
         &["generate", "--prompt", "x", "--temperature", "-1"],
@@ -652,4 +707,55 @@ fn serve_with_no_mmap_survives_its_checkpoint_being_truncated() {
     assert!(head.starts_with("HTTP/1.1 200"), "{response}");
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["choices"][0]["text"], want["text"], "{v} vs {want}");
+}
+
+#[test]
+fn presets_are_found_at_run_time_from_the_current_directory_up() {
+    let root = std::env::temp_dir().join(format!("moe-cli-presets-{}", std::process::id()));
+    let inner = root.join("a").join("b");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::write(
+        root.join("models.toml"),
+        format!("[tiny]\npath = {:?}\n", fixture("mixtral-tiny-f32")),
+    )
+    .unwrap();
+    let run = |dir: &std::path::Path, toml: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moe"));
+        c.args(["stats", "--model", "tiny", "--prompt", "Hello", "--json"])
+            .current_dir(dir)
+            .env_remove("MOE_MODELS_TOML");
+        if let Some(t) = toml {
+            c.env("MOE_MODELS_TOML", t);
+        }
+        c.output().expect("run moe")
+    };
+    // Two levels below the file, as anywhere inside a checkout.
+    let out = run(&inner, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Outside it, nothing fixed at build time is found, and the error says where it looked.
+    let outside = root.with_extension("empty");
+    std::fs::create_dir_all(&outside).unwrap();
+    let out = run(&outside, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no model at tiny: not a preset name and no such directory or file (no models.toml in $MOE_MODELS_TOML, the current directory or any directory above it)"),
+        "{err}"
+    );
+    // $MOE_MODELS_TOML is used from anywhere, and must name a file.
+    assert!(run(&outside, Some(&root.join("models.toml")))
+        .status
+        .success());
+    let out = run(&outside, Some(&root.join("missing.toml")));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("names no such file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&outside).unwrap();
 }

@@ -24,6 +24,7 @@ pub mod rope;
 pub mod router_topk;
 pub mod sample;
 pub mod scratch;
+pub mod skip;
 pub mod team;
 mod weight;
 

@@ -3,7 +3,7 @@
 //! weights 1e-5, 16-bit weights on tensor cores 1e-2 (activations rounded to the weight dtype as
 //! they enter the tensor cores), both as `|got − want| ≤ tol · (|want| + rms(want))` per element.
 //!
-//! Without a GPU every test prints `skipping: <reason>` and passes; with `MOE_REQUIRE_GPU` set
+//! Without a GPU every test reports `SKIP <test>: no GPU (<reason>)` and passes; with `MOE_REQUIRE_GPU` set
 //! a missing GPU fails instead (the GPU run sets it so that a silent skip cannot pass there).
 
 use half::{bf16, f16};

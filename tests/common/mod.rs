@@ -238,7 +238,7 @@ pub fn scratch_model_dir(model: &str, tag: &str) -> PathBuf {
     dir
 }
 
-/// A CUDA backend on device 0, or `None` after printing `skipping: <reason>`. With
+/// A CUDA backend on device 0, or `None` after reporting `SKIP <test>: no GPU (<reason>)`. With
 /// `MOE_REQUIRE_GPU` set, a missing GPU fails instead (so a GPU run cannot pass by skipping).
 pub fn cuda_or_skip() -> Option<moe::CudaBackend> {
     moe_kernels::cuda::or_skip(moe::CudaBackend::new(0))

@@ -15,7 +15,8 @@ pub fn python() -> String {
 }
 
 /// Whether `module` imports; when it does not, the test fails where scripts/test requires the
-/// Python packages (`MOE_REQUIRE_PYTHON_PACKAGES=1`) and is skipped elsewhere.
+/// Python packages (`MOE_REQUIRE_PYTHON_PACKAGES=1`) and is reported as a skip
+/// elsewhere (see `moe_kernels::skip`).
 pub fn python_has(module: &str) -> bool {
     let ok = std::process::Command::new(python())
         .args(["-c", &format!("import {module}")])
@@ -27,7 +28,7 @@ pub fn python_has(module: &str) -> bool {
             "{} cannot import {module}",
             python()
         );
-        eprintln!("skipping: {} cannot import {module}", python());
+        moe_kernels::skip::skip(format!("{} cannot import {module}", python()));
     }
     ok
 }

@@ -35,15 +35,20 @@ class Model:
     vocab_size: int
     context_length: int
     tokenizer: Tokenizer
+    device: str
     def __init__(
-        self, model: Optional[str] = None, threads: Optional[int] = None, bf16_activations: bool = False
+        self,
+        model: Optional[str] = None,
+        threads: Optional[int] = None,
+        bf16_activations: bool = False,
+        device: str = "cpu",
     ) -> None: ...
     def generate(
         self,
         prompts: Union[PromptLike, Sequence[PromptLike]],
         *,
         max_tokens: int = 64,
-        temperature: float = 1.0,
+        temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = 0,
         min_p: float = 0.0,

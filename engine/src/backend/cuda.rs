@@ -645,7 +645,7 @@ mod tests {
     //! Device sampling against the host sampler on the same logits: the same seeds must pick the
     //! same tokens under every rule (temperature, top-k, top-p, min-p, penalties, logit bias,
     //! greedy), with logprobs equal to `log_softmax` of the raw logits. Without a GPU the test
-    //! prints `skipping: <reason>` and passes (`MOE_REQUIRE_GPU` makes that a failure).
+    //! reports `SKIP <test>: no GPU (<reason>)` and passes (`MOE_REQUIRE_GPU` makes that a failure).
     use super::*;
     use crate::sampling::{log_softmax, top_k_entries, Sampler, SamplingParams};
 
@@ -670,6 +670,7 @@ mod tests {
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
         let mut p = SamplingParams {
+            temperature: 1.0,
             max_tokens: 16,
             ..Default::default()
         };

@@ -116,6 +116,9 @@ enum Command {
         model: ModelArg,
         #[command(flatten)]
         prompt: PromptArg,
+        /// Render the prompt as a user message with the chat template.
+        #[arg(long)]
+        chat: bool,
         #[arg(long)]
         json: bool,
     },
@@ -1091,7 +1094,7 @@ fn load_on<B: Backend>(model: &ModelArg, backend: B) -> Result<Engine<B>> {
         quantize_attention: QUANTIZE_ATTENTION.load(std::sync::atomic::Ordering::Relaxed),
         no_mmap: NO_MMAP.load(std::sync::atomic::Ordering::Relaxed),
     };
-    Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source:?}"))
+    Engine::load_with(&source, backend, opts).with_context(|| format!("loading model {source}"))
 }
 
 /// Seconds, above zero (fractions allowed), as a duration.
@@ -1141,6 +1144,10 @@ macro_rules! on_device {
 }
 
 fn prompt_of(p: &PromptArg, chat: bool) -> Result<Prompt> {
+    // Else an empty text becomes a prompt of just the BOS token, and exits 0 with nothing said.
+    if p.prompt.as_deref() == Some("") {
+        bail!("empty prompt: --prompt \"\" has no text to continue");
+    }
     Ok(match (&p.prompt, &p.token_ids) {
         (Some(text), None) if chat => Prompt::Chat(vec![ChatMessage {
             role: "user".into(),
@@ -1341,9 +1348,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats {
             model,
             prompt,
+            chat,
             json,
         } => {
-            let prompt = prompt_of(&prompt, false)?;
+            let prompt = prompt_of(&prompt, chat)?;
             on_device!(device, model, |engine| {
                 engine.prompt_logprobs(&prompt, 0)?;
                 let report = engine.stats();

@@ -206,6 +206,7 @@ impl CommonParams {
         }
         logit_bias.sort_by_key(|(id, _)| *id);
         let p = SamplingParams {
+            // OpenAI's documented default, not `SamplingParams::default()`'s greedy.
             temperature: self.temperature.unwrap_or(1.0),
             top_p: self.top_p.unwrap_or(1.0),
             top_k,

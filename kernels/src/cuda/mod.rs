@@ -25,8 +25,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-/// For tests that need a GPU: the opened device, or `None` after printing `skipping: <reason>`.
-/// With `MOE_REQUIRE_GPU` set a missing GPU panics instead, so a GPU run cannot pass by skipping.
+/// For tests that need a GPU: the opened device, or `None` after reporting the skip
+/// (`SKIP <test>: no GPU (<reason>)`, see [`crate::skip`]). With `MOE_REQUIRE_GPU` set a missing
+/// GPU panics instead, so a GPU run cannot pass by skipping.
 pub fn or_skip<T, E: std::fmt::Display>(opened: Result<T, E>) -> Option<T> {
     match opened {
         Ok(device) => Some(device),
@@ -35,7 +36,7 @@ pub fn or_skip<T, E: std::fmt::Display>(opened: Result<T, E>) -> Option<T> {
                 std::env::var_os("MOE_REQUIRE_GPU").is_none(),
                 "MOE_REQUIRE_GPU is set but: {e}"
             );
-            println!("skipping: {e}");
+            crate::skip::skip(format!("{} ({e})", crate::skip::NO_GPU));
             None
         }
     }
