@@ -23,18 +23,43 @@ pub struct CudaBackend {
     state: Mutex<State>,
 }
 
+/// What every pass shares. Each user holds the lock for the whole of its use, readbacks
+/// included: the device runs everything in the one stream's order, so a buffer handed to a
+/// launch under the lock is not overwritten by another caller's launch before that one has run.
 #[derive(Default)]
 struct State {
     scratch: MoeScratch,
     /// Per layer: the router's counters, `stats_words(E)` u64.
     load: Vec<Option<DevBuf>>,
-    /// RoPE frequencies, and the cos/sin table of the last positions (q, k and every layer of
-    /// a forward share it).
-    inv_freq: Option<(Vec<f32>, DevBuf)>,
-    rope_table: Option<(Vec<u32>, usize, DevBuf, DevBuf)>,
-    /// This forward's attention rows, built at layer 0 and reused by every layer.
-    meta: Option<(Vec<RowMeta>, DevBuf)>,
+    /// RoPE frequencies (one model per backend: uploaded once); a pass keeps its own handle.
+    inv_freq: Option<(Vec<f32>, Arc<DevBuf>)>,
     sample: sample::cuda::SampleScratch,
+}
+
+/// One forward pass's own device state ([`Backend::Pass`]): nothing in it is shared with
+/// another pass, so a pointer taken from it stays this pass's until the pass is dropped (and
+/// device memory is freed in stream order, after the launches queued before the drop).
+#[derive(Default)]
+pub struct CudaPass {
+    /// The cos/sin table of this pass's positions (q, k and every layer share it).
+    rope_table: Option<RopeTable>,
+    /// The attention rows' metadata, built at layer 0 and read by every later layer.
+    meta: Option<PassMeta>,
+}
+
+struct RopeTable {
+    positions: Vec<u32>,
+    head_dim: usize,
+    /// The frequencies the table was built from (held so they outlive its launch).
+    _inv_freq: Arc<DevBuf>,
+    cos: DevBuf,
+    sin: DevBuf,
+}
+
+struct PassMeta {
+    rows: usize,
+    n_layers: usize,
+    dev: DevBuf,
 }
 
 impl CudaBackend {
@@ -54,31 +79,48 @@ impl CudaBackend {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cos/sin table of these positions (device pointers), built once per set of positions:
-    /// a forward's q, k and every layer share it.
-    fn rope_table(&self, positions: &[u32], r: &Rope) -> Result<(u64, u64)> {
+    /// The RoPE frequencies on the device, uploaded at first use.
+    fn inv_freq(&self, r: &Rope) -> Result<Arc<DevBuf>> {
         let mut st = self.state();
-        let st = &mut *st;
-        let fresh = !matches!(&st.rope_table, Some((p, hd, _, _)) if p.as_slice() == positions && *hd == r.head_dim);
+        if let Some((host, dev)) = &st.inv_freq {
+            if host.as_slice() == r.inv_freq.as_slice() {
+                return Ok(dev.clone());
+            }
+        }
+        let dev = Arc::new(self.gpu.upload(&r.inv_freq)?);
+        st.inv_freq = Some((r.inv_freq.clone(), dev.clone()));
+        Ok(dev)
+    }
+
+    /// The cos/sin table of these positions (device pointers into `pass`), built once per pass:
+    /// its q, k and every layer share it.
+    fn rope_table(&self, pass: &mut CudaPass, positions: &[u32], r: &Rope) -> Result<(u64, u64)> {
+        let fresh = !matches!(&pass.rope_table, Some(t) if t.positions.as_slice() == positions && t.head_dim == r.head_dim);
         if fresh {
             let pos = self.gpu.upload(positions)?;
-            let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
+            let freq = self.inv_freq(r)?;
             let half = r.head_dim / 2;
             let cos = self.gpu.alloc(4 * positions.len() * half)?;
             let sin = self.gpu.alloc(4 * positions.len() * half)?;
             rope::cuda::rope_table(
                 &self.gpu,
                 pos.ptr(),
-                freq,
+                freq.ptr(),
                 positions.len(),
                 r.head_dim,
                 cos.ptr(),
                 sin.ptr(),
             )?;
-            st.rope_table = Some((positions.to_vec(), r.head_dim, cos, sin));
+            pass.rope_table = Some(RopeTable {
+                positions: positions.to_vec(),
+                head_dim: r.head_dim,
+                _inv_freq: freq,
+                cos,
+                sin,
+            });
         }
-        let (_, _, cos, sin) = st.rope_table.as_ref().expect("built above");
-        Ok((cos.ptr(), sin.ptr()))
+        let t = pass.rope_table.as_ref().expect("built above");
+        Ok((t.cos.ptr(), t.sin.ptr()))
     }
 }
 
@@ -132,30 +174,19 @@ fn shape_err(what: &str, a: usize, b: usize) -> Error {
     Error::Device(format!("{what}: {a} vs {b}"))
 }
 
-fn upload_cached<T: Copy + PartialEq>(
-    gpu: &Arc<Gpu>,
-    slot: &mut Option<(Vec<T>, DevBuf)>,
-    v: &[T],
-) -> Result<u64> {
-    if let Some((host, dev)) = slot {
-        if host.as_slice() == v {
-            return Ok(dev.ptr());
-        }
-    }
-    let dev = gpu.upload(v)?;
-    let p = dev.ptr();
-    *slot = Some((v.to_vec(), dev));
-    Ok(p)
-}
-
 impl Backend for CudaBackend {
     type Act = CudaAct;
     type Weight = DevMat;
     type Kv = CudaKv;
     type Experts = MoeLayerExperts;
+    type Pass = CudaPass;
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn begin_pass(&self) -> CudaPass {
+        CudaPass::default()
     }
 
     fn weight(&self, t: WeightTensor) -> Result<DevMat> {
@@ -314,11 +345,17 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
+    fn rope(
+        &self,
+        pass: &mut CudaPass,
+        x: &mut CudaAct,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<()> {
         if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
             return Err(shape_err("rope rows", positions.len(), x.rows));
         }
-        let (cos, sin) = self.rope_table(positions, r)?;
+        let (cos, sin) = self.rope_table(pass, positions, r)?;
         Ok(rope::cuda::rope_apply(
             &self.gpu,
             x.ptr(),
@@ -331,13 +368,20 @@ impl Backend for CudaBackend {
         )?)
     }
 
-    fn rope_qk(&self, q: &mut CudaAct, k: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
+    fn rope_qk(
+        &self,
+        pass: &mut CudaPass,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<()> {
         for x in [&*q, &*k] {
             if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
                 return Err(shape_err("rope rows", positions.len(), x.rows));
             }
         }
-        let (cos, sin) = self.rope_table(positions, r)?;
+        let (cos, sin) = self.rope_table(pass, positions, r)?;
         Ok(rope::cuda::rope_apply2(
             &self.gpu,
             q.ptr(),
@@ -354,6 +398,7 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
+        pass: &mut CudaPass,
         layer: usize,
         p: &Attention,
         q: &CudaAct,
@@ -367,12 +412,12 @@ impl Backend for CudaBackend {
         if n != q.rows || v.cols != kvw || out.rows != q.rows {
             return Err(shape_err("attention rows", n, q.rows));
         }
-        let mut st = self.state();
+        let n_layers = seqs.first().map_or(0, |s| s.kv.n_layers);
         if layer == 0 {
-            // Room for the new tokens in every layer, then the rows' metadata for this forward.
+            // Room for the new tokens in every layer, then the rows' metadata for this pass.
             let mut meta = vec![RowMeta::default(); n];
             for s in seqs.iter_mut() {
-                if s.kv.kv_width != kvw {
+                if s.kv.kv_width != kvw || s.kv.n_layers != n_layers {
                     return Err(shape_err("kv width", s.kv.kv_width, kvw));
                 }
                 s.kv.reserve(&self.gpu, s.kv.len + s.n_new)?;
@@ -385,23 +430,28 @@ impl Backend for CudaBackend {
                     };
                 }
             }
-            let dev = self.gpu.upload(&meta)?;
-            st.meta = Some((meta, dev));
+            pass.meta = Some(PassMeta {
+                rows: n,
+                n_layers,
+                dev: self.gpu.upload(&meta)?,
+            });
         }
-        let meta = match &st.meta {
-            Some((m, d)) if m.len() == n => d.ptr(),
+        let meta = match &pass.meta {
+            Some(m) if m.rows == n && m.n_layers == n_layers && layer < n_layers => m.dev.ptr(),
             _ => {
                 return Err(Error::Device(
-                    "attention: a layer after the first ran without the first".into(),
+                    "attention: a layer after the first ran without the first in this pass".into(),
                 ))
             }
         };
         att::kv_append(&self.gpu, k.ptr(), v.ptr(), meta, n, layer, kvw)?;
         att::attention(&self.gpu, p, q.ptr(), meta, n, layer, out.ptr())?;
-        if layer + 1 == seqs.first().map_or(0, |s| s.kv.n_layers) {
+        if layer + 1 == n_layers {
             for s in seqs.iter_mut() {
                 s.kv.len += s.n_new;
             }
+            // The caches may grow or move after this pass: its metadata must not outlive it.
+            pass.meta = None;
         }
         Ok(())
     }
@@ -477,7 +527,13 @@ impl Backend for CudaBackend {
         if x.cols != ex.hidden {
             return Err(shape_err("dense MLP width", x.cols, ex.hidden));
         }
-        let run = |router: &DevMat, scoring: Scoring, out: &mut CudaAct| -> Result<()> {
+        // Runs the block; with `logits`, reads the router row back under the same lock (another
+        // caller's MoE call may reuse the scratch as soon as it is released).
+        let run = |router: &DevMat,
+                   scoring: Scoring,
+                   out: &mut CudaAct,
+                   logits: bool|
+         -> Result<Option<Vec<f32>>> {
             stats.zero()?;
             let p = RouterTopK {
                 n_experts: 1,
@@ -498,20 +554,24 @@ impl Backend for CudaBackend {
                 &mut st.scratch,
                 taps.gate,
             )?;
-            Ok(())
+            Ok(if logits {
+                Some(st.scratch.router_logits(x.rows, 1)?)
+            } else {
+                None
+            })
         };
         let mut trace = FfnTrace::default();
         if taps.output {
             let mut out = self.zeros(x.rows, x.cols)?;
-            run(zero_gate, Scoring::Softmax, &mut out)?;
+            run(zero_gate, Scoring::Softmax, &mut out, false)?;
             trace.output = Some(self.to_host(&out)?);
         }
         match gate {
-            None => run(zero_gate, Scoring::Softmax, residual)?,
+            None => {
+                run(zero_gate, Scoring::Softmax, residual, false)?;
+            }
             Some(g) => {
-                run(g, Scoring::Sigmoid, residual)?;
-                if taps.gate {
-                    let logits = self.state().scratch.router_logits(x.rows, 1)?;
+                if let Some(logits) = run(g, Scoring::Sigmoid, residual, taps.gate)? {
                     trace.gate = Some(logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect());
                 }
             }
