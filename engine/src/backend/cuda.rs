@@ -9,7 +9,7 @@ use crate::weights::WeightTensor;
 use moe_kernels::attention::cuda::{self as att, RowMeta};
 use moe_kernels::attention::Attention;
 use moe_kernels::cuda::moe::{moe_forward, MoeScratch};
-use moe_kernels::cuda::{DevBuf, DevMat, Gpu, HostCopy};
+use moe_kernels::cuda::{DevBuf, DevMat, DevSlice, DevSliceMut, Gpu, HostCopy};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::cuda::{add_stats, stats_words};
@@ -34,6 +34,9 @@ struct State {
     /// RoPE frequencies (one model per backend: uploaded once); a pass keeps its own handle.
     inv_freq: Option<(Vec<f32>, Arc<DevBuf>)>,
     sample: sample::cuda::SampleScratch,
+    /// The counters of dense MLPs and shared experts (one-expert MoE blocks), which nobody
+    /// reads.
+    dense_stats: Option<DevBuf>,
 }
 
 /// One forward pass's own device state ([`Backend::Pass`]): nothing in it is shared with
@@ -94,22 +97,27 @@ impl CudaBackend {
 
     /// The cos/sin table of these positions (device pointers into `pass`), built once per pass:
     /// its q, k and every layer share it.
-    fn rope_table(&self, pass: &mut CudaPass, positions: &[u32], r: &Rope) -> Result<(u64, u64)> {
+    fn rope_table<'p>(
+        &self,
+        pass: &'p mut CudaPass,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<(DevSlice<'p, f32>, DevSlice<'p, f32>)> {
         let fresh = !matches!(&pass.rope_table, Some(t) if t.positions.as_slice() == positions && t.head_dim == r.head_dim);
         if fresh {
             let pos = self.gpu.upload(positions)?;
             let freq = self.inv_freq(r)?;
             let half = r.head_dim / 2;
-            let cos = self.gpu.alloc(4 * positions.len() * half)?;
-            let sin = self.gpu.alloc(4 * positions.len() * half)?;
+            let mut cos = self.gpu.alloc(4 * positions.len() * half)?;
+            let mut sin = self.gpu.alloc(4 * positions.len() * half)?;
             rope::cuda::rope_table(
                 &self.gpu,
-                pos.ptr(),
-                freq.ptr(),
+                pos.slice(),
+                freq.slice(),
                 positions.len(),
                 r.head_dim,
-                cos.ptr(),
-                sin.ptr(),
+                cos.slice_mut(),
+                sin.slice_mut(),
             )?;
             pass.rope_table = Some(RopeTable {
                 positions: positions.to_vec(),
@@ -120,7 +128,7 @@ impl CudaBackend {
             });
         }
         let t = pass.rope_table.as_ref().expect("built above");
-        Ok((t.cos.ptr(), t.sin.ptr()))
+        Ok((t.cos.slice(), t.sin.slice()))
     }
 }
 
@@ -132,8 +140,12 @@ pub struct CudaAct {
 }
 
 impl CudaAct {
-    fn ptr(&self) -> u64 {
-        self.buf.ptr()
+    fn dev(&self) -> DevSlice<'_, f32> {
+        self.buf.slice()
+    }
+
+    fn dev_mut(&mut self) -> DevSliceMut<'_, f32> {
+        self.buf.slice_mut()
     }
 }
 
@@ -218,8 +230,8 @@ impl Backend for CudaBackend {
         let w1 = stack(&|x| &x.w1, ffn, hidden)?;
         let w3 = stack(&|x| &x.w3, ffn, hidden)?;
         let w2 = stack(&|x| &x.w2, hidden, ffn)?;
-        // A dense MLP (one expert) runs as a MoE block: its zero router row and scratch counters
-        // are made here, once, not per call.
+        // A dense MLP (one expert) runs as a MoE block: its zero router row is
+        // made here, once, not per call (its counters live in the backend state).
         let dense = if e == 1 {
             Some(DenseRouting {
                 zero_gate: DevMat::upload(
@@ -228,7 +240,6 @@ impl Backend for CudaBackend {
                     1,
                     hidden,
                 )?,
-                stats: self.gpu.alloc(8 * stats_words(1))?,
             })
         } else {
             None
@@ -267,8 +278,7 @@ impl Backend for CudaBackend {
         if out.rows != ids.len() || out.cols != table.cols {
             return Err(shape_err("embed rows", out.rows, ids.len()));
         }
-        let dev_ids = self.gpu.upload(ids)?;
-        embedding::cuda::embed(&self.gpu, table, dev_ids.ptr(), ids.len(), out.ptr())?;
+        embedding::cuda::embed(&self.gpu, table, ids, out.dev_mut())?;
         Ok(())
     }
 
@@ -280,9 +290,9 @@ impl Backend for CudaBackend {
         }
         Ok(rms_norm::cuda::rms_norm(
             &self.gpu,
-            x.ptr(),
+            x.dev(),
             w,
-            out.ptr(),
+            out.dev_mut(),
             x.rows * (x.cols / width),
             eps,
         )?)
@@ -299,13 +309,14 @@ impl Backend for CudaBackend {
         if x.cols != w.cols || (y.rows, y.cols) != (x.rows, x.cols) || out.rows != x.rows {
             return Err(shape_err("add_rms_norm width", x.cols, w.cols));
         }
+        let rows = x.rows;
         Ok(rms_norm::cuda::add_rms_norm(
             &self.gpu,
-            x.ptr(),
-            y.ptr(),
+            x.dev_mut(),
+            y.dev(),
             w,
-            out.ptr(),
-            x.rows,
+            out.dev_mut(),
+            rows,
             eps,
         )?)
     }
@@ -316,9 +327,9 @@ impl Backend for CudaBackend {
         }
         Ok(linear::cuda::linear(
             &self.gpu,
-            x.ptr(),
+            x.dev(),
             w,
-            out.ptr(),
+            out.dev_mut(),
             x.rows,
         )?)
     }
@@ -330,12 +341,12 @@ impl Backend for CudaBackend {
             }
         }
         if ws.len() == outs.len() && linear::cuda::gemv_fits(ws, x.rows) {
-            let ptrs: Vec<u64> = outs.iter().map(|o| o.ptr()).collect();
+            let mut views: Vec<DevSliceMut<f32>> = outs.iter_mut().map(|o| o.dev_mut()).collect();
             return Ok(linear::cuda::linear_gemv(
                 &self.gpu,
-                x.ptr(),
+                x.dev(),
                 ws,
-                &ptrs,
+                &mut views,
                 x.rows,
             )?);
         }
@@ -356,13 +367,14 @@ impl Backend for CudaBackend {
             return Err(shape_err("rope rows", positions.len(), x.rows));
         }
         let (cos, sin) = self.rope_table(pass, positions, r)?;
+        let cols = x.cols;
         Ok(rope::cuda::rope_apply(
             &self.gpu,
-            x.ptr(),
+            x.dev_mut(),
             cos,
             sin,
-            x.rows,
-            x.cols / r.head_dim,
+            positions.len(),
+            cols / r.head_dim,
             r.head_dim,
             r.interleaved,
         )?)
@@ -382,15 +394,16 @@ impl Backend for CudaBackend {
             }
         }
         let (cos, sin) = self.rope_table(pass, positions, r)?;
+        let (qh, kh) = (q.cols / r.head_dim, k.cols / r.head_dim);
         Ok(rope::cuda::rope_apply2(
             &self.gpu,
-            q.ptr(),
-            q.cols / r.head_dim,
-            k.ptr(),
-            k.cols / r.head_dim,
+            q.dev_mut(),
+            qh,
+            k.dev_mut(),
+            kh,
             cos,
             sin,
-            q.rows,
+            positions.len(),
             r.head_dim,
             r.interleaved,
         )?)
@@ -444,8 +457,16 @@ impl Backend for CudaBackend {
                 ))
             }
         };
-        att::kv_append(&self.gpu, k.ptr(), v.ptr(), meta, n, layer, kvw)?;
-        att::attention(&self.gpu, p, q.ptr(), meta, n, layer, out.ptr())?;
+        if q.cols != p.n_heads * p.head_dim || kvw != p.n_kv_heads * p.head_dim {
+            return Err(shape_err("attention width", q.cols, p.n_heads * p.head_dim));
+        }
+        // SAFETY: q, k, v and out hold n rows of their widths (checked above), `meta` n rows
+        // built at layer 0 of this pass, each pointing at a cache reserved then for every layer
+        // and the row's position; the caches are borrowed by `seqs` for the whole call.
+        unsafe {
+            att::kv_append(&self.gpu, k.buf.ptr(), v.buf.ptr(), meta, n, layer, kvw)?;
+            att::attention(&self.gpu, p, q.buf.ptr(), meta, n, layer, out.buf.ptr())?;
+        }
         if layer + 1 == n_layers {
             for s in seqs.iter_mut() {
                 s.kv.len += s.n_new;
@@ -481,25 +502,26 @@ impl Backend for CudaBackend {
             b.zero()?;
             st.load[layer] = Some(b);
         }
-        let stats = st.load[layer].as_ref().map_or(0, |b| b.ptr());
+        let State { load, scratch, .. } = st;
+        let stats = load[layer].as_mut().expect("allocated above").slice_mut();
         moe_forward(
             &self.gpu,
             gate,
             ex,
             p,
-            x.ptr(),
-            residual.ptr(),
+            x.dev(),
+            residual.dev_mut(),
             x.rows,
             stats,
-            &mut st.scratch,
+            scratch,
             taps.router_logits,
         )?;
         let mut trace = MoeTrace::default();
         if taps.router_logits {
-            trace.router_logits = Some(st.scratch.router_logits(x.rows, p.n_experts)?);
+            trace.router_logits = Some(scratch.router_logits(x.rows, p.n_experts)?);
         }
         if taps.routing {
-            let (expert_ids, weights) = st.scratch.routing(x.rows, p.top_k)?;
+            let (expert_ids, weights) = scratch.routing(x.rows, p.top_k)?;
             trace.routing = Some(Routing {
                 top_k: p.top_k,
                 expert_ids,
@@ -521,7 +543,7 @@ impl Backend for CudaBackend {
         taps: FfnTaps,
     ) -> Result<FfnTrace> {
         let ex = &mlp.stack;
-        let Some(DenseRouting { zero_gate, stats }) = &mlp.dense else {
+        let Some(DenseRouting { zero_gate }) = &mlp.dense else {
             return Err(shape_err("dense MLP experts", ex.n_experts, 1));
         };
         if x.cols != ex.hidden {
@@ -534,7 +556,6 @@ impl Backend for CudaBackend {
                    out: &mut CudaAct,
                    logits: bool|
          -> Result<Option<Vec<f32>>> {
-            stats.zero()?;
             let p = RouterTopK {
                 n_experts: 1,
                 top_k: 1,
@@ -542,20 +563,30 @@ impl Backend for CudaBackend {
                 renormalize: false,
             };
             let mut st = self.state();
+            let State {
+                scratch,
+                dense_stats,
+                ..
+            } = &mut *st;
+            if dense_stats.is_none() {
+                *dense_stats = Some(self.gpu.alloc(8 * stats_words(1))?);
+            }
+            let stats = dense_stats.as_mut().expect("allocated above");
+            stats.zero()?;
             moe_forward(
                 &self.gpu,
                 router,
                 ex,
                 &p,
-                x.ptr(),
-                out.ptr(),
+                x.dev(),
+                out.dev_mut(),
                 x.rows,
-                stats.ptr(),
-                &mut st.scratch,
+                stats.slice_mut(),
+                scratch,
                 taps.gate,
             )?;
             Ok(if logits {
-                Some(st.scratch.router_logits(x.rows, 1)?)
+                Some(scratch.router_logits(x.rows, 1)?)
             } else {
                 None
             })
@@ -608,7 +639,7 @@ impl Backend for CudaBackend {
         let mut st = self.state();
         Ok(sample::cuda::sample_rows(
             &self.gpu,
-            x.ptr(),
+            x.dev(),
             x.cols,
             rows,
             edits,
@@ -617,8 +648,8 @@ impl Backend for CudaBackend {
     }
 
     fn argmax_rows(&self, x: &CudaAct) -> Result<Vec<u32>> {
-        let out = self.gpu.alloc(4 * x.rows)?;
-        rms_norm::cuda::argmax_rows(&self.gpu, x.ptr(), x.rows, x.cols, out.ptr())?;
+        let mut out = self.gpu.alloc(4 * x.rows)?;
+        rms_norm::cuda::argmax_rows(&self.gpu, x.dev(), x.rows, x.cols, out.slice_mut())?;
         Ok(out.read::<u32>(0, x.rows)?)
     }
 
@@ -630,12 +661,8 @@ impl Backend for CudaBackend {
         if (x.rows, x.cols) != (y.rows, y.cols) {
             return Err(shape_err("add", x.rows * x.cols, y.rows * y.cols));
         }
-        Ok(rms_norm::cuda::add(
-            &self.gpu,
-            x.ptr(),
-            y.ptr(),
-            x.rows * x.cols,
-        )?)
+        let n = x.rows * x.cols;
+        Ok(rms_norm::cuda::add(&self.gpu, x.dev_mut(), y.dev(), n)?)
     }
 
     fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct> {
@@ -643,9 +670,8 @@ impl Backend for CudaBackend {
             return Err(shape_err("gather row", r, x.rows));
         }
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let dev = self.gpu.upload(&idx)?;
-        let out = self.zeros(rows.len(), x.cols)?;
-        rms_norm::cuda::gather_rows(&self.gpu, x.ptr(), dev.ptr(), rows.len(), x.cols, out.ptr())?;
+        let mut out = self.zeros(rows.len(), x.cols)?;
+        rms_norm::cuda::gather_rows(&self.gpu, x.dev(), &idx, x.cols, out.dev_mut())?;
         Ok(out)
     }
 
@@ -693,11 +719,9 @@ pub struct MoeLayerExperts {
     dense: Option<DenseRouting>,
 }
 
-/// A zero router row `[1, hidden]` (every token's weight `softmax([0]) = 1`) and the router's
-/// counters, which nobody reads.
+/// A zero router row `[1, hidden]` (every token's weight `softmax([0]) = 1`).
 struct DenseRouting {
     zero_gate: DevMat,
-    stats: DevBuf,
 }
 
 #[cfg(test)]
