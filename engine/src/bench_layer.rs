@@ -136,8 +136,8 @@ fn random_mat(
     seed: u64,
     scale: f32,
 ) -> Result<DevMat> {
-    let buf = gpu.alloc(rows * cols * dtype.size()).map_err(gpu_err)?;
-    fill_uniform(gpu, buf.ptr(), rows * cols, dtype, seed, scale).map_err(gpu_err)?;
+    let mut buf = gpu.alloc(rows * cols * dtype.size()).map_err(gpu_err)?;
+    fill_uniform(gpu, buf.slice_mut(), rows * cols, dtype, seed, scale).map_err(gpu_err)?;
     Ok(DevMat {
         buf,
         dtype,
@@ -147,8 +147,8 @@ fn random_mat(
 }
 
 fn random_f32(gpu: &Arc<Gpu>, n: usize, seed: u64, scale: f32) -> Result<DevBuf> {
-    let buf = gpu.alloc(4 * n).map_err(gpu_err)?;
-    fill_uniform(gpu, buf.ptr(), n, WeightDType::F32, seed, scale).map_err(gpu_err)?;
+    let mut buf = gpu.alloc(4 * n).map_err(gpu_err)?;
+    fill_uniform(gpu, buf.slice_mut(), n, WeightDType::F32, seed, scale).map_err(gpu_err)?;
     Ok(buf)
 }
 
@@ -210,7 +210,7 @@ pub fn run_layer_bench(
             },
         });
     }
-    let stats = gpu.alloc(stats_bytes(1, e)).map_err(gpu_err)?;
+    let mut stats = gpu.alloc(stats_bytes(1, e)).map_err(gpu_err)?;
     stats.zero().map_err(gpu_err)?;
     let mut scratch = MoeScratch::default();
     let mut rows = Vec::new();
@@ -227,14 +227,14 @@ pub fn run_layer_bench(
             )?);
             residuals.push(random_f32(&gpu, t * h, 991 + 31 * i, 1.0)?);
         }
-        let call = |i: usize, scratch: &mut MoeScratch| -> std::result::Result<(), GpuError> {
+        let mut call = |i: usize, scratch: &mut MoeScratch| -> std::result::Result<(), GpuError> {
             let set = &sets[i % n_sets];
             set.layer.forward(
                 &gpu,
-                xs[i % n_inputs].ptr(),
-                residuals[i % n_inputs].ptr(),
+                xs[i % n_inputs].slice(),
+                residuals[i % n_inputs].slice_mut(),
                 t,
-                stats.ptr(),
+                stats.slice_mut(),
                 scratch,
                 false,
             )

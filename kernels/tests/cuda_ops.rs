@@ -137,16 +137,8 @@ fn embedding_gathers_rows() {
         let (vocab, h) = (300, 72);
         let table = HostW::new(r.vec(vocab * h, 1.0), dt);
         let ids: Vec<u32> = (0..13).map(|_| r.below(vocab) as u32).collect();
-        let out = poisoned(&g, ids.len() * h);
-        let dev_ids = g.upload(&ids).unwrap();
-        embedding::cuda::embed(
-            &g,
-            &table.dev(&g, vocab, h),
-            dev_ids.ptr(),
-            ids.len(),
-            out.ptr(),
-        )
-        .unwrap();
+        let mut out = poisoned(&g, ids.len() * h);
+        embedding::cuda::embed(&g, &table.dev(&g, vocab, h), &ids, out.slice_mut()).unwrap();
         let mut want = vec![0f32; ids.len() * h];
         embedding::run(&table.mat(vocab, h), &ids, &mut want).unwrap();
         assert_eq!(read(&out, want.len()), want, "{dt:?}");
@@ -167,9 +159,9 @@ fn rms_norm_and_fused_residual_add() {
             let y = r.vec(rows * h, 1.0);
             let w = HostW::new(r.vec(h, 1.0), dt);
             let dw = w.dev(&g, 1, h);
-            let (dx, dy) = (g.upload(&x).unwrap(), g.upload(&y).unwrap());
-            let out = poisoned(&g, rows * h);
-            rms_norm::cuda::rms_norm(&g, dx.ptr(), &dw, out.ptr(), rows, p.eps).unwrap();
+            let (mut dx, dy) = (g.upload(&x).unwrap(), g.upload(&y).unwrap());
+            let mut out = poisoned(&g, rows * h);
+            rms_norm::cuda::rms_norm(&g, dx.slice(), &dw, out.slice_mut(), rows, p.eps).unwrap();
             let mut want = vec![0f32; rows * h];
             rms_norm::cpu::reference(&p, &x, &w.data(), &mut want).unwrap();
             assert_close(
@@ -179,9 +171,17 @@ fn rms_norm_and_fused_residual_add() {
                 1e-5,
             );
 
-            let out = poisoned(&g, rows * h);
-            rms_norm::cuda::add_rms_norm(&g, dx.ptr(), dy.ptr(), &dw, out.ptr(), rows, p.eps)
-                .unwrap();
+            let mut out = poisoned(&g, rows * h);
+            rms_norm::cuda::add_rms_norm(
+                &g,
+                dx.slice_mut(),
+                dy.slice(),
+                &dw,
+                out.slice_mut(),
+                rows,
+                p.eps,
+            )
+            .unwrap();
             let sum: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
             rms_norm::cpu::reference(&p, &sum, &w.data(), &mut want).unwrap();
             assert_eq!(read(&dx, rows * h), sum, "residual after the fused add");
@@ -210,20 +210,39 @@ fn rope_matches_cpu() {
         let n = 9;
         let positions: Vec<u32> = (0..n).map(|_| r.below(30000) as u32).collect();
         let mut x = r.vec(n * heads * hd, 1.0);
-        let dx = g.upload(&x).unwrap();
-        let dx2 = g.upload(&x).unwrap();
+        let mut dx = g.upload(&x).unwrap();
+        let mut dx2 = g.upload(&x).unwrap();
         let (dp, df) = (
             g.upload(&positions).unwrap(),
             g.upload(&rope_p.inv_freq).unwrap(),
         );
-        rope::cuda::rope(&g, dx.ptr(), dp.ptr(), df.ptr(), n, heads, hd, il).unwrap();
+        rope::cuda::rope(&g, dx.slice_mut(), dp.slice(), df.slice(), n, heads, hd, il).unwrap();
         rope::cpu::run(&rope_p, &mut x, &positions).unwrap();
         assert_close(&format!("rope hd {hd}"), &read(&dx, x.len()), &x, 1e-5);
         // The table path (cos/sin built once per forward) gives the same rotation.
         let half = hd / 2;
-        let (cos, sin) = (poisoned(&g, n * half), poisoned(&g, n * half));
-        rope::cuda::rope_table(&g, dp.ptr(), df.ptr(), n, hd, cos.ptr(), sin.ptr()).unwrap();
-        rope::cuda::rope_apply(&g, dx2.ptr(), cos.ptr(), sin.ptr(), n, heads, hd, il).unwrap();
+        let (mut cos, mut sin) = (poisoned(&g, n * half), poisoned(&g, n * half));
+        rope::cuda::rope_table(
+            &g,
+            dp.slice(),
+            df.slice(),
+            n,
+            hd,
+            cos.slice_mut(),
+            sin.slice_mut(),
+        )
+        .unwrap();
+        rope::cuda::rope_apply(
+            &g,
+            dx2.slice_mut(),
+            cos.slice(),
+            sin.slice(),
+            n,
+            heads,
+            hd,
+            il,
+        )
+        .unwrap();
         assert_close(
             &format!("rope table hd {hd}"),
             &read(&dx2, x.len()),
@@ -234,15 +253,15 @@ fn rope_matches_cpu() {
         let kv_heads = (heads / 4).max(1);
         let mut q = r.vec(n * heads * hd, 1.0);
         let mut k = r.vec(n * kv_heads * hd, 1.0);
-        let (dq, dk) = (g.upload(&q).unwrap(), g.upload(&k).unwrap());
+        let (mut dq, mut dk) = (g.upload(&q).unwrap(), g.upload(&k).unwrap());
         rope::cuda::rope_apply2(
             &g,
-            dq.ptr(),
+            dq.slice_mut(),
             heads,
-            dk.ptr(),
+            dk.slice_mut(),
             kv_heads,
-            cos.ptr(),
-            sin.ptr(),
+            cos.slice(),
+            sin.slice(),
             n,
             hd,
             il,
@@ -312,9 +331,13 @@ fn attention_over_device_caches() {
             g.upload(&k_new).unwrap(),
             g.upload(&v_new).unwrap(),
         );
-        att_cuda::kv_append(&g, dk.ptr(), dv.ptr(), dmeta.ptr(), n, layer, kvw).unwrap();
         let out = poisoned(&g, n * nh * hd);
-        att_cuda::attention(&g, &p, dq.ptr(), dmeta.ptr(), n, layer, out.ptr()).unwrap();
+        // SAFETY: q/k/v/out hold n rows of their widths; every row's cache is `caches[..]`,
+        // alive to the end of the test, with room for its position in every layer.
+        unsafe {
+            att_cuda::kv_append(&g, dk.ptr(), dv.ptr(), dmeta.ptr(), n, layer, kvw).unwrap();
+            att_cuda::attention(&g, &p, dq.ptr(), dmeta.ptr(), n, layer, out.ptr()).unwrap();
+        }
         let views: Vec<AttnSeq> = host_kv
             .iter()
             .map(|(row, new, k, v)| AttnSeq {
@@ -360,8 +383,8 @@ fn linear_tensor_cores_and_simt() {
             let x = r.vec(t * k, 1.0);
             let w = HostW::new(r.vec(n * k, 0.1), dt);
             let dx = g.upload(&x).unwrap();
-            let out = poisoned(&g, t * n);
-            linear::cuda::linear(&g, dx.ptr(), &w.dev(&g, n, k), out.ptr(), t).unwrap();
+            let mut out = poisoned(&g, t * n);
+            linear::cuda::linear(&g, dx.slice(), &w.dev(&g, n, k), out.slice_mut(), t).unwrap();
             let mut want = vec![0f32; t * n];
             linear::cpu::reference(&x, t, &w.mat(n, k), &mut want).unwrap();
             let path = if linear::cuda::gemv_fits(&[&w.dev(&g, n, k)], t) {
@@ -404,10 +427,11 @@ fn linear_gemv_three_weights_one_launch() {
             let dws: Vec<DevMat> = ws.iter().zip(ns).map(|(w, n)| w.dev(&g, n, k)).collect();
             let refs: Vec<&DevMat> = dws.iter().collect();
             assert!(linear::cuda::gemv_shapes_fit(&refs, t));
-            let outs: Vec<DevBuf> = ns.iter().map(|&n| poisoned(&g, t * n)).collect();
-            let ptrs: Vec<u64> = outs.iter().map(|o| o.ptr()).collect();
+            let mut outs: Vec<DevBuf> = ns.iter().map(|&n| poisoned(&g, t * n)).collect();
+            let mut views: Vec<_> = outs.iter_mut().map(|o| o.slice_mut()).collect();
             let dx = g.upload(&x).unwrap();
-            linear::cuda::linear_gemv(&g, dx.ptr(), &refs, &ptrs, t).unwrap();
+            linear::cuda::linear_gemv(&g, dx.slice(), &refs, &mut views, t).unwrap();
+            drop(views);
             for (i, &n) in ns.iter().enumerate() {
                 let mut want = vec![0f32; t * n];
                 linear::cpu::reference(&x, t, &ws[i].mat(n, k), &mut want).unwrap();
@@ -496,17 +520,17 @@ fn moe_block_matches_cpu_chain() {
                 .unwrap(),
                 router: p,
             };
-            let stats = g.alloc(stats_bytes(1, e)).unwrap();
+            let mut stats = g.alloc(stats_bytes(1, e)).unwrap();
             stats.zero().unwrap();
-            let (dx, dres) = (g.upload(&x).unwrap(), g.upload(&residual).unwrap());
+            let (dx, mut dres) = (g.upload(&x).unwrap(), g.upload(&residual).unwrap());
             let mut scratch = MoeScratch::default();
             layer
                 .forward(
                     &g,
-                    dx.ptr(),
-                    dres.ptr(),
+                    dx.slice(),
+                    dres.slice_mut(),
                     tokens,
-                    stats.ptr(),
+                    stats.slice_mut(),
                     &mut scratch,
                     true,
                 )
@@ -574,9 +598,9 @@ fn argmax_rows_ties_to_the_lowest_index() {
         *v = f32::NEG_INFINITY;
     }
     let dx = g.upload(&x).unwrap();
-    let out = g.alloc(4 * rows).unwrap();
+    let mut out = g.alloc(4 * rows).unwrap();
     out.fill_u32(0, rows, 0xdead_beef).unwrap();
-    rms_norm::cuda::argmax_rows(&g, dx.ptr(), rows, cols, out.ptr()).unwrap();
+    rms_norm::cuda::argmax_rows(&g, dx.slice(), rows, cols, out.slice_mut()).unwrap();
     let got = out.read::<u32>(0, rows).unwrap();
     for (i, row) in x.chunks(cols).enumerate() {
         let mut best = (0u32, f32::NEG_INFINITY);

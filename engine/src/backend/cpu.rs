@@ -118,10 +118,14 @@ impl Backend for CpuBackend {
     type Weight = WeightTensor;
     type Kv = CpuKv;
     type Experts = Vec<ExpertWeights<WeightTensor>>;
+    /// Nothing outlives a call here.
+    type Pass = ();
 
     fn name(&self) -> &'static str {
         "cpu"
     }
+
+    fn begin_pass(&self) {}
 
     fn takes_bf16_activations(&self) -> bool {
         true
@@ -219,11 +223,18 @@ impl Backend for CpuBackend {
         rayon::scope(move |_| moe_kernels::team::with_team(pass))
     }
 
-    fn rope(&self, x: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {
+    fn rope(&self, _pass: &mut (), x: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {
         Ok(rope::cpu::run(r, &mut x.data, positions)?)
     }
 
-    fn rope_qk(&self, q: &mut CpuAct, k: &mut CpuAct, positions: &[u32], r: &Rope) -> Result<()> {
+    fn rope_qk(
+        &self,
+        _pass: &mut (),
+        q: &mut CpuAct,
+        k: &mut CpuAct,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<()> {
         Ok(rope::cpu::run_many(
             r,
             &mut [&mut q.data, &mut k.data],
@@ -233,6 +244,7 @@ impl Backend for CpuBackend {
 
     fn attention(
         &self,
+        _pass: &mut (),
         layer: usize,
         p: &Attention,
         q: &CpuAct,

@@ -9,7 +9,7 @@ use crate::weights::WeightTensor;
 use moe_kernels::attention::cuda::{self as att, RowMeta};
 use moe_kernels::attention::Attention;
 use moe_kernels::cuda::moe::{moe_forward, MoeScratch};
-use moe_kernels::cuda::{DevBuf, DevMat, Gpu, HostCopy};
+use moe_kernels::cuda::{DevBuf, DevMat, DevSlice, DevSliceMut, Gpu, HostCopy};
 use moe_kernels::expert_ffn::cuda::ExpertStack;
 use moe_kernels::rope::Rope;
 use moe_kernels::router_topk::cuda::{add_stats, stats_words};
@@ -23,18 +23,46 @@ pub struct CudaBackend {
     state: Mutex<State>,
 }
 
+/// What every pass shares. Each user holds the lock for the whole of its use, readbacks
+/// included: the device runs everything in the one stream's order, so a buffer handed to a
+/// launch under the lock is not overwritten by another caller's launch before that one has run.
 #[derive(Default)]
 struct State {
     scratch: MoeScratch,
     /// Per layer: the router's counters, `stats_words(E)` u64.
     load: Vec<Option<DevBuf>>,
-    /// RoPE frequencies, and the cos/sin table of the last positions (q, k and every layer of
-    /// a forward share it).
-    inv_freq: Option<(Vec<f32>, DevBuf)>,
-    rope_table: Option<(Vec<u32>, usize, DevBuf, DevBuf)>,
-    /// This forward's attention rows, built at layer 0 and reused by every layer.
-    meta: Option<(Vec<RowMeta>, DevBuf)>,
+    /// RoPE frequencies (one model per backend: uploaded once); a pass keeps its own handle.
+    inv_freq: Option<(Vec<f32>, Arc<DevBuf>)>,
     sample: sample::cuda::SampleScratch,
+    /// The counters of dense MLPs and shared experts (one-expert MoE blocks), which nobody
+    /// reads.
+    dense_stats: Option<DevBuf>,
+}
+
+/// One forward pass's own device state ([`Backend::Pass`]): nothing in it is shared with
+/// another pass, so a pointer taken from it stays this pass's until the pass is dropped (and
+/// device memory is freed in stream order, after the launches queued before the drop).
+#[derive(Default)]
+pub struct CudaPass {
+    /// The cos/sin table of this pass's positions (q, k and every layer share it).
+    rope_table: Option<RopeTable>,
+    /// The attention rows' metadata, built at layer 0 and read by every later layer.
+    meta: Option<PassMeta>,
+}
+
+struct RopeTable {
+    positions: Vec<u32>,
+    head_dim: usize,
+    /// The frequencies the table was built from (held so they outlive its launch).
+    _inv_freq: Arc<DevBuf>,
+    cos: DevBuf,
+    sin: DevBuf,
+}
+
+struct PassMeta {
+    rows: usize,
+    n_layers: usize,
+    dev: DevBuf,
 }
 
 impl CudaBackend {
@@ -54,31 +82,53 @@ impl CudaBackend {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cos/sin table of these positions (device pointers), built once per set of positions:
-    /// a forward's q, k and every layer share it.
-    fn rope_table(&self, positions: &[u32], r: &Rope) -> Result<(u64, u64)> {
+    /// The RoPE frequencies on the device, uploaded at first use.
+    fn inv_freq(&self, r: &Rope) -> Result<Arc<DevBuf>> {
         let mut st = self.state();
-        let st = &mut *st;
-        let fresh = !matches!(&st.rope_table, Some((p, hd, _, _)) if p.as_slice() == positions && *hd == r.head_dim);
+        if let Some((host, dev)) = &st.inv_freq {
+            if host.as_slice() == r.inv_freq.as_slice() {
+                return Ok(dev.clone());
+            }
+        }
+        let dev = Arc::new(self.gpu.upload(&r.inv_freq)?);
+        st.inv_freq = Some((r.inv_freq.clone(), dev.clone()));
+        Ok(dev)
+    }
+
+    /// The cos/sin table of these positions (device pointers into `pass`), built once per pass:
+    /// its q, k and every layer share it.
+    fn rope_table<'p>(
+        &self,
+        pass: &'p mut CudaPass,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<(DevSlice<'p, f32>, DevSlice<'p, f32>)> {
+        let fresh = !matches!(&pass.rope_table, Some(t) if t.positions.as_slice() == positions && t.head_dim == r.head_dim);
         if fresh {
             let pos = self.gpu.upload(positions)?;
-            let freq = upload_cached(&self.gpu, &mut st.inv_freq, &r.inv_freq)?;
+            let freq = self.inv_freq(r)?;
             let half = r.head_dim / 2;
-            let cos = self.gpu.alloc(4 * positions.len() * half)?;
-            let sin = self.gpu.alloc(4 * positions.len() * half)?;
+            let mut cos = self.gpu.alloc(4 * positions.len() * half)?;
+            let mut sin = self.gpu.alloc(4 * positions.len() * half)?;
             rope::cuda::rope_table(
                 &self.gpu,
-                pos.ptr(),
-                freq,
+                pos.slice(),
+                freq.slice(),
                 positions.len(),
                 r.head_dim,
-                cos.ptr(),
-                sin.ptr(),
+                cos.slice_mut(),
+                sin.slice_mut(),
             )?;
-            st.rope_table = Some((positions.to_vec(), r.head_dim, cos, sin));
+            pass.rope_table = Some(RopeTable {
+                positions: positions.to_vec(),
+                head_dim: r.head_dim,
+                _inv_freq: freq,
+                cos,
+                sin,
+            });
         }
-        let (_, _, cos, sin) = st.rope_table.as_ref().expect("built above");
-        Ok((cos.ptr(), sin.ptr()))
+        let t = pass.rope_table.as_ref().expect("built above");
+        Ok((t.cos.slice(), t.sin.slice()))
     }
 }
 
@@ -90,8 +140,12 @@ pub struct CudaAct {
 }
 
 impl CudaAct {
-    fn ptr(&self) -> u64 {
-        self.buf.ptr()
+    fn dev(&self) -> DevSlice<'_, f32> {
+        self.buf.slice()
+    }
+
+    fn dev_mut(&mut self) -> DevSliceMut<'_, f32> {
+        self.buf.slice_mut()
     }
 }
 
@@ -132,30 +186,19 @@ fn shape_err(what: &str, a: usize, b: usize) -> Error {
     Error::Device(format!("{what}: {a} vs {b}"))
 }
 
-fn upload_cached<T: Copy + PartialEq>(
-    gpu: &Arc<Gpu>,
-    slot: &mut Option<(Vec<T>, DevBuf)>,
-    v: &[T],
-) -> Result<u64> {
-    if let Some((host, dev)) = slot {
-        if host.as_slice() == v {
-            return Ok(dev.ptr());
-        }
-    }
-    let dev = gpu.upload(v)?;
-    let p = dev.ptr();
-    *slot = Some((v.to_vec(), dev));
-    Ok(p)
-}
-
 impl Backend for CudaBackend {
     type Act = CudaAct;
     type Weight = DevMat;
     type Kv = CudaKv;
     type Experts = MoeLayerExperts;
+    type Pass = CudaPass;
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn begin_pass(&self) -> CudaPass {
+        CudaPass::default()
     }
 
     fn weight(&self, t: WeightTensor) -> Result<DevMat> {
@@ -187,8 +230,8 @@ impl Backend for CudaBackend {
         let w1 = stack(&|x| &x.w1, ffn, hidden)?;
         let w3 = stack(&|x| &x.w3, ffn, hidden)?;
         let w2 = stack(&|x| &x.w2, hidden, ffn)?;
-        // A dense MLP (one expert) runs as a MoE block: its zero router row and scratch counters
-        // are made here, once, not per call.
+        // A dense MLP (one expert) runs as a MoE block: its zero router row is
+        // made here, once, not per call (its counters live in the backend state).
         let dense = if e == 1 {
             Some(DenseRouting {
                 zero_gate: DevMat::upload(
@@ -197,7 +240,6 @@ impl Backend for CudaBackend {
                     1,
                     hidden,
                 )?,
-                stats: self.gpu.alloc(8 * stats_words(1))?,
             })
         } else {
             None
@@ -236,8 +278,7 @@ impl Backend for CudaBackend {
         if out.rows != ids.len() || out.cols != table.cols {
             return Err(shape_err("embed rows", out.rows, ids.len()));
         }
-        let dev_ids = self.gpu.upload(ids)?;
-        embedding::cuda::embed(&self.gpu, table, dev_ids.ptr(), ids.len(), out.ptr())?;
+        embedding::cuda::embed(&self.gpu, table, ids, out.dev_mut())?;
         Ok(())
     }
 
@@ -249,9 +290,9 @@ impl Backend for CudaBackend {
         }
         Ok(rms_norm::cuda::rms_norm(
             &self.gpu,
-            x.ptr(),
+            x.dev(),
             w,
-            out.ptr(),
+            out.dev_mut(),
             x.rows * (x.cols / width),
             eps,
         )?)
@@ -268,13 +309,14 @@ impl Backend for CudaBackend {
         if x.cols != w.cols || (y.rows, y.cols) != (x.rows, x.cols) || out.rows != x.rows {
             return Err(shape_err("add_rms_norm width", x.cols, w.cols));
         }
+        let rows = x.rows;
         Ok(rms_norm::cuda::add_rms_norm(
             &self.gpu,
-            x.ptr(),
-            y.ptr(),
+            x.dev_mut(),
+            y.dev(),
             w,
-            out.ptr(),
-            x.rows,
+            out.dev_mut(),
+            rows,
             eps,
         )?)
     }
@@ -285,9 +327,9 @@ impl Backend for CudaBackend {
         }
         Ok(linear::cuda::linear(
             &self.gpu,
-            x.ptr(),
+            x.dev(),
             w,
-            out.ptr(),
+            out.dev_mut(),
             x.rows,
         )?)
     }
@@ -299,12 +341,12 @@ impl Backend for CudaBackend {
             }
         }
         if ws.len() == outs.len() && linear::cuda::gemv_fits(ws, x.rows) {
-            let ptrs: Vec<u64> = outs.iter().map(|o| o.ptr()).collect();
+            let mut views: Vec<DevSliceMut<f32>> = outs.iter_mut().map(|o| o.dev_mut()).collect();
             return Ok(linear::cuda::linear_gemv(
                 &self.gpu,
-                x.ptr(),
+                x.dev(),
                 ws,
-                &ptrs,
+                &mut views,
                 x.rows,
             )?);
         }
@@ -314,39 +356,54 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
+    fn rope(
+        &self,
+        pass: &mut CudaPass,
+        x: &mut CudaAct,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<()> {
         if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
             return Err(shape_err("rope rows", positions.len(), x.rows));
         }
-        let (cos, sin) = self.rope_table(positions, r)?;
+        let (cos, sin) = self.rope_table(pass, positions, r)?;
+        let cols = x.cols;
         Ok(rope::cuda::rope_apply(
             &self.gpu,
-            x.ptr(),
+            x.dev_mut(),
             cos,
             sin,
-            x.rows,
-            x.cols / r.head_dim,
+            positions.len(),
+            cols / r.head_dim,
             r.head_dim,
             r.interleaved,
         )?)
     }
 
-    fn rope_qk(&self, q: &mut CudaAct, k: &mut CudaAct, positions: &[u32], r: &Rope) -> Result<()> {
+    fn rope_qk(
+        &self,
+        pass: &mut CudaPass,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        positions: &[u32],
+        r: &Rope,
+    ) -> Result<()> {
         for x in [&*q, &*k] {
             if positions.len() != x.rows || r.head_dim == 0 || x.cols % r.head_dim != 0 {
                 return Err(shape_err("rope rows", positions.len(), x.rows));
             }
         }
-        let (cos, sin) = self.rope_table(positions, r)?;
+        let (cos, sin) = self.rope_table(pass, positions, r)?;
+        let (qh, kh) = (q.cols / r.head_dim, k.cols / r.head_dim);
         Ok(rope::cuda::rope_apply2(
             &self.gpu,
-            q.ptr(),
-            q.cols / r.head_dim,
-            k.ptr(),
-            k.cols / r.head_dim,
+            q.dev_mut(),
+            qh,
+            k.dev_mut(),
+            kh,
             cos,
             sin,
-            q.rows,
+            positions.len(),
             r.head_dim,
             r.interleaved,
         )?)
@@ -354,6 +411,7 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
+        pass: &mut CudaPass,
         layer: usize,
         p: &Attention,
         q: &CudaAct,
@@ -367,12 +425,12 @@ impl Backend for CudaBackend {
         if n != q.rows || v.cols != kvw || out.rows != q.rows {
             return Err(shape_err("attention rows", n, q.rows));
         }
-        let mut st = self.state();
+        let n_layers = seqs.first().map_or(0, |s| s.kv.n_layers);
         if layer == 0 {
-            // Room for the new tokens in every layer, then the rows' metadata for this forward.
+            // Room for the new tokens in every layer, then the rows' metadata for this pass.
             let mut meta = vec![RowMeta::default(); n];
             for s in seqs.iter_mut() {
-                if s.kv.kv_width != kvw {
+                if s.kv.kv_width != kvw || s.kv.n_layers != n_layers {
                     return Err(shape_err("kv width", s.kv.kv_width, kvw));
                 }
                 s.kv.reserve(&self.gpu, s.kv.len + s.n_new)?;
@@ -385,23 +443,36 @@ impl Backend for CudaBackend {
                     };
                 }
             }
-            let dev = self.gpu.upload(&meta)?;
-            st.meta = Some((meta, dev));
+            pass.meta = Some(PassMeta {
+                rows: n,
+                n_layers,
+                dev: self.gpu.upload(&meta)?,
+            });
         }
-        let meta = match &st.meta {
-            Some((m, d)) if m.len() == n => d.ptr(),
+        let meta = match &pass.meta {
+            Some(m) if m.rows == n && m.n_layers == n_layers && layer < n_layers => m.dev.ptr(),
             _ => {
                 return Err(Error::Device(
-                    "attention: a layer after the first ran without the first".into(),
+                    "attention: a layer after the first ran without the first in this pass".into(),
                 ))
             }
         };
-        att::kv_append(&self.gpu, k.ptr(), v.ptr(), meta, n, layer, kvw)?;
-        att::attention(&self.gpu, p, q.ptr(), meta, n, layer, out.ptr())?;
-        if layer + 1 == seqs.first().map_or(0, |s| s.kv.n_layers) {
+        if q.cols != p.n_heads * p.head_dim || kvw != p.n_kv_heads * p.head_dim {
+            return Err(shape_err("attention width", q.cols, p.n_heads * p.head_dim));
+        }
+        // SAFETY: q, k, v and out hold n rows of their widths (checked above), `meta` n rows
+        // built at layer 0 of this pass, each pointing at a cache reserved then for every layer
+        // and the row's position; the caches are borrowed by `seqs` for the whole call.
+        unsafe {
+            att::kv_append(&self.gpu, k.buf.ptr(), v.buf.ptr(), meta, n, layer, kvw)?;
+            att::attention(&self.gpu, p, q.buf.ptr(), meta, n, layer, out.buf.ptr())?;
+        }
+        if layer + 1 == n_layers {
             for s in seqs.iter_mut() {
                 s.kv.len += s.n_new;
             }
+            // The caches may grow or move after this pass: its metadata must not outlive it.
+            pass.meta = None;
         }
         Ok(())
     }
@@ -431,25 +502,26 @@ impl Backend for CudaBackend {
             b.zero()?;
             st.load[layer] = Some(b);
         }
-        let stats = st.load[layer].as_ref().map_or(0, |b| b.ptr());
+        let State { load, scratch, .. } = st;
+        let stats = load[layer].as_mut().expect("allocated above").slice_mut();
         moe_forward(
             &self.gpu,
             gate,
             ex,
             p,
-            x.ptr(),
-            residual.ptr(),
+            x.dev(),
+            residual.dev_mut(),
             x.rows,
             stats,
-            &mut st.scratch,
+            scratch,
             taps.router_logits,
         )?;
         let mut trace = MoeTrace::default();
         if taps.router_logits {
-            trace.router_logits = Some(st.scratch.router_logits(x.rows, p.n_experts)?);
+            trace.router_logits = Some(scratch.router_logits(x.rows, p.n_experts)?);
         }
         if taps.routing {
-            let (expert_ids, weights) = st.scratch.routing(x.rows, p.top_k)?;
+            let (expert_ids, weights) = scratch.routing(x.rows, p.top_k)?;
             trace.routing = Some(Routing {
                 top_k: p.top_k,
                 expert_ids,
@@ -471,14 +543,19 @@ impl Backend for CudaBackend {
         taps: FfnTaps,
     ) -> Result<FfnTrace> {
         let ex = &mlp.stack;
-        let Some(DenseRouting { zero_gate, stats }) = &mlp.dense else {
+        let Some(DenseRouting { zero_gate }) = &mlp.dense else {
             return Err(shape_err("dense MLP experts", ex.n_experts, 1));
         };
         if x.cols != ex.hidden {
             return Err(shape_err("dense MLP width", x.cols, ex.hidden));
         }
-        let run = |router: &DevMat, scoring: Scoring, out: &mut CudaAct| -> Result<()> {
-            stats.zero()?;
+        // Runs the block; with `logits`, reads the router row back under the same lock (another
+        // caller's MoE call may reuse the scratch as soon as it is released).
+        let run = |router: &DevMat,
+                   scoring: Scoring,
+                   out: &mut CudaAct,
+                   logits: bool|
+         -> Result<Option<Vec<f32>>> {
             let p = RouterTopK {
                 n_experts: 1,
                 top_k: 1,
@@ -486,32 +563,46 @@ impl Backend for CudaBackend {
                 renormalize: false,
             };
             let mut st = self.state();
+            let State {
+                scratch,
+                dense_stats,
+                ..
+            } = &mut *st;
+            if dense_stats.is_none() {
+                *dense_stats = Some(self.gpu.alloc(8 * stats_words(1))?);
+            }
+            let stats = dense_stats.as_mut().expect("allocated above");
+            stats.zero()?;
             moe_forward(
                 &self.gpu,
                 router,
                 ex,
                 &p,
-                x.ptr(),
-                out.ptr(),
+                x.dev(),
+                out.dev_mut(),
                 x.rows,
-                stats.ptr(),
-                &mut st.scratch,
+                stats.slice_mut(),
+                scratch,
                 taps.gate,
             )?;
-            Ok(())
+            Ok(if logits {
+                Some(scratch.router_logits(x.rows, 1)?)
+            } else {
+                None
+            })
         };
         let mut trace = FfnTrace::default();
         if taps.output {
             let mut out = self.zeros(x.rows, x.cols)?;
-            run(zero_gate, Scoring::Softmax, &mut out)?;
+            run(zero_gate, Scoring::Softmax, &mut out, false)?;
             trace.output = Some(self.to_host(&out)?);
         }
         match gate {
-            None => run(zero_gate, Scoring::Softmax, residual)?,
+            None => {
+                run(zero_gate, Scoring::Softmax, residual, false)?;
+            }
             Some(g) => {
-                run(g, Scoring::Sigmoid, residual)?;
-                if taps.gate {
-                    let logits = self.state().scratch.router_logits(x.rows, 1)?;
+                if let Some(logits) = run(g, Scoring::Sigmoid, residual, taps.gate)? {
                     trace.gate = Some(logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect());
                 }
             }
@@ -548,7 +639,7 @@ impl Backend for CudaBackend {
         let mut st = self.state();
         Ok(sample::cuda::sample_rows(
             &self.gpu,
-            x.ptr(),
+            x.dev(),
             x.cols,
             rows,
             edits,
@@ -557,8 +648,8 @@ impl Backend for CudaBackend {
     }
 
     fn argmax_rows(&self, x: &CudaAct) -> Result<Vec<u32>> {
-        let out = self.gpu.alloc(4 * x.rows)?;
-        rms_norm::cuda::argmax_rows(&self.gpu, x.ptr(), x.rows, x.cols, out.ptr())?;
+        let mut out = self.gpu.alloc(4 * x.rows)?;
+        rms_norm::cuda::argmax_rows(&self.gpu, x.dev(), x.rows, x.cols, out.slice_mut())?;
         Ok(out.read::<u32>(0, x.rows)?)
     }
 
@@ -570,12 +661,8 @@ impl Backend for CudaBackend {
         if (x.rows, x.cols) != (y.rows, y.cols) {
             return Err(shape_err("add", x.rows * x.cols, y.rows * y.cols));
         }
-        Ok(rms_norm::cuda::add(
-            &self.gpu,
-            x.ptr(),
-            y.ptr(),
-            x.rows * x.cols,
-        )?)
+        let n = x.rows * x.cols;
+        Ok(rms_norm::cuda::add(&self.gpu, x.dev_mut(), y.dev(), n)?)
     }
 
     fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> Result<CudaAct> {
@@ -583,9 +670,8 @@ impl Backend for CudaBackend {
             return Err(shape_err("gather row", r, x.rows));
         }
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let dev = self.gpu.upload(&idx)?;
-        let out = self.zeros(rows.len(), x.cols)?;
-        rms_norm::cuda::gather_rows(&self.gpu, x.ptr(), dev.ptr(), rows.len(), x.cols, out.ptr())?;
+        let mut out = self.zeros(rows.len(), x.cols)?;
+        rms_norm::cuda::gather_rows(&self.gpu, x.dev(), &idx, x.cols, out.dev_mut())?;
         Ok(out)
     }
 
@@ -633,11 +719,9 @@ pub struct MoeLayerExperts {
     dense: Option<DenseRouting>,
 }
 
-/// A zero router row `[1, hidden]` (every token's weight `softmax([0]) = 1`) and the router's
-/// counters, which nobody reads.
+/// A zero router row `[1, hidden]` (every token's weight `softmax([0]) = 1`).
 struct DenseRouting {
     zero_gate: DevMat,
-    stats: DevBuf,
 }
 
 #[cfg(test)]

@@ -82,8 +82,17 @@ pub trait Backend: Send + Sync + 'static {
     type Experts: Send + Sync;
     /// One sequence's keys and values for every layer.
     type Kv: Send;
+    /// What one forward pass keeps between its calls (on a device: the rows' attention metadata
+    /// built at layer 0 and the RoPE table of its positions). [`Backend::begin_pass`] makes one
+    /// at the start of every pass and the pass hands it to each [`Backend::rope`],
+    /// [`Backend::rope_qk`] and [`Backend::attention`] call, so passes running at the same time
+    /// (prompt scoring beside the scheduler's step) never share or overwrite each other's.
+    type Pass: Send;
 
     fn name(&self) -> &'static str;
+
+    /// A fresh [`Backend::Pass`] for one forward pass (allocates nothing until used).
+    fn begin_pass(&self) -> Self::Pass;
 
     /// Makes a checkpoint tensor usable by the kernels (the CPU keeps it in place in the mmap).
     fn weight(&self, t: WeightTensor) -> Result<Self::Weight>;
@@ -159,23 +168,34 @@ pub trait Backend: Send + Sync + 'static {
             self.name()
         )))
     }
-    /// Rotates every head of every row in place; `positions[row]`.
-    fn rope(&self, x: &mut Self::Act, positions: &[u32], rope: &Rope) -> Result<()>;
+    /// Rotates every head of every row in place; `positions[row]`. Tables built for these
+    /// positions are kept in `pass`.
+    fn rope(
+        &self,
+        pass: &mut Self::Pass,
+        x: &mut Self::Act,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<()>;
     /// [`Backend::rope`] of q and k over the same positions (one launch on backends that fuse
     /// it).
     fn rope_qk(
         &self,
+        pass: &mut Self::Pass,
         q: &mut Self::Act,
         k: &mut Self::Act,
         positions: &[u32],
         rope: &Rope,
     ) -> Result<()> {
-        self.rope(q, positions, rope)?;
-        self.rope(k, positions, rope)
+        self.rope(pass, q, positions, rope)?;
+        self.rope(pass, k, positions, rope)
     }
     /// Appends each sequence's new `k`/`v` rows to its cache at layer `layer`, then attends.
+    /// Every layer of one pass gets the same `pass` and the same sequences, layer 0 first.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        pass: &mut Self::Pass,
         layer: usize,
         p: &Attention,
         q: &Self::Act,

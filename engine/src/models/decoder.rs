@@ -484,6 +484,8 @@ impl<B: Backend> Model<B> {
         // parallel region, where a worker could pick up another caller's pass and take it again.
         let mut stats =
             LoadBalanceStats::new(cfg.moe_layer_ids(), cfg.moe.n_experts, cfg.moe.top_k);
+        // This pass's own attention metadata and RoPE table (never another caller's).
+        let mut pass = b.begin_pass();
 
         b.rms_norm(
             &x,
@@ -516,7 +518,7 @@ impl<B: Backend> Model<B> {
                 b.clamp(&mut k, c)?;
                 b.clamp(&mut v, c)?;
             }
-            b.rope_qk(&mut q, &mut k, &positions, &self.rope)?;
+            b.rope_qk(&mut pass, &mut q, &mut k, &positions, &self.rope)?;
             let mut items: Vec<AttnItem<B::Kv>> = seqs
                 .iter_mut()
                 .zip(&rows)
@@ -526,7 +528,16 @@ impl<B: Backend> Model<B> {
                     kv: &mut *s.kv,
                 })
                 .collect();
-            b.attention(l, &self.attn, &q, &k, &v, &mut items, &mut attn_out)?;
+            b.attention(
+                &mut pass,
+                l,
+                &self.attn,
+                &q,
+                &k,
+                &v,
+                &mut items,
+                &mut attn_out,
+            )?;
             b.linear(&attn_out, &at.o, &mut proj)?;
             if let Some(ob) = &at.o_bias {
                 b.add_bias(&mut proj, ob)?;

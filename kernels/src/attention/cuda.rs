@@ -25,7 +25,13 @@ pub struct RowMeta {
 }
 
 /// Writes `n` rows of `k`/`v` (`[n, kv_width]`) into their caches at layer `layer`.
-pub fn kv_append(
+///
+/// # Safety
+/// `k` and `v` must address `n · kv_width` f32 each and `meta` `n` [`RowMeta`] on this device,
+/// and every row's `kv_base` a live cache `[n_layers > layer][2][cap > pos][kv_width]` f32,
+/// all allocated until the kernel has run. The cache addresses live inside `meta` on the
+/// device, so no typed view can vouch for them.
+pub unsafe fn kv_append(
     gpu: &Gpu,
     k: u64,
     v: u64,
@@ -49,7 +55,12 @@ pub fn kv_append(
 }
 
 /// `out[r] = attention(q[r], cache of r up to its position)` for `n` rows.
-pub fn attention(
+///
+/// # Safety
+/// `q` must address `n · n_heads · head_dim` f32, `out` as many, `meta` `n` [`RowMeta`] whose
+/// caches hold every position up to the row's (see [`kv_append`]), all allocated until the
+/// kernel has run.
+pub unsafe fn attention(
     gpu: &Gpu,
     p: &Attention,
     q: u64,

@@ -9,14 +9,20 @@ pub const SOURCE: KernelSource = KernelSource {
 };
 
 /// `residual[t] += Σ_j w_j · Σ_z expert_out[z][slot_rows[t·k + j]]` for `n` tokens, `splits`
-/// partials `split_stride` floats apart; `w_j = route_w[t·k + j]` when `route_w` is not 0, else 1
+/// partials `split_stride` floats apart; `w_j = route_w[t·k + j]` with `route_w`, else 1
 /// (the weights already applied).
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
 #[allow(clippy::too_many_arguments)]
-pub fn combine(
+pub unsafe fn combine(
     gpu: &Gpu,
     expert_out: u64,
     slot_rows: u64,
-    route_w: u64,
+    route_w: Option<u64>,
     residual: u64,
     n: usize,
     hidden: usize,
@@ -24,6 +30,7 @@ pub fn combine(
     splits: usize,
     split_stride: usize,
 ) -> GpuResult<()> {
+    let route_w = route_w.unwrap_or(0);
     let f = gpu.function(&SOURCE, "combine_f32")?;
     let (h, k, z, zs) = (
         hidden as u32,

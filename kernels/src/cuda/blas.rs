@@ -29,8 +29,14 @@ fn data_type(d: WeightDType) -> bsys::cudaDataType {
 impl Gpu {
     /// Row-major `c[m, n] = a[m, k] · w[n, k]ᵀ` (activations times weights transposed), f32
     /// accumulate; `a` and `w` in `ab`, `c` in `c_type`.
+    ///
+    /// # Safety
+    /// `a`, `w` and `c` must be device addresses of this `Gpu`'s context holding at least
+    /// `m·k`, `n·k` (in `ab`) and `m·n` (in `c_type`) values, allocated until the GEMM has run
+    /// (stream-ordered frees after this call are fine). Raw addresses remain here because the
+    /// callers pass offsets into stacked expert matrices and scratch.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_rows_by_weights(
+    pub unsafe fn gemm_rows_by_weights(
         &self,
         a: u64,
         w: u64,

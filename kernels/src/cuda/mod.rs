@@ -10,10 +10,12 @@ mod buffer;
 mod compile;
 mod mat;
 pub mod moe;
+mod slice;
 pub mod util;
 
 pub use buffer::{DevBuf, HostCopy};
 pub use compile::{compile_cubin, kernel_sources, nvrtc_available, KernelSource};
+pub use slice::{DevSlice, DevSliceMut};
 
 // SAFETY: a function handle of a module that lives as long as its `Gpu`.
 unsafe impl Send for Kernel {}

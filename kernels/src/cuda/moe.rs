@@ -3,7 +3,7 @@
 //! grouped w2 × routing weight → combine into the residual. Five launches and one memset,
 //! nothing read back.
 
-use super::{DevBuf, DevMat, Gpu, GpuResult};
+use super::{DevBuf, DevMat, DevSlice, DevSliceMut, Gpu, GpuError, GpuResult};
 use crate::combine::cuda::combine;
 use crate::expert_ffn::cuda::{
     gather, k_splits, rows_capacity, swiglu, tile_rows, tiles_bound, use_gemv, w13, w13_gemv, w2,
@@ -27,10 +27,10 @@ impl MoeLayer {
     pub fn forward(
         &self,
         gpu: &Arc<Gpu>,
-        x: u64,
-        residual: u64,
+        x: DevSlice<f32>,
+        residual: DevSliceMut<f32>,
         tokens: usize,
-        stats: u64,
+        stats: DevSliceMut<u64>,
         scratch: &mut MoeScratch,
         keep_logits: bool,
     ) -> GpuResult<()> {
@@ -255,9 +255,55 @@ pub fn stats_bytes(n_layers: usize, n_experts: usize) -> usize {
     8 * n_layers * stats_words(n_experts)
 }
 
-/// `residual += MoE(x)` for `tokens` rows of f32 `x` (already normed); counters at `stats`.
+/// `residual += MoE(x)` for `tokens` rows of f32 `x` (already normed); counters at `stats`
+/// (`stats_words(n_experts)` u64).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_forward(
+    gpu: &Arc<Gpu>,
+    gate: &DevMat,
+    ex: &ExpertStack,
+    routing: &RouterTopK,
+    x: DevSlice<f32>,
+    residual: DevSliceMut<f32>,
+    tokens: usize,
+    stats: DevSliceMut<u64>,
+    scratch: &mut MoeScratch,
+    keep_logits: bool,
+) -> GpuResult<()> {
+    if gate.cols != ex.hidden || gate.rows != ex.n_experts {
+        return Err(GpuError(format!(
+            "moe: gate [{}, {}] for {} experts of width {}",
+            gate.rows, gate.cols, ex.n_experts, ex.hidden
+        )));
+    }
+    x.check("moe x", tokens * ex.hidden)?;
+    residual.check("moe residual", tokens * ex.hidden)?;
+    stats.check("moe stats", stats_words(ex.n_experts))?;
+    // SAFETY: x, residual and stats checked above; everything else is `scratch`, sized by
+    // `ensure` for this call's plan.
+    unsafe {
+        moe_forward_raw(
+            gpu,
+            gate,
+            ex,
+            routing,
+            x.ptr(),
+            residual.ptr(),
+            tokens,
+            stats.ptr(),
+            scratch,
+            keep_logits,
+        )
+    }
+}
+
+/// [`moe_forward`] on raw addresses.
+///
+/// # Safety
+/// `x` and `residual` must hold `tokens · hidden` f32 and `stats` `stats_words(n_experts)` u64
+/// on this device, allocated until the launches have run.
+#[allow(clippy::too_many_arguments)]
+unsafe fn moe_forward_raw(
     gpu: &Arc<Gpu>,
     gate: &DevMat,
     ex: &ExpertStack,
@@ -322,7 +368,7 @@ pub fn moe_forward(
             gpu,
             eo,
             out.slot_rows,
-            0,
+            None,
             residual,
             tokens,
             ex.hidden,
@@ -338,7 +384,7 @@ pub fn moe_forward(
         out.sched,
         out.sorted_slots,
         p(&s.act),
-        p(&s.part),
+        s.part.as_ref().map(|b| b.ptr()),
         s13,
         n_slots,
         k,
@@ -348,7 +394,7 @@ pub fn moe_forward(
         gpu,
         ex,
         p(&s.act),
-        p(&s.part),
+        s.part.as_ref().map(|b| b.ptr()),
         ran13,
         out.sched,
         out.sorted_slots,
@@ -362,7 +408,7 @@ pub fn moe_forward(
         gpu,
         p(&s.expert_out),
         out.slot_rows,
-        0,
+        None,
         residual,
         tokens,
         ex.hidden,
@@ -374,8 +420,11 @@ pub fn moe_forward(
 
 /// The large-batch expert path: gather → per expert gate and up GEMMs → SwiGLU → per expert
 /// down GEMM → weighted combine.
+///
+/// # Safety
+/// As [`moe_forward_raw`].
 #[allow(clippy::too_many_arguments)]
-fn experts_by_blas(
+unsafe fn experts_by_blas(
     gpu: &Arc<Gpu>,
     ex: &ExpertStack,
     s: &MoeScratch,
@@ -402,7 +451,9 @@ fn experts_by_blas(
         // Gate (w1 → g) and up (w3 → u) over the same gathered rows.
         for (w, c) in [(&ex.w1, g), (&ex.w3, u)] {
             let c = c + (r0 * f * esz) as u64;
-            gpu.gemm_rows_by_weights(a, w.ptr() + w_off, dt, c, dt, r1 - r0, f, h)?;
+            // SAFETY: rows [r0, r1) of the gathered `xs`, `g`/`u` (`n_slots` rows each) and
+            // expert `i` of the stack, all allocated for this call.
+            unsafe { gpu.gemm_rows_by_weights(a, w.ptr() + w_off, dt, c, dt, r1 - r0, f, h)? };
         }
     }
     swiglu(gpu, ex, g, u, act, n_slots * f)?;
@@ -412,22 +463,26 @@ fn experts_by_blas(
         if r1 <= r0 {
             continue;
         }
-        gpu.gemm_rows_by_weights(
-            act + (r0 * f * esz) as u64,
-            ex.w2.ptr() + (i * h * f * esz) as u64,
-            dt,
-            eo + (r0 * h * 4) as u64,
-            WeightDType::F32,
-            r1 - r0,
-            h,
-            f,
-        )?;
+        // SAFETY: rows [r0, r1) of `act` and `expert_out` (sized for `n_slots` rows) and expert
+        // `i` of the stacked w2.
+        unsafe {
+            gpu.gemm_rows_by_weights(
+                act + (r0 * f * esz) as u64,
+                ex.w2.ptr() + (i * h * f * esz) as u64,
+                dt,
+                eo + (r0 * h * 4) as u64,
+                WeightDType::F32,
+                r1 - r0,
+                h,
+                f,
+            )?
+        };
     }
     combine(
         gpu,
         eo,
         out.slot_rows,
-        out.weights,
+        Some(out.weights),
         residual,
         tokens,
         h,

@@ -1,7 +1,7 @@
 //! Random fills and the two ceilings a benchmark divides by: HBM bandwidth (device copy and
 //! streaming read) and the bf16 GEMM rate (cuBLAS), measured on the device at hand.
 
-use super::{err, DevBuf, Gpu, GpuError, GpuResult, KernelSource};
+use super::{err, DevBuf, DevSliceMut, Gpu, GpuError, GpuResult, KernelSource};
 use crate::{kargs, WeightDType};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use std::sync::Arc;
@@ -11,15 +11,17 @@ pub const SOURCE: KernelSource = KernelSource {
     code: include_str!("util.cu"),
 };
 
-/// Fills `n` elements of `dtype` at `ptr` with uniform values in `[-scale, scale)`.
+/// Fills `n` elements of `dtype` at the start of `out` with uniform values in `[-scale, scale)`.
 pub fn fill_uniform(
     gpu: &Gpu,
-    ptr: u64,
+    out: DevSliceMut<u8>,
     n: usize,
     dtype: WeightDType,
     seed: u64,
     scale: f32,
 ) -> GpuResult<()> {
+    out.check("fill_uniform", n * dtype.size())?;
+    let ptr = out.ptr();
     let f = gpu.function(&SOURCE, &format!("fill_uniform_{}", super::suffix(dtype)))?;
     let n64 = n as u64;
     let blocks = n.div_ceil(256).min(gpu.sm_count as usize * 32) as u32;
@@ -79,9 +81,9 @@ pub struct Ceilings {
 /// Copy and read bandwidth over a 2 GiB buffer, and the cuBLAS bf16 GEMM rate at 8192³.
 pub fn measure_ceilings(gpu: &Arc<Gpu>) -> GpuResult<Ceilings> {
     let bytes = 2usize << 30;
-    let src = gpu.alloc(bytes)?;
+    let mut src = gpu.alloc(bytes)?;
     let dst = gpu.alloc(bytes)?;
-    fill_uniform(gpu, src.ptr(), bytes / 2, WeightDType::BF16, 1, 1.0)?;
+    fill_uniform(gpu, src.slice_mut(), bytes / 2, WeightDType::BF16, 1, 1.0)?;
     let copy = time_ms(gpu, 3, 20, |_| dst.copy_from(0, &src, 0, bytes))?;
     let f = gpu.function(&SOURCE, "read_sum")?;
     let sink = gpu.alloc(4 * 65536)?;
@@ -113,11 +115,11 @@ pub fn gemm_rate(gpu: &Arc<Gpu>, m: usize) -> GpuResult<f64> {
         ));
     }
     gpu.bind()?;
-    let a = gpu.alloc(2 * m * m)?;
-    let b = gpu.alloc(2 * m * m)?;
+    let mut a = gpu.alloc(2 * m * m)?;
+    let mut b = gpu.alloc(2 * m * m)?;
     let c = gpu.alloc(2 * m * m)?;
-    fill_uniform(gpu, a.ptr(), m * m, WeightDType::BF16, 2, 1.0)?;
-    fill_uniform(gpu, b.ptr(), m * m, WeightDType::BF16, 3, 1.0)?;
+    fill_uniform(gpu, a.slice_mut(), m * m, WeightDType::BF16, 2, 1.0)?;
+    fill_uniform(gpu, b.slice_mut(), m * m, WeightDType::BF16, 3, 1.0)?;
     let handle = blas::create_handle().map_err(blas_err("cuBLAS handle"))?;
     let run = |_: usize| -> GpuResult<()> {
         let (alpha, beta) = (1f32, 0f32);

@@ -110,20 +110,27 @@ pub fn split_plan(k: usize, splits: usize) -> (u32, usize) {
 
 /// `act = silu(x·w1ᵀ) ⊙ (x·w3ᵀ)` for every scheduled row; with more than one split the f32
 /// partial sums go to `part` (`splits × rows_capacity × 2·ffn`) instead. Returns the splits run.
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
 #[allow(clippy::too_many_arguments)]
-pub fn w13(
+pub unsafe fn w13(
     gpu: &Gpu,
     ex: &ExpertStack,
     x: u64,
     sched: u64,
     sorted_slots: u64,
     act: u64,
-    part: u64,
+    part: Option<u64>,
     splits: usize,
     n_slots: usize,
     top_k: usize,
     tile: usize,
 ) -> GpuResult<usize> {
+    let part = part.unwrap_or(0);
     let mt = max_tiles(n_slots, ex.n_experts, tile);
     let tr = tile as u32;
     let (e, mtu, f, h, k) = (
@@ -185,12 +192,18 @@ pub fn w13(
 /// `out[z][row] = route_w[slot(row)] · act[row]·w2ᵀ` over K split `splits` ways (`out` holds
 /// `splits × rows_capacity × hidden`); the activations come from `act`, or from the w13
 /// partials when `part_splits > 1`. Returns the splits run.
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
 #[allow(clippy::too_many_arguments)]
-pub fn w2(
+pub unsafe fn w2(
     gpu: &Gpu,
     ex: &ExpertStack,
     act: u64,
-    part: u64,
+    part: Option<u64>,
     part_splits: usize,
     sched: u64,
     sorted_slots: u64,
@@ -209,6 +222,7 @@ pub fn w2(
         ex.ffn as u32,
     );
     let p2 = ex.w2.ptr();
+    let part = part.unwrap_or(0);
     if ex.tensor_cores() {
         let (chunk, splits) = split_plan(ex.ffn, splits);
         let ps = part_splits as u32;
@@ -283,8 +297,14 @@ fn gemv_shape(name: &str, default: (u32, u32)) -> (u32, u32) {
 }
 
 /// [`w13`] for tiles of at most 8 rows on the GEMV kernel (no K split).
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
 #[allow(clippy::too_many_arguments)]
-pub fn w13_gemv(
+pub unsafe fn w13_gemv(
     gpu: &Gpu,
     ex: &ExpertStack,
     x: u64,
@@ -326,8 +346,14 @@ pub fn w13_gemv(
 
 /// [`w2`] for tiles of at most 8 rows on the GEMV kernel (no K split: `out` holds one
 /// `rows_capacity × hidden` slice).
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
 #[allow(clippy::too_many_arguments)]
-pub fn w2_gemv(
+pub unsafe fn w2_gemv(
     gpu: &Gpu,
     ex: &ExpertStack,
     act: u64,
@@ -364,8 +390,14 @@ pub fn w2_gemv(
 }
 
 /// Gathers routed rows into expert order in the weight dtype: `out[row] = x[token(row)]`.
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
 #[allow(clippy::too_many_arguments)]
-pub fn gather(
+pub unsafe fn gather(
     gpu: &Gpu,
     ex: &ExpertStack,
     x: u64,
@@ -390,7 +422,20 @@ pub fn gather(
 }
 
 /// `act = silu(g) · u` over `n` elements (a multiple of 8) of the weight dtype.
-pub fn swiglu(gpu: &Gpu, ex: &ExpertStack, g: u64, u: u64, act: u64, n: usize) -> GpuResult<()> {
+///
+/// # Safety
+/// Every `u64` argument must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `n_slots` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
+pub unsafe fn swiglu(
+    gpu: &Gpu,
+    ex: &ExpertStack,
+    g: u64,
+    u: u64,
+    act: u64,
+    n: usize,
+) -> GpuResult<()> {
     let f = gpu.function(&SOURCE, &format!("swiglu_{}", ex.w1.suffix()))?;
     let n8 = (n / 8) as u64;
     let blocks = (n / 8).div_ceil(256).min(gpu.sm_count as usize * 16) as u32;

@@ -1,6 +1,6 @@
 //! Launcher of `linear.cu`: tensor cores for 16-bit weights of fitting shape, SIMT otherwise.
 
-use crate::cuda::{DevMat, Gpu, GpuResult, KernelSource};
+use crate::cuda::{DevMat, DevSlice, DevSliceMut, Gpu, GpuResult, KernelSource};
 use crate::{kargs, WeightDType};
 use std::sync::Arc;
 
@@ -82,9 +82,9 @@ pub fn gemv_fits(ws: &[&DevMat], tokens: usize) -> bool {
 /// shapes must pass [`gemv_shapes_fit`].
 pub fn linear_gemv(
     gpu: &Arc<Gpu>,
-    x: u64,
+    x: DevSlice<f32>,
     ws: &[&DevMat],
-    outs: &[u64],
+    outs: &mut [DevSliceMut<f32>],
     tokens: usize,
 ) -> GpuResult<()> {
     if !gemv_shapes_fit(ws, tokens) || outs.len() != ws.len() {
@@ -94,12 +94,17 @@ pub fn linear_gemv(
             outs.len()
         )));
     }
+    x.check("linear_gemv x", tokens * ws[0].cols)?;
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        o.check("linear_gemv out", tokens * w.rows)?;
+    }
+    let x = x.ptr();
     let (fpw, warps) = gemv_shape(ws.iter().map(|w| w.bytes()).sum());
     let mut m = [LinOut { w: 0, out: 0, n: 0 }; 3];
-    for (i, (w, &o)) in ws.iter().zip(outs).enumerate() {
+    for (i, (w, o)) in ws.iter().zip(outs.iter()).enumerate() {
         m[i] = LinOut {
             w: w.ptr(),
-            out: o,
+            out: o.ptr(),
             n: w.rows as u32,
         };
     }
@@ -125,12 +130,21 @@ pub fn linear_gemv(
 }
 
 /// `out[t] = x[t] · wᵀ` for `t < tokens`; x f32 `[tokens, w.cols]`, out f32 `[tokens, w.rows]`.
-pub fn linear(gpu: &Arc<Gpu>, x: u64, w: &DevMat, out: u64, tokens: usize) -> GpuResult<()> {
+pub fn linear(
+    gpu: &Arc<Gpu>,
+    x: DevSlice<f32>,
+    w: &DevMat,
+    mut out: DevSliceMut<f32>,
+    tokens: usize,
+) -> GpuResult<()> {
+    x.check("linear x", tokens * w.cols)?;
+    out.check("linear out", tokens * w.rows)?;
+    if gemv_fits(&[w], tokens) {
+        return linear_gemv(gpu, x, &[w], &mut [out.reborrow()], tokens);
+    }
+    let (x, out) = (x.ptr(), out.ptr());
     let (t, n, k) = (tokens as u32, w.rows as u32, w.cols as u32);
     let wp = w.ptr();
-    if gemv_fits(&[w], tokens) {
-        return linear_gemv(gpu, x, &[w], &[out], tokens);
-    }
     if !tensor_core_fits(w.dtype, w.rows, w.cols) {
         let f = gpu.function(&SOURCE, &format!("linear_simt_{}", w.suffix()))?;
         let grid = (tokens.div_ceil(8) as u32, w.rows.div_ceil(8) as u32, 1);
@@ -146,16 +160,20 @@ pub fn linear(gpu: &Arc<Gpu>, x: u64, w: &DevMat, out: u64, tokens: usize) -> Gp
             .min(gpu.sm_count as usize * 16) as u32;
         // SAFETY: argument list matches `to_half_*`; `xs` holds tokens × cols 16-bit values.
         unsafe { gpu.launch(f, (blocks, 1, 1), (256, 1, 1), 0, &mut kargs!(x, xp, n8))? };
-        return gpu.gemm_rows_by_weights(
-            xs.ptr(),
-            wp,
-            w.dtype,
-            out,
-            WeightDType::F32,
-            tokens,
-            w.rows,
-            w.cols,
-        );
+        // SAFETY: `xs` holds tokens × cols 16-bit values, `out` tokens × rows f32 (checked
+        // above), `wp` the whole weight.
+        return unsafe {
+            gpu.gemm_rows_by_weights(
+                xs.ptr(),
+                wp,
+                w.dtype,
+                out,
+                WeightDType::F32,
+                tokens,
+                w.rows,
+                w.cols,
+            )
+        };
     }
     if tokens <= 16 {
         let nt = if tokens <= 8 { 1 } else { 2 };

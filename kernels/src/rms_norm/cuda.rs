@@ -1,7 +1,10 @@
 //! Launchers of `rms_norm.cu`: RMSNorm, RMSNorm fused with the residual add, and two row helpers.
 
-use crate::cuda::{DevMat, Gpu, GpuResult, KernelSource};
+use crate::cuda::{
+    DevMat, DevSlice, DevSliceMut, Gpu, GpuError, GpuResult, HostCopy, KernelSource,
+};
 use crate::kargs;
+use std::sync::Arc;
 
 pub const SOURCE: KernelSource = KernelSource {
     name: "rms_norm",
@@ -13,7 +16,17 @@ fn threads(h: usize) -> u32 {
 }
 
 /// `out = rmsnorm(x) · w` for `rows` rows of `w.cols`.
-pub fn rms_norm(gpu: &Gpu, x: u64, w: &DevMat, out: u64, rows: usize, eps: f32) -> GpuResult<()> {
+pub fn rms_norm(
+    gpu: &Gpu,
+    x: DevSlice<f32>,
+    w: &DevMat,
+    out: DevSliceMut<f32>,
+    rows: usize,
+    eps: f32,
+) -> GpuResult<()> {
+    x.check("rms_norm x", rows * w.cols)?;
+    out.check("rms_norm out", rows * w.cols)?;
+    let (x, out) = (x.ptr(), out.ptr());
     let f = gpu.function(&SOURCE, &format!("rms_norm_{}", w.suffix()))?;
     let (wp, h) = (w.ptr(), w.cols as u32);
     // SAFETY: argument list matches `rms_norm_*`.
@@ -31,13 +44,17 @@ pub fn rms_norm(gpu: &Gpu, x: u64, w: &DevMat, out: u64, rows: usize, eps: f32) 
 /// `x += y; out = rmsnorm(x) · w`.
 pub fn add_rms_norm(
     gpu: &Gpu,
-    x: u64,
-    y: u64,
+    x: DevSliceMut<f32>,
+    y: DevSlice<f32>,
     w: &DevMat,
-    out: u64,
+    out: DevSliceMut<f32>,
     rows: usize,
     eps: f32,
 ) -> GpuResult<()> {
+    x.check("add_rms_norm x", rows * w.cols)?;
+    y.check("add_rms_norm y", rows * w.cols)?;
+    out.check("add_rms_norm out", rows * w.cols)?;
+    let (x, y, out) = (x.ptr(), y.ptr(), out.ptr());
     let f = gpu.function(&SOURCE, &format!("add_rms_norm_{}", w.suffix()))?;
     let (wp, h) = (w.ptr(), w.cols as u32);
     // SAFETY: argument list matches `add_rms_norm_*`.
@@ -53,7 +70,10 @@ pub fn add_rms_norm(
 }
 
 /// `x += y` over `n` floats.
-pub fn add(gpu: &Gpu, x: u64, y: u64, n: usize) -> GpuResult<()> {
+pub fn add(gpu: &Gpu, x: DevSliceMut<f32>, y: DevSlice<f32>, n: usize) -> GpuResult<()> {
+    x.check("add x", n)?;
+    y.check("add y", n)?;
+    let (x, y) = (x.ptr(), y.ptr());
     let f = gpu.function(&SOURCE, "add_f32")?;
     let n64 = n as u64;
     let blocks = n.div_ceil(256).min(4096) as u32;
@@ -61,8 +81,23 @@ pub fn add(gpu: &Gpu, x: u64, y: u64, n: usize) -> GpuResult<()> {
     unsafe { gpu.launch(f, (blocks, 1, 1), (256, 1, 1), 0, &mut kargs!(x, y, n64)) }
 }
 
-/// `out[i] = x[rows[i]]`, `n` rows of `cols` floats.
-pub fn gather_rows(gpu: &Gpu, x: u64, rows: u64, n: usize, cols: usize, out: u64) -> GpuResult<()> {
+/// `out[i] = x[rows[i]]`, `rows.len()` rows of `cols` floats (each row index checked against
+/// `x`, then uploaded).
+pub fn gather_rows(
+    gpu: &Arc<Gpu>,
+    x: DevSlice<f32>,
+    rows: &[u32],
+    cols: usize,
+    out: DevSliceMut<f32>,
+) -> GpuResult<()> {
+    let n = rows.len();
+    let have = x.len().checked_div(cols).unwrap_or(0);
+    if let Some(&r) = rows.iter().find(|&&r| r as usize >= have) {
+        return Err(GpuError(format!("gather_rows: row {r} of {have}")));
+    }
+    out.check("gather_rows out", n * cols)?;
+    let dev_rows = gpu.upload(rows)?;
+    let (x, rows, out) = (x.ptr(), dev_rows.ptr(), out.ptr());
     let f = gpu.function(&SOURCE, "gather_rows_f32")?;
     let c = cols as u32;
     // SAFETY: argument list matches `gather_rows_f32`.
@@ -78,7 +113,16 @@ pub fn gather_rows(gpu: &Gpu, x: u64, rows: u64, n: usize, cols: usize, out: u64
 }
 
 /// `out[r]` = argmax of row `r` of `x` (`rows × cols` f32); ties to the lowest index.
-pub fn argmax_rows(gpu: &Gpu, x: u64, rows: usize, cols: usize, out: u64) -> GpuResult<()> {
+pub fn argmax_rows(
+    gpu: &Gpu,
+    x: DevSlice<f32>,
+    rows: usize,
+    cols: usize,
+    out: DevSliceMut<u32>,
+) -> GpuResult<()> {
+    x.check("argmax_rows x", rows * cols)?;
+    out.check("argmax_rows out", rows)?;
+    let (x, out) = (x.ptr(), out.ptr());
     let f = gpu.function(&SOURCE, "argmax_rows_f32")?;
     let c = cols as u32;
     // SAFETY: argument list matches `argmax_rows_f32`.

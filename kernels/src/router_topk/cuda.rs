@@ -64,7 +64,13 @@ pub fn check(n_experts: usize, top_k: usize) -> GpuResult<()> {
 
 /// Routes `tokens` rows of `x` (f32 `[tokens, gate.cols]`) with gate `[n_experts, hidden]`, and
 /// groups the routed slots by expert (the dispatch, run by the last block).
-pub fn router(
+///
+/// # Safety
+/// `x` and every address in `o` must be a device address of this `Gpu`'s context sized as
+/// [`crate::cuda::moe::moe_forward`] sizes it for `tokens · top_k` routed rows (its scratch), allocated
+/// until the kernel has run. Raw addresses remain here because these launchers only run inside
+/// that function, on scratch whose sizes come from its plan.
+pub unsafe fn router(
     gpu: &Gpu,
     x: u64,
     gate: &DevMat,

@@ -1,7 +1,7 @@
 //! Launcher of `sample.cu`.
 
 pub use super::{Edit, Picked, SampleRow, MAX_TOP};
-use crate::cuda::{DevBuf, Gpu, GpuError, GpuResult, HostCopy, KernelSource};
+use crate::cuda::{DevBuf, DevSlice, Gpu, GpuError, GpuResult, HostCopy, KernelSource};
 use crate::kargs;
 use std::sync::Arc;
 
@@ -37,7 +37,7 @@ fn grow(buf: &mut Option<DevBuf>, gpu: &Arc<Gpu>, bytes: usize) -> GpuResult<u64
 /// Picks a token for each of `rows.len()` rows of f32 `logits` (`[rows, vocab]` on the device).
 pub fn sample_rows(
     gpu: &Arc<Gpu>,
-    logits: u64,
+    logits: DevSlice<f32>,
     vocab: usize,
     rows: &[SampleRow],
     edits: &[Edit],
@@ -55,6 +55,8 @@ pub fn sample_rows(
     }) {
         return Err(GpuError(format!("sample: row {r:?} out of range")));
     }
+    logits.check("sample logits", n * vocab)?;
+    let logits = logits.ptr();
     let adj = grow(&mut scratch.adj, gpu, 4 * n * vocab)?;
     let items = grow(&mut scratch.items, gpu, 16 * n * vocab)?;
     let dev_rows = gpu.upload(rows)?;
