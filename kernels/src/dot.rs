@@ -121,10 +121,10 @@ fn matvec_prefetch(quad_bytes: usize) -> MatvecPrefetch {
 fn prefetches_non_temporally() -> bool {
     use std::sync::OnceLock;
     static NTA: OnceLock<bool> = OnceLock::new();
-    *NTA.get_or_init(|| match std::env::var("MOE_PREFETCH").as_deref() {
-        Ok("nta") => true,
-        Ok("t0") => false,
-        _ => cpu_vendor_family().0 == *b"AuthenticAMD",
+    *NTA.get_or_init(|| {
+        crate::tuning::tuning()
+            .prefetch_non_temporal
+            .unwrap_or_else(|| cpu_vendor_family().0 == *b"AuthenticAMD")
     })
 }
 
@@ -548,10 +548,10 @@ pub fn takes_pair_tiles() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         let capable = can_run_pair_tiles();
-        match std::env::var("MOE_TILE_BITS").as_deref() {
-            Ok("256") => return false,
-            Ok("512") => return capable,
-            _ => {}
+        match crate::tuning::tuning().tile_bits {
+            Some(256) => return false,
+            Some(_) => return capable,
+            None => {}
         }
         let (vendor, family) = cpu_vendor_family();
         capable && (vendor != *b"AuthenticAMD" || family >= 0x1A)

@@ -26,6 +26,7 @@ pub mod sample;
 pub mod scratch;
 pub mod skip;
 pub mod team;
+pub mod tuning;
 mod weight;
 
 pub use weight::{Mat, QuantData, WeightDType, WeightData};

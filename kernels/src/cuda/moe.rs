@@ -192,13 +192,6 @@ impl MoeScratch {
     }
 }
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Whether a batch of `n_slots` routed rows runs its experts on cuBLAS: 16-bit weights, at least
 /// [`blas_min_slots`] rows, and expert matrices of at least 16 M elements or at least 1024 rows.
 /// Measured on an H100: at the Mixtral shape (4096 × 14336) cuBLAS wins from 8 tokens up (0.97
@@ -208,8 +201,8 @@ fn env_or(name: &str, default: usize) -> usize {
 pub fn use_blas(ex: &ExpertStack, n_slots: usize) -> bool {
     ex.tensor_cores()
         && n_slots >= blas_min_slots()
-        && (ex.hidden * ex.ffn >= env_or("MOE_BLAS_MIN_EXPERT_ELEMS", 16 << 20)
-            || n_slots >= env_or("MOE_BLAS_MIN_SLOTS_SMALL", 1024))
+        && (ex.hidden * ex.ffn >= crate::tuning::tuning().blas_min_expert_elems
+            || n_slots >= crate::tuning::tuning().blas_min_slots_small)
 }
 
 /// From this many routed rows on (and 16-bit weights), the experts run as cuBLAS GEMMs, one per
@@ -219,14 +212,7 @@ pub fn use_blas(ex: &ExpertStack, n_slots: usize) -> bool {
 /// round trip (≈10 µs) is 1% of such a layer. Single tokens stay on the fused kernels.
 /// `MOE_BLAS_MIN_SLOTS` overrides it (0 disables the path).
 pub fn blas_min_slots() -> usize {
-    match std::env::var("MOE_BLAS_MIN_SLOTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(0) => usize::MAX,
-        Some(n) => n,
-        None => 16,
-    }
+    crate::tuning::tuning().blas_min_slots
 }
 
 /// K splits of (w13, w2) for `n_slots` routed rows: more when few tiles are routed.
@@ -239,13 +225,13 @@ fn plan(ex: &ExpertStack, n_slots: usize) -> (usize, usize) {
         ex,
         tiles * ex.ffn.div_ceil(16),
         ex.hidden,
-        env_or("MOE_W13_SPLIT_WARPS", 1024),
+        crate::tuning::tuning().w13_split_warps,
     );
     let s2 = k_splits(
         ex,
         tiles * ex.hidden.div_ceil(16),
         ex.ffn,
-        env_or("MOE_W2_SPLIT_WARPS", 8192),
+        crate::tuning::tuning().w2_split_warps,
     );
     (s13, s2)
 }

@@ -275,25 +275,21 @@ pub unsafe fn w2(
 /// at 8 tokens (2 rows per expert) even, at 64 (16 per expert) 2.5× slower than the tensor
 /// cores. `MOE_EXPERT_GEMV=0` turns them off, `=1` takes them for every tile of 8 rows.
 pub fn use_gemv(ex: &ExpertStack, tile: usize, n_slots: usize) -> bool {
-    let wanted = match std::env::var("MOE_EXPERT_GEMV").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => n_slots <= ex.n_experts,
-    };
+    let wanted = crate::tuning::tuning()
+        .expert_gemv
+        .unwrap_or(n_slots <= ex.n_experts);
     wanted && tile == 8 && ex.dtype() != WeightDType::F32 && ex.hidden % 8 == 0 && ex.ffn % 8 == 0
 }
 
 /// Launch shape of a GEMV kernel: features per warp (1, 2 or 4) and warps per block, from
-/// `MOE_GEMV_<name>` = "FPW,WARPS" when set.
+/// `MOE_GEMV_SHAPE_<name>` (the tuning table) when set.
 fn gemv_shape(name: &str, default: (u32, u32)) -> (u32, u32) {
-    std::env::var(format!("MOE_GEMV_{name}"))
-        .ok()
-        .and_then(|v| {
-            let (a, b) = v.split_once(',')?;
-            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
-        })
-        .filter(|&(f, w): &(u32, u32)| matches!(f, 1 | 2 | 4) && (1..=32).contains(&w))
-        .unwrap_or(default)
+    let t = crate::tuning::tuning();
+    match name {
+        "W13" => t.gemv_shape_w13,
+        _ => t.gemv_shape_w2,
+    }
+    .unwrap_or(default)
 }
 
 /// [`w13`] for tiles of at most 8 rows on the GEMV kernel (no K split).

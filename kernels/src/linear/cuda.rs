@@ -17,14 +17,7 @@ pub fn tensor_core_fits(dtype: WeightDType, n: usize, k: usize) -> bool {
 /// From this many rows on, 16-bit linears run through cuBLAS (after rounding the activations to
 /// the weight dtype, as the tensor-core kernels do); `MOE_BLAS_MIN_ROWS` overrides it.
 pub fn blas_min_rows() -> usize {
-    match std::env::var("MOE_BLAS_MIN_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(0) => usize::MAX,
-        Some(n) => n,
-        None => 32,
-    }
+    crate::tuning::tuning().blas_min_rows
 }
 
 /// One weight of a [`linear_gemv`] launch, as the kernel takes it.
@@ -37,16 +30,11 @@ struct LinOut {
 }
 
 /// Features per warp of the GEMV kernel and warps per block for `bytes` of weights;
-/// `MOE_GEMV_LINEAR` = "FPW,WARPS" overrides them.
+/// `MOE_GEMV_SHAPE_LINEAR` (the tuning table) overrides them.
 fn gemv_shape(bytes: usize) -> (u32, u32) {
     let fpw = crate::cuda::gemv_features_per_warp(bytes);
-    std::env::var("MOE_GEMV_LINEAR")
-        .ok()
-        .and_then(|v| {
-            let (a, b) = v.split_once(',')?;
-            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
-        })
-        .filter(|&(f, w): &(u32, u32)| matches!(f, 1 | 2 | 4) && (1..=32).contains(&w))
+    crate::tuning::tuning()
+        .gemv_shape_linear
         .unwrap_or((fpw, 8))
 }
 
@@ -66,15 +54,12 @@ pub fn gemv_shapes_fit(ws: &[&DevMat], tokens: usize) -> bool {
             .all(|w| w.dtype == first.dtype && w.cols == first.cols && w.rows % 4 == 0)
 }
 
-/// [`gemv_shapes_fit`] for decode batches of at most `MOE_LINEAR_GEMV` tokens (default 4; 0
+/// [`gemv_shapes_fit`] for decode batches of at most `MOE_LINEAR_GEMV_MAX_ROWS` tokens (default 4; 0
 /// turns the GEMV path off). Measured on an H100 (4 layers of the Mixtral shape): one token
 /// decodes 537 tok/s with it against 502 with the split-K tensor-core kernel; at 8 tokens, where
 /// every weight element meets 8 rows, the tensor cores were ahead (1444 against 1382–1397).
 pub fn gemv_fits(ws: &[&DevMat], tokens: usize) -> bool {
-    let max_rows = std::env::var("MOE_LINEAR_GEMV")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4usize);
+    let max_rows = crate::tuning::tuning().linear_gemv_max_rows;
     tokens <= max_rows && gemv_shapes_fit(ws, tokens)
 }
 
