@@ -1432,3 +1432,64 @@ fn logprob_limits_and_the_kv_budget_apply_to_prompt_scoring() {
     );
     h.shutdown();
 }
+
+/// `--served-model-name a b` (vLLM's flag): `a` is the id responses and `/v1/models` report, `b`
+/// and the model's own names still address it, and two served models refuse it by name.
+#[test]
+fn served_model_name_renames_the_one_model() {
+    let h = start(
+        vec![(
+            "moe-student-tiny".to_string(),
+            Engine::load(&ModelSource::Embedded).unwrap(),
+        )],
+        ServerConfig {
+            port: 0,
+            served_model_names: vec!["my-tutor".into(), "tutor".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ask = |model: &str| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/completions", h.url()))
+            .json(&json!({"model": model, "prompt": "hi", "max_tokens": 1}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    for name in ["my-tutor", "tutor", "moe-student-tiny", "student"] {
+        let (s, v) = ask(name);
+        assert_eq!(s, 200, "{name}: {v}");
+        assert_eq!(v["model"], "my-tutor", "{name}");
+    }
+    let (s, v) = ask("teacher");
+    assert_error(s, &v, 404, Some("model"));
+    let models: Value = reqwest::blocking::get(format!("{}/v1/models", h.url()))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "my-tutor", "{models}");
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+
+    let err = start(
+        vec![
+            (
+                "a".to_string(),
+                Engine::load(&ModelSource::Embedded).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Engine::load(&ModelSource::Embedded).unwrap(),
+            ),
+        ],
+        ServerConfig {
+            port: 0,
+            served_model_names: vec!["x".into()],
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("two models and one name")
+    .to_string();
+    assert!(err.contains("--served-model-name"), "{err}");
+}

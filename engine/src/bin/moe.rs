@@ -168,6 +168,10 @@ enum Command {
         /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
         #[arg(long, default_value = "10", value_parser = parse_secs)]
         shutdown_timeout: std::time::Duration,
+        /// Names the one served model answers to (as vLLM's flag): the first is its id in
+        /// responses and /v1/models; its own names still address it.
+        #[arg(long, num_args = 1..)]
+        served_model_name: Vec<String>,
     },
     /// Collaborative loops: models teaching models.
     Loop {
@@ -1377,6 +1381,7 @@ fn run(cli: Cli) -> Result<()> {
             idle_timeout,
             max_connections,
             shutdown_timeout,
+            served_model_name,
         } => {
             let kv_memory = parse_bytes("--kv-memory", &kv_memory)?;
             let max_response_bytes = parse_bytes("--max-response-bytes", &max_response_bytes)?;
@@ -1400,6 +1405,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_connections,
                 shutdown_timeout,
                 handle_signals: true,
+                served_model_names: served_model_name,
                 ..Default::default()
             };
             let handle = match device {

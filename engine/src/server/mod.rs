@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// Shut down gracefully on SIGINT/SIGTERM (stop accepting, drain for at most
     /// `shutdown_timeout`); a second signal exits at once.
     pub handle_signals: bool,
+    /// `--served-model-name` (as vLLM has): the first is the model's id in responses and
+    /// `/v1/models`, every one addresses it, and its own names still do. One model only.
+    pub served_model_names: Vec<String>,
 }
 
 /// `--max-response-bytes` unless given: 256 MiB.
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             panic_if: None,
             handle_signals: false,
+            served_model_names: vec![],
         }
     }
 }
@@ -312,6 +316,19 @@ pub fn start<B: Backend>(
         .collect();
     for (m, k) in served.iter_mut().zip(keep) {
         m.aliases = k;
+    }
+    if let Some((first, rest)) = config.served_model_names.split_first() {
+        let [m] = &mut served[..] else {
+            return Err(invalid(format!(
+                "--served-model-name names one model; {} are served",
+                served.len()
+            )));
+        };
+        let old = std::mem::replace(&mut m.name, first.clone());
+        m.aliases.push(old);
+        m.aliases.extend(rest.iter().cloned());
+        m.aliases.retain(|a| a != first);
+        m.aliases.dedup();
     }
     let names: Vec<String> = served.iter().map(|m| m.name.clone()).collect();
     let state = Arc::new(AppState {
