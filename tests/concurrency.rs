@@ -34,17 +34,7 @@ fn prompt(seed: u32, n: usize, vocab: usize) -> Vec<u32> {
 
 /// Every position's logits of `tokens` on a fresh cache.
 fn score<B: Backend>(m: &Model<B>, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = m.new_kv();
-    m.forward(
-        &mut [SeqStep {
-            tokens,
-            kv: &mut kv,
-            all_logits: true,
-        }],
-        &mut NoTrace,
-    )
-    .unwrap()
-    .remove(0)
+    moe_tests::all_logits(m, tokens)
 }
 
 /// Greedy decoding of both prompts as one batch: the prefill, then `DECODE_STEPS` steps of one

@@ -4,11 +4,11 @@
 //! both files against llama.cpp's own logits and greedy ids, and the GPT-2 BPE tokenizer built
 //! from the metadata against llama.cpp's ids.
 
-use moe::backend::CpuBackend;
 use moe::engine::{Engine, ModelSource};
-use moe::models::{Model, SeqStep};
-use moe::trace::NoTrace;
-use moe_tests::{assert_close, fixture, pick, real_rows, Golden, Tol};
+use moe_tests::{
+    all_logits, assert_close, fixture, greedy_ids as greedy, kl_divergence as kl, pick, real_rows,
+    Golden, Tol,
+};
 
 const FAMILIES: [&str; 2] = ["qwen3_moe-tiny-f32", "olmoe-tiny-f32"];
 
@@ -26,55 +26,6 @@ fn llama_golden(name: &str, ty: &str) -> Golden {
 
 fn ids(g: &Golden, key: &str) -> Vec<u32> {
     g.get(key).i.iter().map(|&x| x as u32).collect()
-}
-
-fn all_logits(m: &Model<CpuBackend>, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = m.new_kv();
-    m.forward(
-        &mut [SeqStep {
-            tokens,
-            kv: &mut kv,
-            all_logits: true,
-        }],
-        &mut NoTrace,
-    )
-    .unwrap()
-    .remove(0)
-}
-
-fn greedy(m: &Model<CpuBackend>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let v = m.cfg.vocab_size;
-    let mut kv = m.new_kv();
-    let mut out = vec![];
-    let mut next = prompt.to_vec();
-    for _ in 0..steps {
-        let logits = m
-            .forward(
-                &mut [SeqStep {
-                    tokens: &next,
-                    kv: &mut kv,
-                    all_logits: false,
-                }],
-                &mut NoTrace,
-            )
-            .unwrap()
-            .remove(0);
-        let row = &logits[logits.len() - v..];
-        let best = (0..v).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32;
-        out.push(best);
-        next = vec![best];
-    }
-    out
-}
-
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let ls = |r: &[f32]| {
-        let m = r.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-        let z = r.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
-        r.iter().map(move |&x| x as f64 - z).collect::<Vec<f64>>()
-    };
-    let (lp, lq) = (ls(p), ls(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
 }
 
 /// The F32 file is the reference checkpoint: every logit of both golden cases (one prompt with

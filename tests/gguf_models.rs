@@ -14,8 +14,7 @@
 
 use moe::backend::CpuBackend;
 use moe::engine::{Engine, ModelSource};
-use moe::models::{Model, SeqStep};
-use moe::trace::NoTrace;
+use moe::models::Model;
 use moe_tests::{fixture, Golden};
 
 const TYPES: [&str; 13] = [
@@ -39,55 +38,16 @@ fn ids(g: &Golden, key: &str) -> Vec<u32> {
     g.get(key).i.iter().map(|&x| x as u32).collect()
 }
 
-/// Logits of every position of `tokens`, in one pass without a cache.
 fn all_logits(m: &Model<CpuBackend>, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = m.new_kv();
-    m.forward(
-        &mut [SeqStep {
-            tokens,
-            kv: &mut kv,
-            all_logits: true,
-        }],
-        &mut NoTrace,
-    )
-    .unwrap()
-    .remove(0)
+    moe_tests::all_logits(m, tokens)
 }
 
-/// Greedy continuation of `prompt` by `steps` one-token steps through the KV cache.
 fn greedy(m: &Model<CpuBackend>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let v = m.cfg.vocab_size;
-    let mut kv = m.new_kv();
-    let mut out = vec![];
-    let mut next = prompt.to_vec();
-    for _ in 0..steps {
-        let l = m
-            .forward(
-                &mut [SeqStep {
-                    tokens: &next,
-                    kv: &mut kv,
-                    all_logits: false,
-                }],
-                &mut NoTrace,
-            )
-            .unwrap()
-            .remove(0);
-        let id = moe::sampling::argmax(&l[l.len() - v..]);
-        out.push(id);
-        next = vec![id];
-    }
-    out
-}
-
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
-    let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
-    row.iter().map(|&x| x as f64 - m - z.ln()).collect()
+    moe_tests::greedy_ids(m, prompt, steps)
 }
 
 fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+    moe_tests::kl_divergence(p, q)
 }
 
 /// Largest minus second largest.

@@ -378,3 +378,59 @@ pub fn check_greedy_generation<B: moe::Backend>(
         }
     }
 }
+
+/// Logits of every position of `tokens`, in one pass on a fresh cache.
+pub fn all_logits<B: moe::Backend>(m: &moe::models::Model<B>, tokens: &[u32]) -> Vec<f32> {
+    let mut kv = m.new_kv();
+    m.forward(
+        &mut [moe::models::SeqStep {
+            tokens,
+            kv: &mut kv,
+            all_logits: true,
+        }],
+        &mut moe::trace::NoTrace,
+    )
+    .unwrap()
+    .remove(0)
+}
+
+/// Greedy continuation of `prompt` by `steps` one-token steps through the KV cache (the lowest
+/// id on exact ties, as llama.cpp's dumper and transformers pick).
+pub fn greedy_ids<B: moe::Backend>(
+    m: &moe::models::Model<B>,
+    prompt: &[u32],
+    steps: usize,
+) -> Vec<u32> {
+    let v = m.cfg.vocab_size;
+    let mut kv = m.new_kv();
+    let mut out = vec![];
+    let mut next = prompt.to_vec();
+    for _ in 0..steps {
+        let l = m
+            .forward(
+                &mut [moe::models::SeqStep {
+                    tokens: &next,
+                    kv: &mut kv,
+                    all_logits: false,
+                }],
+                &mut moe::trace::NoTrace,
+            )
+            .unwrap()
+            .remove(0);
+        let id = moe::sampling::argmax(&l[l.len() - v..]);
+        out.push(id);
+        next = vec![id];
+    }
+    out
+}
+
+/// KL(p ‖ q) of two logit rows, in float64.
+pub fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+        let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+        row.iter().map(|&x| x as f64 - m - z.ln()).collect()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
