@@ -32,11 +32,6 @@ fn prompt(seed: u32, n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Every position's logits of `tokens` on a fresh cache.
-fn score<B: Backend>(m: &Model<B>, tokens: &[u32]) -> Vec<f32> {
-    moe_tests::all_logits(m, tokens)
-}
-
 /// Greedy decoding of both prompts as one batch: the prefill, then `DECODE_STEPS` steps of one
 /// token per sequence. Returns every step's logits, per sequence.
 fn decode<B: Backend>(m: &Model<B>, prompts: &[Vec<u32>; 2]) -> Vec<Vec<f32>> {
@@ -107,7 +102,7 @@ fn concurrent_scoring_and_decoding<B: Backend>(m: &Model<B>) {
         })
         .collect();
     // Each request alone.
-    let score_alone: Vec<Vec<f32>> = scores.iter().map(|p| score(m, p)).collect();
+    let score_alone: Vec<Vec<f32>> = scores.iter().map(|p| moe_tests::all_logits(m, p)).collect();
     let decode_alone: Vec<Vec<Vec<f32>>> = batches.iter().map(|b| decode(m, b)).collect();
     // Scoring runs until decoding is done (and at least ROUNDS times), so the two overlap
     // throughout; a failing thread stops the other.
@@ -117,7 +112,7 @@ fn concurrent_scoring_and_decoding<B: Backend>(m: &Model<B>) {
             let mut r = 0;
             while r < ROUNDS || !done.load(Ordering::Relaxed) {
                 let i = r % scores.len();
-                let got = score(m, &scores[i]);
+                let got = moe_tests::all_logits(m, &scores[i]);
                 let ok = std::panic::catch_unwind(|| {
                     assert_same(&format!("round {r} scoring {i}"), &got, &score_alone[i])
                 });

@@ -15,7 +15,7 @@
 use moe::backend::CpuBackend;
 use moe::engine::{Engine, ModelSource};
 use moe::models::Model;
-use moe_tests::{fixture, Golden};
+use moe_tests::{all_logits, fixture, greedy_ids as greedy, kl_divergence as kl, Golden};
 
 const TYPES: [&str; 13] = [
     "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K",
@@ -36,18 +36,6 @@ fn golden(t: &str) -> Golden {
 
 fn ids(g: &Golden, key: &str) -> Vec<u32> {
     g.get(key).i.iter().map(|&x| x as u32).collect()
-}
-
-fn all_logits(m: &Model<CpuBackend>, tokens: &[u32]) -> Vec<f32> {
-    moe_tests::all_logits(m, tokens)
-}
-
-fn greedy(m: &Model<CpuBackend>, prompt: &[u32], steps: usize) -> Vec<u32> {
-    moe_tests::greedy_ids(m, prompt, steps)
-}
-
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    moe_tests::kl_divergence(p, q)
 }
 
 /// Largest minus second largest.

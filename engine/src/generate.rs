@@ -565,16 +565,7 @@ impl<B: Backend> Engine<B> {
             let mut row = 0;
             for (s, len) in seqs.iter_mut().zip(lens) {
                 if s.want_experts {
-                    let k = routes.top_k;
-                    for r in row..row + len {
-                        s.experts.push(
-                            routes
-                                .layers
-                                .iter()
-                                .map(|l| l[r * k..(r + 1) * k].to_vec())
-                                .collect(),
-                        );
-                    }
+                    s.experts.extend(routes.rows(row..row + len));
                 }
                 row += len;
             }
@@ -700,16 +691,7 @@ impl<B: Backend> Engine<B> {
                 .pop()
                 .expect("one sequence");
             if s.want_experts {
-                let k = routes.top_k;
-                for r in 0..to - from {
-                    s.experts.push(
-                        routes
-                            .layers
-                            .iter()
-                            .map(|l| l[r * k..(r + 1) * k].to_vec())
-                            .collect(),
-                    );
-                }
+                s.experts.extend(routes.rows(0..to - from));
             }
             if let Some(scorer) = s.scorer.as_mut() {
                 scorer.push(&s.context[..s.n_prompt], &logits, vocab);

@@ -56,6 +56,19 @@ pub struct RoutingRecorder {
     pub top_k: usize,
 }
 
+impl RoutingRecorder {
+    /// Each of `rows`' experts, one `[layer][top_k]` list per row.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> impl Iterator<Item = Vec<Vec<u32>>> + '_ {
+        let k = self.top_k;
+        rows.map(move |r| {
+            self.layers
+                .iter()
+                .map(|l| l[r * k..(r + 1) * k].to_vec())
+                .collect()
+        })
+    }
+}
+
 impl Trace for RoutingRecorder {
     fn enabled(&self) -> bool {
         true
